@@ -1,0 +1,45 @@
+# kdoct: `make run` serves the demo model on http://127.0.0.1:8000; `make test` runs the suite.
+# Both set everything up on a fresh machine (virtual environment, packages, demo bundles).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DEMO_DIR ?= var/demo
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint format bench demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The demo bundles are trained once on synthetic OCT (model_training/configs/demo.yaml) and reused.
+demo: install
+	$(PY) -m model_training demo --config model_training/configs/demo.yaml --out $(DEMO_DIR)
+
+run: demo
+	$(PY) -m service run-demo --demo-dir $(DEMO_DIR) --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf var test-artifacts .pytest_cache

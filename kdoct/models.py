@@ -1,0 +1,115 @@
+"""Model construction over timm, with initial weights from a local file or, when online, the hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdoct.errors import ModelInitError
+
+__all__ = ["ALLOWED_ARCHITECTURES", "create_model", "load_initial_weights", "check_architecture"]
+
+# The families KD-OCT uses, and timm's tiny test models for CPU tests. Others are refused so that a
+# bundle can never name an architecture the service was not tested with.
+ALLOWED_ARCHITECTURES = (
+    "convnextv2_atto", "convnextv2_femto", "convnextv2_pico", "convnextv2_nano", "convnextv2_tiny",
+    "convnextv2_small", "convnextv2_base", "convnextv2_large", "convnextv2_huge",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+    "test_efficientnet", "test_convnext",
+)  # fmt: skip
+
+
+def check_architecture(arch: str) -> str:
+    name = arch.split(".", 1)[0]
+    if name not in ALLOWED_ARCHITECTURES:
+        raise ModelInitError(
+            f"architecture {arch!r} is not supported: choose one of {', '.join(ALLOWED_ARCHITECTURES)}"
+        )
+    return name
+
+
+def create_model(
+    arch: str,
+    num_classes: int,
+    init: str | Path | None = None,
+    *,
+    drop_rate: float | None = None,
+    drop_path_rate: float | None = None,
+) -> nn.Module:
+    """Build `arch` with a `num_classes` head.
+
+    init: None (random weights), a local `.safetensors` / `.pt` / `.pth` file (ImageNet weights whose
+    classifier is replaced, or a kdoct checkpoint), or "hub" (timm's pretrained weights, needs the
+    network). Options left as None keep timm's defaults for the architecture.
+    """
+    import timm
+
+    name = check_architecture(arch)
+    if num_classes < 2:
+        raise ModelInitError(f"num_classes must be at least 2, got {num_classes}")
+    kwargs = {"drop_rate": drop_rate, "drop_path_rate": drop_path_rate}
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    if init == "hub":
+        try:
+            return timm.create_model(arch, pretrained=True, num_classes=num_classes, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every hub failure gets the same advice
+            raise ModelInitError(
+                f"could not download pretrained weights for {arch!r} from the Hugging Face hub ({exc}). "
+                f"Offline? On a machine with internet, save timm/{arch}'s model.safetensors, copy it here "
+                f"and pass its path as init (config `init: /path/model.safetensors`, or --init)."
+            ) from exc
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    if init is not None:
+        load_initial_weights(model, Path(init))
+    return model
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelInitError(
+            f"initial weights file {path} does not exist: pass an existing .safetensors or .pt file, "
+            f"'hub' when online, or nothing for random weights"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelInitError(f"cannot read initial weights {path}: {exc}") from exc
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state:
+        raise ModelInitError(f"{path} holds no state dict")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+
+
+def load_initial_weights(model: nn.Module, path: Path) -> None:
+    """Load a backbone's weights; a classifier of another size (e.g. ImageNet's 1000) is left fresh."""
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or ""
+    skipped = []
+    for key in list(state):
+        if key in own and state[key].shape != own[key].shape:
+            if classifier and key.startswith(classifier):
+                skipped.append(key)
+                del state[key]
+            else:
+                raise ModelInitError(
+                    f"{path}: weight {key} has shape {tuple(state[key].shape)}, the model expects "
+                    f"{tuple(own[key].shape)}: is this file for another architecture?"
+                )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in skipped]
+    backbone_missing = [k for k in missing if not (classifier and k.startswith(classifier))]
+    if backbone_missing or unexpected:
+        raise ModelInitError(
+            f"{path} does not fit the model: {len(backbone_missing)} missing weights "
+            f"(e.g. {backbone_missing[:3]}), {len(unexpected)} unexpected (e.g. {list(unexpected)[:3]})"
+        )
