@@ -1,0 +1,1 @@
+"""HTTP routers: classify, models, health, metrics."""

@@ -1,0 +1,44 @@
+"""Liveness and readiness.
+
+live: the process answers; no dependency is checked, so a database outage never restarts replicas.
+ready: the models are loaded, warmed up and golden-checked, and the record sink can take records.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.api.schemas import HealthResponse, ProblemDetail
+from service.problems import PROBLEM_MEDIA_TYPE, Problem
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live", response_model=HealthResponse, summary="Liveness: the process is up")
+async def live() -> HealthResponse:
+    return HealthResponse(status="live")
+
+
+@router.get(
+    "/ready",
+    response_model=HealthResponse,
+    summary="Readiness: models warmed up and golden-checked, records can be stored",
+    responses={
+        503: {"model": ProblemDetail, "description": "Not ready", "content": {PROBLEM_MEDIA_TYPE: {}}}
+    },
+)
+async def ready(request: Request) -> HealthResponse:
+    state = request.app.state
+    if not getattr(state, "ready", False):
+        raise Problem("not-ready", "the models are not loaded and verified yet", headers={"Retry-After": "5"})
+    if not await state.sink.ready():
+        raise Problem(
+            "not-ready", "prediction records cannot be stored right now", headers={"Retry-After": "5"}
+        )
+    classifier = state.classifier
+    models = {"student": classifier.student.loaded.identity()}
+    if classifier.teacher is not None:
+        models["teacher"] = classifier.teacher.loaded.identity()
+    return HealthResponse(status="ready", models=models)

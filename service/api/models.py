@@ -1,0 +1,46 @@
+"""GET /models: what this replica serves, straight from the verified bundle manifests."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.schemas import ModelsResponse
+from service.deps import ClassifierDep
+from service.inference.classifier import ServedModel
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["models"])
+
+
+def _describe(served: ServedModel) -> dict:
+    loaded = served.loaded
+    manifest = loaded.bundle.manifest
+    return {
+        "role": loaded.role,
+        **loaded.identity(),
+        "arch": loaded.bundle.arch,
+        "class_names": list(loaded.class_names),
+        "preprocess": manifest["preprocess"],
+        "calibration": manifest.get("calibration", {"temperature": 1.0}),
+        "metrics": manifest.get("metrics", {}),
+        "provenance": manifest.get("provenance", {}),
+        "runtime": {
+            "name": loaded.runtime.name,
+            "device": loaded.runtime.device,
+            "precision": loaded.runtime.precision,
+            "max_batch_size": served.batcher.max_batch_size,
+            "max_batch_wait_ms": served.batcher.max_wait_s * 1000.0,
+        },
+        "golden_max_difference": loaded.golden_difference,
+    }
+
+
+@router.get("/models", response_model=ModelsResponse, summary="The loaded model bundles and their manifests")
+async def models(classifier: ClassifierDep) -> ModelsResponse:
+    served = [classifier.student] + ([classifier.teacher] if classifier.teacher else [])
+    return ModelsResponse(
+        models=[_describe(item) for item in served],
+        second_opinion=classifier.policy,
+        second_opinion_threshold=classifier.threshold,
+    )

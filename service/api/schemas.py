@@ -1,0 +1,140 @@
+"""Response models: they document the API (OpenAPI) and pin its shape in the tests."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ClassifyResponse",
+    "FrameResult",
+    "HealthResponse",
+    "InputInfo",
+    "ModelIdentity",
+    "ModelsResponse",
+    "ProblemDetail",
+    "SecondOpinion",
+    "Timing",
+]
+
+_PROBABILITIES = {"normal": 0.91, "drusen": 0.06, "cnv": 0.03}
+
+
+class ModelIdentity(BaseModel):
+    name: str = Field(examples=["kdoct-student-neh3"])
+    version: str = Field(examples=["1.0.0"])
+    sha256: str = Field(description="sha256 of the bundle's bundle.json, which pins every file of the bundle")
+
+
+class SecondOpinion(BaseModel):
+    model: ModelIdentity
+    label: str = Field(examples=["normal"])
+    probabilities: dict[str, float] = Field(examples=[_PROBABILITIES])
+    confidence: float = Field(ge=0, le=1, examples=[0.88])
+    agrees: bool = Field(description="whether the teacher's label equals the student's")
+    frames_reviewed: int | None = Field(None, description="volumes only: frames the teacher reviewed")
+
+
+class FrameResult(BaseModel):
+    frame_index: int
+    prediction_id: str
+    label: str
+    probabilities: dict[str, float]
+    confidence: float = Field(ge=0, le=1)
+    refer: bool
+    second_opinion: SecondOpinion | None = None
+
+
+class InputInfo(BaseModel):
+    format: str = Field(
+        examples=["jpeg"], description="png, jpeg, tiff, bmp or dicom, decided from the bytes"
+    )
+    width: int
+    height: int
+    frames: int = Field(1, description="number of frames (DICOM volumes: more than 1)")
+    sha256: str = Field(description="sha256 of the uploaded bytes, as recorded")
+
+
+class Timing(BaseModel):
+    decode: float = Field(description="ms: waiting for and running decode and preprocessing")
+    queue: float = Field(description="ms: waiting in the batch queue(s)")
+    inference: float = Field(description="ms: runtime calls (student, plus teacher when asked)")
+    total: float = Field(description="ms: from the request's arrival to the answer")
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "prediction_id": "5b0c1f0e-8f55-4a53-9d0e-3b8c2a3c6f10",
+                    "request_id": "c0ffee12",
+                    "model": {"name": "kdoct-student-neh3", "version": "1.0.0", "sha256": "9f2c…"},
+                    "label": "normal",
+                    "probabilities": _PROBABILITIES,
+                    "confidence": 0.91,
+                    "refer": False,
+                    "second_opinion": None,
+                    "frames": None,
+                    "volume_id": None,
+                    "input": {"format": "jpeg", "width": 512, "height": 496, "frames": 1, "sha256": "3e1a…"},
+                    "timing_ms": {"decode": 2.1, "queue": 0.1, "inference": 8.3, "total": 11.0},
+                }
+            ]
+        }
+    )
+
+    prediction_id: str = Field(description="id of the recorded prediction (the volume result for volumes)")
+    request_id: str = Field(description="the X-Request-ID header of the request, or a generated id")
+    model: ModelIdentity
+    label: str = Field(description="the predicted class (volumes: the most severe frame class)")
+    probabilities: dict[str, float] = Field(description="calibrated probability of every class, summing to 1")
+    confidence: float = Field(ge=0, le=1, description="calibrated probability of `label`")
+    refer: bool = Field(description="true when the student is unsure or the teacher disagrees: human review")
+    second_opinion: SecondOpinion | None = Field(
+        description="the teacher's answer when it was asked, else null"
+    )
+    frames: list[FrameResult] | None = Field(description="DICOM only: one result per frame")
+    volume_id: str | None = Field(
+        None, description="multi-frame DICOM: a hash of the upload, never a DICOM UID"
+    )
+    input: InputInfo
+    timing_ms: Timing
+
+
+class ModelInfo(BaseModel):
+    role: str = Field(examples=["student"])
+    name: str
+    version: str
+    sha256: str
+    arch: str = Field(examples=["efficientnet_b2"])
+    class_names: list[str] = Field(examples=[["normal", "drusen", "cnv"]])
+    preprocess: dict
+    calibration: dict = Field(examples=[{"temperature": 1.3}])
+    metrics: dict = Field(description="the bundle's evaluation metrics (per fold and mean ± std)")
+    provenance: dict
+    runtime: dict = Field(examples=[{"name": "onnx", "device": "cpu", "precision": "fp32"}])
+    golden_max_difference: float = Field(
+        description="max |p - p_golden| measured at start-up on this runtime"
+    )
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    second_opinion: str = Field(description="the default policy: never, auto or always")
+    second_opinion_threshold: float
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["ready"])
+    models: dict[str, ModelIdentity] | None = None
+
+
+class ProblemDetail(BaseModel):
+    """RFC 9457 problem details (`application/problem+json`)."""
+
+    type: str = Field(examples=["https://kdoct.dev/problems/unsupported-media-type"])
+    title: str = Field(examples=["Unsupported media type"])
+    status: int = Field(examples=[415])
+    detail: str = Field(examples=["GIF uploads are not accepted: send PNG, JPEG, TIFF, BMP or DICOM"])
+    instance: str | None = Field(None, examples=["/classify"])
+    request_id: str | None = None

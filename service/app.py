@@ -1,0 +1,154 @@
+"""The FastAPI application. Everything is built inside `create_app` and its lifespan, never at import,
+so tests can run several apps with their own settings in one process.
+
+Start-up order: load and verify the bundles, build their runtimes, warm up, reproduce each bundle's
+golden probabilities on the runtime that will serve it (a mismatch refuses to start), start the
+batchers and the record sink, and only then report ready. Shutdown drains in the reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from kdoct.errors import ConfigError, KdoctError
+from service import metrics
+from service.api import classify, health, models
+from service.api import metrics as metrics_api
+from service.config import Settings, get_settings
+from service.imaging import ImageLimits
+from service.inference.batcher import Batcher
+from service.inference.classifier import Classifier, ServedModel
+from service.inference.loaded_model import LoadedModel, load_model
+from service.inference.runtime import cpu_count
+from service.middleware import RequestContextMiddleware
+from service.problems import install_problem_handlers
+from service.records import MemorySink, PredictionSink
+
+__all__ = ["create_app", "create_app_from_env"]
+
+log = logging.getLogger(__name__)
+
+API_DESCRIPTION = """Retinal OCT B-scan classification (normal / drusen / CNV) with a knowledge-distilled
+student and an optional teacher second opinion. Every answered prediction is on record first.
+Errors are RFC 9457 `application/problem+json` with a stable `type` URI."""
+
+
+def _load_models(settings: Settings) -> tuple[LoadedModel, LoadedModel | None]:
+    options = {
+        "runtime": settings.resolved_runtime,
+        "device": settings.resolved_device,
+        "precision": settings.precision,
+        "threads": settings.inference_threads,
+        "reduced_precision_tolerance": settings.reduced_precision_tolerance,
+        "warmup_batch": settings.max_batch_size or 1,
+    }
+    student = load_model(settings.student_bundle, expected_role="student", **options)
+    teacher = None
+    if settings.teacher_bundle is not None:
+        teacher = load_model(settings.teacher_bundle, expected_role="teacher", **options)
+        if teacher.class_names != student.class_names:
+            raise ConfigError(
+                f"the teacher's classes {teacher.class_names} differ from the student's "
+                f"{student.class_names}: KDOCT_TEACHER_BUNDLE must be trained on the same class set"
+            )
+    return student, teacher
+
+
+def _serve(loaded: LoadedModel, settings: Settings) -> ServedModel:
+    runtime = loaded.runtime
+    if settings.max_batch_wait_ms is not None:
+        wait_ms = settings.max_batch_wait_ms
+    else:
+        wait_ms = 2.0 if runtime.batching_helps else 0.0
+    batcher = Batcher(
+        runtime,
+        model_label=loaded.bundle.name,
+        max_batch_size=settings.max_batch_size or runtime.preferred_batch_size,
+        max_wait_s=wait_ms / 1000.0,
+        max_queue=settings.max_queue,
+        timeout_s=settings.inference_timeout_s,
+        num_classes=len(loaded.class_names),
+    )
+    return ServedModel(loaded=loaded, batcher=batcher)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    sink: PredictionSink = app.state.sink
+    try:
+        student, teacher = await asyncio.to_thread(_load_models, settings)
+    except KdoctError as exc:
+        log.error("refusing to start: %s", exc)
+        raise
+    served = [_serve(student, settings)] + ([_serve(teacher, settings)] if teacher else [])
+    pool = ThreadPoolExecutor(
+        max_workers=settings.decode_threads or cpu_count(), thread_name_prefix="kdoct-decode"
+    )
+    limits = ImageLimits(settings.max_image_pixels, settings.max_frames, settings.max_volume_pixels)
+    app.state.classifier = Classifier(
+        served[0],
+        served[1] if teacher else None,
+        policy=settings.second_opinion_policy,
+        threshold=settings.second_opinion_threshold,
+        limits=limits,
+        pool=pool,
+    )
+    await sink.start()
+    for item in served:
+        item.batcher.start()
+        identity = item.loaded.identity()
+        metrics.MODEL_INFO.labels(role=item.loaded.role, **identity).set(1)
+        metrics.MODEL_READY.labels(role=item.loaded.role).set(1)
+    app.state.ready = True
+    log.info("ready: second opinion %s, threshold %.2f", settings.second_opinion_policy,
+             settings.second_opinion_threshold)  # fmt: skip
+    try:
+        yield
+    finally:
+        app.state.ready = False
+        for item in served:
+            metrics.MODEL_READY.labels(role=item.loaded.role).set(0)
+        await asyncio.gather(*(item.batcher.stop(settings.drain_timeout_s) for item in served))
+        await sink.stop()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def create_app(settings: Settings | None = None, *, sink: PredictionSink | None = None) -> FastAPI:
+    """The service app; models load in its lifespan. `sink` defaults to an in-memory one."""
+    settings = settings if settings is not None else get_settings()
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        app_version = version("kdoct")
+    except PackageNotFoundError:
+        app_version = "0+unknown"
+    app = FastAPI(
+        title="kdoct: OCT B-scan classification service",
+        description=API_DESCRIPTION,
+        version=app_version,
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.sink = sink if sink is not None else MemorySink(settings.memory_records)
+    app.state.ready = False
+    app.state.classifier = None
+    install_problem_handlers(app)
+    for router in (classify.router, models.router, health.router, metrics_api.router):
+        app.include_router(router)
+    known_paths = {getattr(route, "path", "") for route in app.routes}
+    app.add_middleware(
+        RequestContextMiddleware, max_body_bytes=settings.max_upload_bytes, known_paths=known_paths
+    )
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The uvicorn factory (`service.app:create_app_from_env`): settings from KDOCT_* and .env."""
+    return create_app(get_settings())

@@ -1,0 +1,177 @@
+"""Service settings: `KDOCT_*` environment variables and `.env`, checked once at start-up.
+
+Every setting is documented with its default in docs/CONFIGURATION.md. Unsafe or contradictory
+combinations are refused here, with a message that names the variable and the fix, so that a
+misconfigured replica never becomes ready.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kdoct.errors import ConfigError
+
+__all__ = ["Settings", "get_settings", "is_loopback", "load_settings"]
+
+MiB = 1 << 20
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _onnx_cuda_available() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KDOCT_", env_file=".env", extra="ignore", frozen=True)
+
+    # Models: everything else about a model (classes, preprocessing, calibration) is in its bundle.
+    student_bundle: Path
+    teacher_bundle: Path | None = None
+    # None resolves to "auto" when a teacher bundle is configured and "never" otherwise.
+    second_opinion: Literal["never", "auto", "always"] | None = None
+    # A student confidence below this is "unsure": it asks the teacher (auto) and sets `refer`.
+    second_opinion_threshold: float = Field(0.8, gt=0.0, le=1.0)
+
+    # Runtime: auto = PyTorch on CUDA when a GPU is present, else ONNX Runtime on CPU.
+    runtime: Literal["auto", "onnx", "torch"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Reduced precision is for CUDA only; its golden tolerance is `reduced_precision_tolerance`.
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    reduced_precision_tolerance: float = Field(5e-3, gt=0.0, le=0.1)
+    # Threads of the one inference session; None = all cores of this machine.
+    inference_threads: int | None = Field(None, ge=1, le=256)
+    # Threads decoding and preprocessing uploads off the event loop; None = all cores.
+    decode_threads: int | None = Field(None, ge=1, le=256)
+
+    # Batching. None = adapt to the runtime: on CPU batch 1 runs faster per image than larger
+    # batches, so requests are not held back; on CUDA up to 32 requests wait at most 2 ms.
+    max_batch_size: int | None = Field(None, ge=1, le=1024)
+    max_batch_wait_ms: float | None = Field(None, ge=0.0, le=1000.0)
+    max_queue: int = Field(256, ge=1, le=100_000)
+    # A request whose inference has not finished after this long gets 503 instead of waiting on.
+    inference_timeout_s: float = Field(30.0, gt=0.0, le=600.0)
+    # How long shutdown waits for queued and running requests before failing them.
+    drain_timeout_s: float = Field(10.0, ge=0.0, le=600.0)
+
+    # Upload limits, enforced before any pixel is decoded.
+    max_upload_bytes: int = Field(64 * MiB, ge=1024, le=2048 * MiB)
+    max_image_pixels: int = Field(16_000_000, ge=64, le=500_000_000)
+    max_frames: int = Field(256, ge=1, le=10_000)
+    max_volume_pixels: int = Field(150_000_000, ge=64, le=4_000_000_000)
+
+    # Records: until the durable writer of the records issue lands, predictions are kept in memory.
+    database_url: str = "sqlite:///var/kdoct.db"
+    memory_records: int = Field(10_000, ge=1, le=10_000_000)
+    # Auth hook for the records issue: the service refuses non-loopback hosts while it is disabled.
+    auth: Literal["enabled", "disabled"] = "disabled"
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def second_opinion_policy(self) -> Literal["never", "auto", "always"]:
+        if self.second_opinion is not None:
+            return self.second_opinion
+        return "auto" if self.teacher_bundle is not None else "never"
+
+    @property
+    def resolved_device(self) -> Literal["cpu", "cuda"]:
+        if self.device != "auto":
+            return self.device
+        if self.runtime == "onnx":
+            return "cpu"
+        return "cuda" if _cuda_available() else "cpu"
+
+    @property
+    def resolved_runtime(self) -> Literal["onnx", "torch"]:
+        if self.runtime != "auto":
+            return self.runtime
+        return "torch" if self.resolved_device == "cuda" else "onnx"
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        problems = []
+        if self.second_opinion == "always" and self.teacher_bundle is None:
+            problems.append(
+                "KDOCT_SECOND_OPINION=always needs a teacher: set KDOCT_TEACHER_BUNDLE or choose auto/never"
+            )
+        if self.device == "cuda":
+            if self.runtime == "torch" and not _cuda_available():
+                problems.append("KDOCT_DEVICE=cuda with KDOCT_RUNTIME=torch, but PyTorch sees no CUDA device")
+            if self.runtime == "onnx" and not _onnx_cuda_available():
+                problems.append(
+                    "KDOCT_DEVICE=cuda with KDOCT_RUNTIME=onnx, but onnxruntime has no CUDAExecutionProvider "
+                    "(install onnxruntime-gpu, or use KDOCT_RUNTIME=torch)"
+                )
+            if self.runtime == "auto" and not _cuda_available():
+                problems.append("KDOCT_DEVICE=cuda, but PyTorch sees no CUDA device: use KDOCT_DEVICE=auto")
+        if self.precision != "fp32" and (self.device == "cpu" or self.runtime == "onnx"):
+            problems.append(
+                f"KDOCT_PRECISION={self.precision} is for PyTorch on CUDA only: use fp32 with "
+                f"KDOCT_RUNTIME={self.runtime} KDOCT_DEVICE={self.device}"
+            )
+        if self.max_batch_size is not None and self.max_queue < self.max_batch_size:
+            problems.append(
+                f"KDOCT_MAX_QUEUE ({self.max_queue}) is smaller than KDOCT_MAX_BATCH_SIZE "
+                f"({self.max_batch_size}): a full batch could never form"
+            )
+        if self.max_image_pixels > self.max_volume_pixels:
+            problems.append("KDOCT_MAX_IMAGE_PIXELS must not exceed KDOCT_MAX_VOLUME_PIXELS")
+        if not is_loopback(self.host) and self.auth == "disabled":
+            problems.append(
+                f"KDOCT_HOST={self.host} exposes the service beyond this machine while KDOCT_AUTH=disabled: "
+                f"bind to 127.0.0.1 or enable authentication"
+            )
+        same = (
+            self.teacher_bundle is not None and self.student_bundle.resolve() == self.teacher_bundle.resolve()
+        )
+        if same:
+            problems.append("KDOCT_TEACHER_BUNDLE is the same bundle as KDOCT_STUDENT_BUNDLE")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment and `.env`, with `overrides`; invalid ones raise ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        messages = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            variable = f"KDOCT_{where.upper()}" if where else "settings"
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "missing":
+                message = "is required"
+            messages.append(f"{variable}: {message}" if where else message)
+        raise ConfigError("invalid service settings: " + "; ".join(messages)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

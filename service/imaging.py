@@ -1,0 +1,248 @@
+"""Uploaded bytes -> validated image frames, or a Problem saying what was wrong.
+
+Order of checks, cheapest and safest first: the format is decided from the magic bytes (never the
+file name or content type) against an allow-list; the header is parsed lazily and the pixel count,
+frame count and volume size are checked before a single pixel is decoded; only then are pixels
+decoded, with truncation an error. DICOM is read with pydicom (`force=False`, no DICOMDIR); the
+dataset never leaves `_decode_dicom`, so patient tags cannot reach answers, logs or metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from PIL import Image, ImageFile, UnidentifiedImageError
+from pydicom.errors import InvalidDicomError
+
+from service.problems import Problem
+
+__all__ = ["DecodedUpload", "ImageLimits", "ImageRejected", "decode_upload", "sniff_format"]
+
+# Pillow only warns between MAX_IMAGE_PIXELS and twice that; the service must never decode a bomb,
+# so the warning is an error for this process. Our own, lower limit is checked explicitly as well.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+if ImageFile.LOAD_TRUNCATED_IMAGES:  # a truncated scan must be refused, never padded with grey
+    raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on: the service refuses to run with it")
+# pydicom's validation warnings quote element values (a patient's name among them) into logs.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+OPHTHALMIC_TOMOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.5.4"
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
+_ACCEPTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I;16", "I;16L", "I;16B", "I"}
+_KNOWN_OTHER_FORMATS = {
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"%PDF": "PDF",
+    b"PK\x03\x04": "ZIP",
+    b"\x1f\x8b": "gzip",
+}
+ACCEPTED = "PNG, JPEG, TIFF, BMP or DICOM"
+
+
+class ImageRejected(Problem):
+    """An upload that is not an acceptable image; `reason` is its metrics label."""
+
+
+def _invalid(detail: str) -> ImageRejected:
+    return ImageRejected("invalid-image", detail, reason="invalid_image")
+
+
+def _bomb(detail: str) -> ImageRejected:
+    return ImageRejected("decompression-bomb", detail, reason="decompression_bomb")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_image_pixels: int = 16_000_000
+    max_frames: int = 256
+    max_volume_pixels: int = 150_000_000
+
+
+@dataclass(frozen=True)
+class DecodedUpload:
+    """The frames of one upload. Multi-frame DICOM is a volume; everything else has one frame."""
+
+    format: str
+    frames: list[Image.Image]
+    width: int
+    height: int
+    input_sha256: str
+    is_volume: bool = False
+    # For volumes: a hash of the uploaded bytes, never a DICOM UID (UIDs identify the patient's study).
+    volume_id: str | None = None
+
+
+def sniff_format(data: bytes) -> str:
+    """The upload's format from its magic bytes: png, jpeg, tiff, bmp or dicom; else ImageRejected."""
+    if not data:
+        raise _invalid("the upload is empty")
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    if data.startswith(b"BM") and len(data) >= 26:
+        return "bmp"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    for magic, name in _KNOWN_OTHER_FORMATS.items():
+        if data.startswith(magic):
+            raise ImageRejected(
+                "unsupported-media-type",
+                f"{name} uploads are not accepted: send {ACCEPTED}",
+                reason="unsupported_media_type",
+            )
+    raise ImageRejected(
+        "unsupported-media-type",
+        f"the upload is not a recognised image format: send {ACCEPTED} (DICOM with its 128-byte preamble "
+        f"and DICM prefix)",
+        reason="unsupported_media_type",
+    )
+
+
+def decode_upload(data: bytes, limits: ImageLimits) -> DecodedUpload:
+    """Validate and decode an upload. Raises ImageRejected (a Problem) for every bad input."""
+    kind = sniff_format(data)
+    digest = hashlib.sha256(data).hexdigest()
+    if kind == "dicom":
+        return _decode_dicom(data, limits, digest)
+    return _decode_raster(data, kind, limits, digest)
+
+
+def _check_size(width: int, height: int, frames: int, limits: ImageLimits) -> None:
+    if width < 1 or height < 1:
+        raise _invalid(f"the image has no pixels ({width}x{height})")
+    if width * height > limits.max_image_pixels:
+        raise _bomb(
+            f"{width}x{height} = {width * height} pixels per frame exceeds the limit of "
+            f"{limits.max_image_pixels} (KDOCT_MAX_IMAGE_PIXELS)"
+        )
+    if frames > limits.max_frames:
+        raise _bomb(f"{frames} frames exceed the limit of {limits.max_frames} (KDOCT_MAX_FRAMES)")
+    if width * height * frames > limits.max_volume_pixels:
+        raise _bomb(
+            f"{frames} frames of {width}x{height} exceed the volume limit of {limits.max_volume_pixels} "
+            f"pixels (KDOCT_MAX_VOLUME_PIXELS)"
+        )
+
+
+def _decode_raster(data: bytes, kind: str, limits: ImageLimits, digest: str) -> DecodedUpload:
+    name = _PIL_FORMATS[kind]
+    try:
+        image = Image.open(io.BytesIO(data), formats=[name])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb(f"the {name} image is too large to decode safely: {exc}") from None
+    except UnidentifiedImageError:
+        raise _invalid(f"the {name} header is corrupt or incomplete") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _invalid(f"the {name} header cannot be read: {exc}") from None
+    with image:
+        width, height = image.size
+        _check_size(width, height, 1, limits)
+        try:
+            frames = getattr(image, "n_frames", 1)
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise _invalid(f"the {name} file is corrupt: {exc}") from None
+        if frames > 1 or getattr(image, "is_animated", False):
+            raise _invalid(
+                f"the {name} file holds {frames} frames (animated or multi-page): send one B-scan per "
+                f"image, or a multi-frame DICOM for a volume"
+            )
+        if image.mode not in _ACCEPTED_MODES:
+            raise _invalid(
+                f"{name} pixel mode {image.mode!r} is not supported: send 8- or 16-bit gray or RGB"
+            )
+        try:
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _bomb(f"the {name} image is too large to decode safely: {exc}") from None
+        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+            raise _invalid(f"the {name} pixel data is truncated or corrupt: {exc}") from None
+        return DecodedUpload(format=kind, frames=[image], width=width, height=height, input_sha256=digest)
+
+
+def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUpload:
+    # Messages here name DICOM attributes, never their values: a value may identify the patient.
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), force=False)
+    except InvalidDicomError:
+        raise _invalid("the DICOM file is not valid (no DICM preamble or file meta information)") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt files
+        raise _invalid(f"the DICOM file is corrupt ({type(exc).__name__})") from None
+    meta_class = str(getattr(dataset.file_meta, "MediaStorageSOPClassUID", ""))
+    if meta_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in dataset:
+        raise ImageRejected(
+            "unsupported-media-type",
+            "a DICOMDIR is not accepted: send the image file itself",
+            reason="unsupported_media_type",
+        )
+    if "PixelData" not in dataset:
+        raise _invalid("the DICOM file holds no pixel data (PixelData): send an image object")
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        samples = int(dataset.get("SamplesPerPixel", 1))
+        bits_allocated = int(dataset.BitsAllocated)
+        bits_stored = int(dataset.get("BitsStored", bits_allocated))
+        signed = int(dataset.get("PixelRepresentation", 0)) == 1
+        photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    except (AttributeError, TypeError, ValueError):
+        raise _invalid(
+            "the DICOM image attributes (Rows, Columns, BitsAllocated...) are missing or invalid"
+        ) from None
+    _check_size(columns, rows, frames, limits)
+    if samples not in (1, 3) or bits_allocated not in (8, 16) or not 1 <= bits_stored <= bits_allocated:
+        raise _invalid(
+            f"DICOM with SamplesPerPixel={samples}, BitsAllocated={bits_allocated}, BitsStored={bits_stored} "
+            f"is not supported: send 8- or 16-bit grayscale or 8-bit RGB"
+        )
+    if samples == 3 and (frames > 1 or bits_allocated != 8):
+        raise _invalid("colour DICOM is accepted only as a single 8-bit frame; volumes must be grayscale")
+    try:
+        pixels = dataset.pixel_array
+    except Exception as exc:  # noqa: BLE001 - missing codecs, short pixel data, bad encapsulation
+        syntax = getattr(dataset.file_meta, "TransferSyntaxUID", "unknown")
+        raise _invalid(
+            f"the DICOM pixel data cannot be decoded (transfer syntax {syntax}, {type(exc).__name__})"
+        ) from None
+    del dataset
+    if frames == 1:
+        pixels = pixels[None]
+    images = [_dicom_frame(frame, samples, bits_stored, signed, photometric) for frame in pixels]
+    is_volume = frames > 1
+    volume_id = hashlib.sha256(b"kdoct-volume\0" + digest.encode()).hexdigest()[:32] if is_volume else None
+    return DecodedUpload(
+        format="dicom",
+        frames=images,
+        width=columns,
+        height=rows,
+        input_sha256=digest,
+        is_volume=is_volume,
+        volume_id=volume_id,
+    )
+
+
+def _dicom_frame(
+    frame: np.ndarray, samples: int, bits_stored: int, signed: bool, photometric: str
+) -> Image.Image:
+    if samples == 3:
+        return Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), mode="RGB")
+    top = float(2**bits_stored - 1)
+    if frame.dtype == np.uint8 and bits_stored == 8:
+        plane = frame if photometric != "MONOCHROME1" else 255 - frame
+        return Image.fromarray(np.ascontiguousarray(plane), mode="L")
+    # Deeper data keeps its precision as float in [0, 1], which kdoct.preprocess takes as 'F'.
+    values = frame.astype(np.float32)
+    if signed:
+        values += 2 ** (bits_stored - 1)
+    values = np.clip(values / top, 0.0, 1.0)
+    if photometric == "MONOCHROME1":
+        values = 1.0 - values
+    return Image.fromarray(values, mode="F")

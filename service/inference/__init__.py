@@ -1,0 +1,1 @@
+"""Inference: runtimes (ONNX Runtime, PyTorch), the micro-batcher, the second-opinion policy."""

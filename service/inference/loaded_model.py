@@ -1,0 +1,88 @@
+"""Load a bundle for serving: verify it, build its runtime, warm it up, prove it on golden inputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kdoct.bundle import Bundle, load_bundle
+from kdoct.errors import BundleError, GoldenMismatchError
+from kdoct.golden import GOLDEN_TOLERANCE, check_golden
+from kdoct.preprocess import PreprocessSpec
+from service.inference.runtime import Runtime, build_runtime
+
+__all__ = ["LoadedModel", "load_model"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    bundle: Bundle
+    runtime: Runtime
+    spec: PreprocessSpec
+    golden_difference: float
+
+    @property
+    def role(self) -> str:
+        return self.bundle.role
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.bundle.class_names
+
+    @property
+    def temperature(self) -> float:
+        return self.bundle.temperature
+
+    def identity(self) -> dict[str, str]:
+        return {"name": self.bundle.name, "version": self.bundle.version, "sha256": self.bundle.sha256}
+
+
+def load_model(
+    path: Path,
+    *,
+    expected_role: str,
+    runtime: str,
+    device: str,
+    precision: str = "fp32",
+    threads: int | None = None,
+    reduced_precision_tolerance: float = 5e-3,
+    warmup_batch: int = 1,
+) -> LoadedModel:
+    """Raises BundleError (GoldenMismatchError for a runtime that does not reproduce the bundle)."""
+    began = time.perf_counter()
+    bundle = load_bundle(path)
+    if bundle.role != expected_role:
+        raise BundleError(
+            f"{path}: this bundle's role is {bundle.role!r}, but it is configured as the {expected_role}: "
+            f"check KDOCT_{expected_role.upper()}_BUNDLE"
+        )
+    if bundle.golden_dir is None:
+        raise BundleError(
+            f"{path}: the bundle has no golden/ inputs, so the service cannot prove it reproduces the model: "
+            f"re-export it with model_training"
+        )
+    spec = bundle.preprocess
+    model_runtime = build_runtime(bundle, runtime, device, precision, threads)
+    height, width = spec.input_size
+    for rows in sorted({1, max(1, warmup_batch)}):
+        model_runtime.predict_logits(np.zeros((rows, 3, height, width), dtype=np.float32))
+    tolerance = GOLDEN_TOLERANCE if model_runtime.precision == "fp32" else reduced_precision_tolerance
+    try:
+        difference = check_golden(bundle.golden_dir, spec, model_runtime.predict_logits, tolerance)
+    except GoldenMismatchError as exc:
+        raise GoldenMismatchError(
+            f"refusing to serve {bundle.name} {bundle.version} on "
+            f"{model_runtime.name}/{model_runtime.device} ({model_runtime.precision}): {exc}"
+        ) from None
+    log.info(
+        "loaded %s %s %s (%s) on %s/%s %s: golden max difference %.2e, %.1f s",
+        expected_role, bundle.name, bundle.version, bundle.sha256[:12], model_runtime.name,
+        model_runtime.device, model_runtime.precision, difference, time.perf_counter() - began,
+    )  # fmt: skip
+    return LoadedModel(bundle=bundle, runtime=model_runtime, spec=spec, golden_difference=difference)

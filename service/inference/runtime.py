@@ -1,0 +1,60 @@
+"""The runtime contract and the choice between ONNX Runtime and PyTorch.
+
+A runtime turns a float32 batch (N, 3, H, W) into float32 logits (N, classes). Calls come from
+one thread at a time (the batcher's), so a runtime holds one session and needs no locking.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Protocol
+
+import numpy as np
+
+from kdoct.bundle import Bundle
+from kdoct.errors import ConfigError
+
+__all__ = ["Runtime", "build_runtime", "cpu_count"]
+
+log = logging.getLogger(__name__)
+
+
+class Runtime(Protocol):
+    name: str  # "onnx" | "torch": the `runtime` label of the inference metrics
+    device: str  # "cpu" | "cuda"
+    precision: str
+    # Largest batch worth running at once, and whether waiting for more requests pays off.
+    preferred_batch_size: int
+    batching_helps: bool
+
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def build_runtime(
+    bundle: Bundle, runtime: str, device: str, precision: str = "fp32", threads: int | None = None
+) -> Runtime:
+    """The runtime that serves `bundle`; `runtime` and `device` are already resolved (not auto)."""
+    if runtime == "onnx":
+        if bundle.onnx_path is None:
+            raise ConfigError(
+                f"{bundle.path}: the bundle has no model.onnx, so KDOCT_RUNTIME=onnx cannot serve it: "
+                f"re-export it, or set KDOCT_RUNTIME=torch"
+            )
+        from service.inference.onnx_runtime import OnnxRuntime
+
+        return OnnxRuntime(bundle.onnx_path, device=device, threads=threads or cpu_count())
+    if runtime == "torch":
+        from service.inference.torch_runtime import TorchRuntime
+
+        return TorchRuntime(
+            bundle.model(), device=device, precision=precision, threads=threads or cpu_count()
+        )
+    raise ConfigError(f"unknown runtime {runtime!r}: choose onnx or torch")

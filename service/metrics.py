@@ -1,0 +1,136 @@
+"""Every Prometheus metric of the service, declared once.
+
+Label values are bounded sets (route templates, model names, class labels, reason codes): never ids,
+keys or file names. With several uvicorn workers set PROMETHEUS_MULTIPROC_DIR (`python -m service
+serve --workers N` does it) and `/metrics` aggregates every worker through MultiProcessCollector.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+__all__ = [
+    "AUTH_FAILURES",
+    "BATCH_SIZE",
+    "DB_WRITE_DURATION",
+    "DB_WRITE_FAILURES",
+    "INFERENCE_DURATION",
+    "MODEL_INFO",
+    "MODEL_READY",
+    "PREDICTIONS",
+    "PREDICTION_CONFIDENCE",
+    "QUEUE_DEPTH",
+    "QUEUE_WAIT",
+    "REFERRALS",
+    "REJECTED_REQUESTS",
+    "REJECTION_REASONS",
+    "REQUEST_DURATION",
+    "SECOND_OPINIONS",
+    "SPOOL_BACKLOG",
+    "render_metrics",
+]
+
+# Millisecond inference up to slow multi-frame volumes.
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+REJECTION_REASONS = (
+    "too_large",
+    "unsupported_media_type",
+    "invalid_image",
+    "decompression_bomb",
+    "queue_full",
+    "bad_request",
+    "record_unavailable",
+    "inference_failed",
+    "not_ready",
+)
+
+REQUEST_DURATION = Histogram(
+    "kdoct_request_duration_seconds",
+    "HTTP request duration by route template, method and status",
+    ["route", "method", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+INFERENCE_DURATION = Histogram(
+    "kdoct_inference_duration_seconds",
+    "Duration of one runtime call (one batch)",
+    ["model", "runtime"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_WAIT = Histogram(
+    "kdoct_queue_wait_seconds",
+    "Time a request waited in the batch queue before its batch ran",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram("kdoct_batch_size", "Images per runtime call", ["model"], buckets=BATCH_BUCKETS)
+QUEUE_DEPTH = Gauge(
+    "kdoct_queue_depth", "Requests waiting in the batch queue", ["model"], multiprocess_mode="livesum"
+)
+PREDICTIONS = Counter(
+    "kdoct_predictions_total", "Predictions answered, by model and label", ["model", "label"]
+)
+PREDICTION_CONFIDENCE = Histogram(
+    "kdoct_prediction_confidence", "Calibrated confidence of answered predictions", ["model"],
+    buckets=CONFIDENCE_BUCKETS,
+)  # fmt: skip
+SECOND_OPINIONS = Counter("kdoct_second_opinions_total", "Teacher second opinions by outcome", ["outcome"])
+REFERRALS = Counter("kdoct_referrals_total", "Predictions flagged for clinician review", ["model"])
+REJECTED_REQUESTS = Counter("kdoct_rejected_requests_total", "Requests refused, by reason", ["reason"])
+DB_WRITE_DURATION = Histogram(
+    "kdoct_db_write_duration_seconds", "Duration of one prediction-record write", buckets=LATENCY_BUCKETS
+)
+DB_WRITE_FAILURES = Counter("kdoct_db_write_failures_total", "Failed prediction-record writes")
+SPOOL_BACKLOG = Gauge(
+    "kdoct_spool_backlog",
+    "Prediction records spooled locally, awaiting the database",
+    multiprocess_mode="livemax",
+)
+AUTH_FAILURES = Counter("kdoct_auth_failures_total", "Failed authentications, by reason", ["reason"])
+MODEL_INFO = Gauge(
+    "kdoct_model_info", "Loaded model bundles (value 1)", ["role", "name", "version", "sha256"],
+    multiprocess_mode="livemax",
+)  # fmt: skip
+MODEL_READY = Gauge(
+    "kdoct_model_ready",
+    "1 when the model is warmed up and golden-checked",
+    ["role"],
+    multiprocess_mode="livemin",
+)
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The exposition text and its content type; aggregated over workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
