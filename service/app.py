@@ -14,13 +14,17 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from kdoct.errors import ConfigError, KdoctError
 from service import metrics
-from service.api import classify, health, models
+from service.api import classify, health, models, page, predictions
 from service.api import metrics as metrics_api
 from service.config import Settings, get_settings
+from service.db import migrate
+from service.db.components import build_records
+from service.db.session import is_postgresql
+from service.explain import Explainer
 from service.imaging import ImageLimits
 from service.inference.batcher import Batcher
 from service.inference.classifier import Classifier, ServedModel
@@ -28,7 +32,8 @@ from service.inference.loaded_model import LoadedModel, load_model
 from service.inference.runtime import cpu_count
 from service.middleware import RequestContextMiddleware
 from service.problems import install_problem_handlers
-from service.records import MemorySink, PredictionSink
+from service.records import PredictionSink
+from service.security import require_scope
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -100,6 +105,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         limits=limits,
         pool=pool,
     )
+    # Grad-CAM runs on its own worker thread, built with the models and closed with them.
+    app.state.explainer = Explainer()
+    if not is_postgresql(settings.database_url):
+        # The embedded SQLite store migrates itself; PostgreSQL is migrated by the deployment
+        # (`python -m service db upgrade` in docker/entrypoint.sh) before replicas start.
+        await asyncio.to_thread(migrate.upgrade, settings.database_url)
     await sink.start()
     for item in served:
         item.batcher.start()
@@ -117,11 +128,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics.MODEL_READY.labels(role=item.loaded.role).set(0)
         await asyncio.gather(*(item.batcher.stop(settings.drain_timeout_s) for item in served))
         await sink.stop()
+        await asyncio.to_thread(app.state.records.engine.dispose)
         pool.shutdown(wait=False, cancel_futures=True)
+        app.state.explainer.close()
 
 
 def create_app(settings: Settings | None = None, *, sink: PredictionSink | None = None) -> FastAPI:
-    """The service app; models load in its lifespan. `sink` defaults to an in-memory one."""
+    """The service app; models load in its lifespan. `sink` defaults to the durable database writer."""
     settings = settings if settings is not None else get_settings()
     from importlib.metadata import PackageNotFoundError, version
 
@@ -136,12 +149,25 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    app.state.sink = sink if sink is not None else MemorySink(settings.memory_records)
+    # Engine and writer connect lazily: building them here touches no database.
+    records = build_records(
+        settings.database_url,
+        settings.spool_dir,
+        auth_enabled=settings.auth == "enabled",
+        queue_size=settings.writer_queue_size,
+        batch_size=settings.writer_batch_size,
+    )
+    app.state.records = records
+    app.state.authenticator = records.authenticator
+    app.state.sink = sink if sink is not None else records.writer
     app.state.ready = False
     app.state.classifier = None
     install_problem_handlers(app)
-    for router in (classify.router, models.router, health.router, metrics_api.router):
+    for router in (classify.router, health.router, metrics_api.router, page.router, predictions.router):
         app.include_router(router)
+    # GET /models tells what is deployed: a reader's business, not the public's.
+    app.include_router(models.router, dependencies=[Depends(require_scope("read"))])
+    page.mount_static(app)
     known_paths = {getattr(route, "path", "") for route in app.routes}
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=settings.max_upload_bytes, known_paths=known_paths

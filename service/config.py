@@ -81,10 +81,15 @@ class Settings(BaseSettings):
     max_frames: int = Field(256, ge=1, le=10_000)
     max_volume_pixels: int = Field(150_000_000, ge=64, le=4_000_000_000)
 
-    # Records: until the durable writer of the records issue lands, predictions are kept in memory.
+    # Records: every answered prediction goes to this database (SQLite embedded, PostgreSQL in
+    # production) through a durable writer; while the database is unreachable, to the spool directory.
     database_url: str = "sqlite:///var/kdoct.db"
+    spool_dir: Path = Path("var/spool")
+    writer_queue_size: int = Field(1024, ge=1, le=1_000_000)
+    writer_batch_size: int = Field(256, ge=1, le=10_000)
     memory_records: int = Field(10_000, ge=1, le=10_000_000)
-    # Auth hook for the records issue: the service refuses non-loopback hosts while it is disabled.
+    # API keys (`python -m service apikey create`). disabled: local SQLite demo only, logged loudly;
+    # refused with PostgreSQL and on non-loopback hosts.
     auth: Literal["enabled", "disabled"] = "disabled"
 
     host: str = "127.0.0.1"
@@ -141,6 +146,11 @@ class Settings(BaseSettings):
             )
         if self.max_image_pixels > self.max_volume_pixels:
             problems.append("KDOCT_MAX_IMAGE_PIXELS must not exceed KDOCT_MAX_VOLUME_PIXELS")
+        if self.auth == "disabled" and self.database_url.startswith(("postgresql", "postgres")):
+            problems.append(
+                "KDOCT_AUTH=disabled is for the local SQLite demo only and is refused with PostgreSQL: "
+                "enable auth and create a key with `python -m service apikey create NAME --scopes ...`"
+            )
         if not is_loopback(self.host) and self.auth == "disabled":
             problems.append(
                 f"KDOCT_HOST={self.host} exposes the service beyond this machine while KDOCT_AUTH=disabled: "

@@ -5,13 +5,24 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.inference.classifier import Classifier
 from service.problems import Problem
 from service.records import PredictionSink
+from service.security import Client, require_scope
 
-__all__ = ["ClassifierDep", "ClientDep", "SettingsDep", "SinkDep", "get_client"]
+__all__ = [
+    "ClassifierDep",
+    "ClientDep",
+    "FeedbackClientDep",
+    "ReadClientDep",
+    "SessionsDep",
+    "SettingsDep",
+    "SinkDep",
+    "get_client",
+]
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -31,13 +42,23 @@ def get_sink(request: Request) -> PredictionSink:
     return request.app.state.sink
 
 
-async def get_client(request: Request) -> str | None:
-    """The authenticated client id. Until API keys land (records issue) there is none; that issue
-    replaces this with `Authorization: Bearer` verification (401/403 problem+json)."""
-    return None
+_require_classify = require_scope("classify")
+
+
+async def get_client(client: Client = Depends(_require_classify)) -> str | None:
+    """The id of the client calling POST /classify (401/403 problem+json without a valid key with
+    the classify scope); None when KDOCT_AUTH=disabled."""
+    return client.id
+
+
+def get_sessions(request: Request) -> sessionmaker[Session]:
+    return request.app.state.records.sessions
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 SinkDep = Annotated[PredictionSink, Depends(get_sink)]
 ClientDep = Annotated[str | None, Depends(get_client)]
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+ReadClientDep = Annotated[Client, Depends(require_scope("read"))]
+FeedbackClientDep = Annotated[Client, Depends(require_scope("feedback"))]

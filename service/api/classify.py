@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from service import metrics
 from service.api.schemas import ClassifyResponse, ProblemDetail
 from service.deps import ClassifierDep, ClientDep, SinkDep
+from service.explain import Explainer, ExplainerBusy
 from service.imaging import DecodedUpload
 from service.inference.batcher import BatcherClosed, InferenceError, QueueFull
 from service.inference.classifier import Classification, Classifier, Result
@@ -56,6 +57,12 @@ FILE_DESCRIPTION = (
     "(single frame, or a multi-frame volume such as Ophthalmic Tomography Image Storage). The format is "
     "decided from the bytes, not the file name or content type."
 )
+EXPLAIN_DESCRIPTION = (
+    "Add a Grad-CAM heatmap for the predicted class (`explanation`: the raw low-resolution map and a PNG "
+    "overlay on the B-scan), and for the teacher's label when the teacher ran. Computed with the PyTorch "
+    "weights after the prediction, off the batched path: it adds tens of milliseconds (docs/BENCHMARKS.md). "
+    "Volumes: the frame where the label is strongest. Heatmaps are not stored."
+)
 POLICY_DESCRIPTION = (
     "Override the teacher second-opinion policy for this request: never, auto (teacher reviews results "
     "below the confidence threshold) or always (needs a teacher bundle, else 422)."
@@ -80,6 +87,7 @@ async def classify(
     client_id: ClientDep,
     file: Annotated[UploadFile, File(description=FILE_DESCRIPTION)],
     second_opinion: Annotated[Policy | None, Query(description=POLICY_DESCRIPTION)] = None,
+    explain: Annotated[bool, Query(description=EXPLAIN_DESCRIPTION)] = False,
 ) -> JSONResponse:
     policy = second_opinion or classifier.policy
     if policy == "always" and classifier.teacher is None:
@@ -111,6 +119,8 @@ async def classify(
         "total": 0.0,
     }
     records, body = _answer(classifier, upload, result, request_id, client_id, timing)
+    if explain:
+        await _add_explanations(request.app.state.explainer, classifier, upload, result, body)
     timing["total"] = round((time.perf_counter() - request.state.started) * 1000.0, 3)
     try:
         await sink.record(records)
@@ -210,6 +220,36 @@ def _answer(
         "timing_ms": timing,
     }
     return records, body
+
+
+async def _add_explanations(
+    explainer: Explainer,
+    classifier: Classifier,
+    upload: DecodedUpload,
+    result: Classification,
+    body: dict[str, Any],
+) -> None:
+    """Grad-CAM for the answered label (and the teacher's), into `body` only: records never hold them."""
+    top = result.volume or result.frames[0]
+    # A volume is explained on the frame where its label is strongest: the frame that decided it.
+    frame_index = max(range(len(result.frames)), key=lambda i: result.frames[i].probabilities[top.label])
+    image = upload.frames[frame_index]
+    shown_index = frame_index if result.volume is not None else None
+    try:
+        student = await explainer.explain(classifier.student.loaded.bundle, image, top.label)
+        teacher = None
+        if top.second_opinion is not None and classifier.teacher is not None:
+            teacher_bundle = classifier.teacher.loaded.bundle
+            teacher = await explainer.explain(teacher_bundle, image, top.second_opinion["label"])
+    except ExplainerBusy as exc:
+        raise Problem("overloaded", str(exc), reason="queue_full", headers={"Retry-After": "1"}) from None
+    body["explanation"] = {**student.to_dict(), "frame_index": shown_index}
+    if teacher is not None:
+        # A copy: the opinion dict is also in the prediction records, which never hold heatmaps.
+        body["second_opinion"] = {
+            **body["second_opinion"],
+            "explanation": {**teacher.to_dict(), "frame_index": shown_index},
+        }
 
 
 def _count(classifier: Classifier, body: dict[str, Any]) -> None:

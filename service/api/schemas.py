@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ClassifyResponse",
+    "Explanation",
     "FrameResult",
     "HealthResponse",
     "InputInfo",
@@ -25,6 +26,21 @@ class ModelIdentity(BaseModel):
     sha256: str = Field(description="sha256 of the bundle's bundle.json, which pins every file of the bundle")
 
 
+class Explanation(BaseModel):
+    """A Grad-CAM heatmap (explain=true). Never stored: the service keeps no images."""
+
+    method: str = Field("grad-cam", examples=["grad-cam"])
+    class_name: str = Field(examples=["cnv"], description="the class explained: the model's label")
+    target_layer: str = Field(examples=["conv_head"], description="the layer whose feature map is weighed")
+    frame_index: int | None = Field(None, description="volumes: the frame explained (the label's strongest)")
+    map: list[list[float]] = Field(description="the raw low-resolution map, rows of values in [0, 1]")
+    map_shape: list[int] = Field(examples=[[12, 12]], description="[height, width] of `map`")
+    overlay_png_base64: str = Field(
+        description="PNG (RGB, long side <= 512 px): the map in the Turbo colormap over the grayscale B-scan"
+    )
+    compute_ms: float = Field(description="ms spent computing this explanation")
+
+
 class SecondOpinion(BaseModel):
     model: ModelIdentity
     label: str = Field(examples=["normal"])
@@ -32,6 +48,7 @@ class SecondOpinion(BaseModel):
     confidence: float = Field(ge=0, le=1, examples=[0.88])
     agrees: bool = Field(description="whether the teacher's label equals the student's")
     frames_reviewed: int | None = Field(None, description="volumes only: frames the teacher reviewed")
+    explanation: Explanation | None = Field(None, description="explain=true: the teacher's Grad-CAM heatmap")
 
 
 class FrameResult(BaseModel):
@@ -99,6 +116,9 @@ class ClassifyResponse(BaseModel):
     )
     input: InputInfo
     timing_ms: Timing
+    explanation: Explanation | None = Field(
+        None, description="explain=true only: the student's Grad-CAM heatmap for `label` (not stored)"
+    )
 
 
 class ModelInfo(BaseModel):

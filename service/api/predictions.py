@@ -1,0 +1,128 @@
+"""The query API over the prediction records: GET /predictions/{id}, GET /predictions (filters,
+cursor pages newest first), POST /predictions/{id}/feedback (the clinician's label). No update, no
+delete: predictions are append-only."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from service.db import queries
+from service.db.models import Prediction
+from service.deps import FeedbackClientDep, ReadClientDep, SessionsDep
+from service.problems import Problem
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/predictions", tags=["records"])
+
+
+class PredictionOut(BaseModel):
+    id: uuid.UUID
+    sequence: int
+    request_id: str
+    created_at: datetime
+    client_id: str | None
+    model_name: str
+    model_version: str
+    model_sha256: str
+    teacher_model_name: str | None
+    teacher_model_version: str | None
+    teacher_model_sha256: str | None
+    input_sha256: str = Field(description="sha256 of the uploaded bytes")
+    format: str
+    width: int
+    height: int
+    frame_index: int | None
+    volume_id: str | None
+    probabilities: dict[str, float]
+    label: str
+    confidence: float
+    refer: bool
+    second_opinion: dict[str, Any] | None
+    timing_ms: dict[str, float]
+    row_hash: str = Field(description="this record's link in the audit hash chain")
+
+
+class PredictionPageOut(BaseModel):
+    items: list[PredictionOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page; null at the end")
+
+
+class FeedbackIn(BaseModel):
+    label: str = Field(min_length=1, max_length=32, examples=["drusen"])
+    note: str | None = Field(None, max_length=4000, examples=["small drusen, nasal"])
+
+
+class FeedbackOut(BaseModel):
+    id: uuid.UUID
+    prediction_id: uuid.UUID
+    label: str
+    note: str | None
+    created_at: datetime
+    client_id: str | None
+
+
+def _out(row: Prediction) -> PredictionOut:
+    return PredictionOut.model_validate(row, from_attributes=True)
+
+
+@router.get("/{prediction_id}", response_model=PredictionOut, summary="One prediction record")
+async def get_prediction(prediction_id: uuid.UUID, sessions: SessionsDep, _: ReadClientDep) -> PredictionOut:
+    def load():
+        with sessions() as session:
+            return queries.get_prediction(session, prediction_id)
+
+    row = await run_in_threadpool(load)
+    if row is None:
+        raise Problem("not-found", f"no prediction {prediction_id} on record")
+    return _out(row)
+
+
+@router.get("", response_model=PredictionPageOut, summary="Prediction records, newest first")
+async def list_predictions(
+    sessions: SessionsDep,
+    _: ReadClientDep,
+    created_from: Annotated[datetime | None, Query(alias="from", description="inclusive, ISO 8601")] = None,
+    created_to: Annotated[datetime | None, Query(alias="to", description="exclusive, ISO 8601")] = None,
+    label: str | None = None,
+    model_version: str | None = None,
+    refer: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
+    cursor: str | None = None,
+) -> PredictionPageOut:
+    where = queries.PredictionFilter(created_from, created_to, label, model_version, refer)
+
+    def load():
+        with sessions() as session:
+            return queries.list_predictions(session, where, limit=limit, cursor=cursor)
+
+    try:
+        page = await run_in_threadpool(load)
+    except ValueError as exc:
+        raise Problem("bad-request", str(exc), reason="bad_request") from None
+    return PredictionPageOut(items=[_out(row) for row in page.items], next_cursor=page.next_cursor)
+
+
+@router.post(
+    "/{prediction_id}/feedback",
+    response_model=FeedbackOut,
+    status_code=201,
+    summary="Record the clinician's label for a prediction",
+)
+async def add_feedback(
+    prediction_id: uuid.UUID, body: FeedbackIn, sessions: SessionsDep, client: FeedbackClientDep
+) -> FeedbackOut:
+    def store():
+        with sessions() as session:
+            return queries.add_feedback(session, prediction_id, body.label, body.note, client.id)
+
+    feedback = await run_in_threadpool(store)
+    if feedback is None:
+        raise Problem("not-found", f"no prediction {prediction_id} on record (yet)")
+    return FeedbackOut.model_validate(feedback, from_attributes=True)

@@ -1,0 +1,113 @@
+"""The record tables. Predictions are append-only (a trigger refuses UPDATE/DELETE on PostgreSQL and
+SQLite, see alembic/versions/0002_append_only.py) and hash-chained (see service/db/chain.py)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["ApiClient", "Base", "Feedback", "Prediction"]
+
+SHA256_HEX = 64
+
+
+class Base(DeclarativeBase):
+    # Named constraints, so migrations can refer to them identically on SQLite and PostgreSQL.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Prediction(Base):
+    """One answered prediction (one row per frame for DICOM volumes). Never the image, never a patient
+    identifier: the input is identified by the sha256 of the uploaded bytes only."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    # Chain position: gives the audit a stable order that does not depend on clocks or uuids.
+    sequence: Mapped[int] = mapped_column(BigInteger, unique=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The API client's name (names are never reused: revoked clients keep their row). None when auth
+    # is disabled for the local demo.
+    client_id: Mapped[str | None] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(SHA256_HEX))
+    teacher_model_name: Mapped[str | None] = mapped_column(String(128))
+    teacher_model_version: Mapped[str | None] = mapped_column(String(64))
+    teacher_model_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX))
+    input_sha256: Mapped[str] = mapped_column(String(SHA256_HEX), index=True)
+    format: Mapped[str] = mapped_column(String(16))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    frame_index: Mapped[int | None] = mapped_column(Integer)
+    # A hash naming the DICOM volume, never a DICOM UID.
+    volume_id: Mapped[str | None] = mapped_column(String(SHA256_HEX))
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    label: Mapped[str] = mapped_column(String(32))
+    confidence: Mapped[float] = mapped_column(Float)
+    refer: Mapped[bool] = mapped_column(Boolean)
+    second_opinion: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    timing_ms: Mapped[dict[str, float]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX))
+    row_hash: Mapped[str] = mapped_column(String(SHA256_HEX))
+
+    __table_args__ = (
+        # The query API's stable order and its time-range filter.
+        Index("ix_predictions_created_at_id", "created_at", "id"),
+        Index("ix_predictions_label", "label"),
+        Index("ix_predictions_model_version", "model_version"),
+    )
+
+
+class ApiClient(Base):
+    """A holder of an API key. Only the key's sha256 is stored; the key is shown once at creation."""
+
+    __tablename__ = "api_clients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(SHA256_HEX), unique=True)
+    # The first characters of the key, enough to tell keys apart in `apikey list`, useless to an attacker.
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Feedback(Base):
+    """A clinician's label for a prediction. Predictions never change; feedback sits beside them."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    prediction_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("predictions.id"), index=True)
+    label: Mapped[str] = mapped_column(String(32))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    client_id: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,107 @@
+"""Reading predictions and recording feedback: what the query API runs.
+
+Listing is newest first by chain sequence, which is unique and never changes, so cursor pages
+neither skip nor repeat rows while new predictions arrive. The cursor is opaque to clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.db.models import Feedback, Prediction
+from service.db.rows import utc
+
+__all__ = [
+    "PredictionFilter",
+    "PredictionPage",
+    "add_feedback",
+    "decode_cursor",
+    "get_prediction",
+    "list_predictions",
+]
+
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class PredictionFilter:
+    created_from: datetime | None = None  # inclusive
+    created_to: datetime | None = None  # exclusive
+    label: str | None = None
+    model_version: str | None = None
+    refer: bool | None = None
+
+
+@dataclass(frozen=True)
+class PredictionPage:
+    items: list[Prediction]
+    next_cursor: str | None
+
+
+def encode_cursor(sequence: int) -> str:
+    return base64.urlsafe_b64encode(f"s{sequence}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Raises ValueError for anything this service did not hand out."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError("invalid cursor: pass back the next_cursor of a previous page") from exc
+    if not text.startswith("s") or not text[1:].isdigit():
+        raise ValueError("invalid cursor: pass back the next_cursor of a previous page")
+    return int(text[1:])
+
+
+def get_prediction(session: Session, prediction_id: uuid.UUID) -> Prediction | None:
+    return session.get(Prediction, prediction_id)
+
+
+def list_predictions(
+    session: Session, where: PredictionFilter, *, limit: int = 50, cursor: str | None = None
+) -> PredictionPage:
+    limit = max(1, min(limit, MAX_PAGE))
+    query = select(Prediction).order_by(Prediction.sequence.desc()).limit(limit + 1)
+    if cursor is not None:
+        query = query.where(Prediction.sequence < decode_cursor(cursor))
+    if where.created_from is not None:
+        query = query.where(Prediction.created_at >= utc(where.created_from))
+    if where.created_to is not None:
+        query = query.where(Prediction.created_at < utc(where.created_to))
+    if where.label is not None:
+        query = query.where(Prediction.label == where.label)
+    if where.model_version is not None:
+        query = query.where(Prediction.model_version == where.model_version)
+    if where.refer is not None:
+        query = query.where(Prediction.refer.is_(where.refer))
+    rows = list(session.scalars(query))
+    more = len(rows) > limit
+    items = rows[:limit]
+    return PredictionPage(items=items, next_cursor=encode_cursor(items[-1].sequence) if more else None)
+
+
+def add_feedback(
+    session: Session, prediction_id: uuid.UUID, label: str, note: str | None, client_id: str | None
+) -> Feedback | None:
+    """The clinician's label beside the prediction; None when there is no such prediction (yet: a
+    prediction still on the spool is not in the database until it is replayed)."""
+    if session.get(Prediction, prediction_id) is None:
+        return None
+    feedback = Feedback(
+        id=uuid.uuid4(),
+        prediction_id=prediction_id,
+        label=label,
+        note=note,
+        created_at=datetime.now(UTC),
+        client_id=client_id,
+    )
+    session.add(feedback)
+    session.commit()
+    return feedback

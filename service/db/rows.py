@@ -1,0 +1,92 @@
+"""Prediction rows as plain dicts: built from the service's PredictionRecord, turned into JSON for the
+spool and back, and rendered canonically for the hash chain.
+
+The canonical form must give the same bytes before the insert and after reading the row back from
+either database, so it normalises what the databases change: datetimes to UTC ISO 8601 with
+microseconds (SQLite returns them naive), uuids to their hyphenated text, JSON with sorted keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from service.db.models import Prediction
+
+__all__ = [
+    "CHAINED_FIELDS",
+    "PREDICTION_FIELDS",
+    "canonical_bytes",
+    "row_from_json",
+    "row_from_record",
+    "row_to_json",
+    "utc",
+]
+
+# Every column the service supplies; sequence, prev_hash and row_hash are added by the chain.
+PREDICTION_FIELDS: tuple[str, ...] = tuple(
+    c.name for c in Prediction.__table__.columns if c.name not in ("sequence", "prev_hash", "row_hash")
+)
+# What a row's hash covers: its content and its position, never the hashes themselves.
+CHAINED_FIELDS: tuple[str, ...] = ("sequence", *PREDICTION_FIELDS)
+
+
+def utc(moment: datetime) -> datetime:
+    """Aware UTC datetime; a naive one (SQLite gives those back) is taken as already UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and containers of them -> plain Python, so JSON and hashing are exact."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        return value.item()
+    return value
+
+
+def row_from_record(record: Any) -> dict[str, Any]:
+    """A PredictionRecord (service/records.py) -> the values of one predictions row."""
+    values = dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(record)
+    missing = [name for name in PREDICTION_FIELDS if name not in values]
+    if missing:
+        raise ValueError(f"prediction record lacks field(s) {', '.join(missing)}")
+    row = {name: _plain(values[name]) for name in PREDICTION_FIELDS}
+    row["id"] = row["id"] if isinstance(row["id"], uuid.UUID) else uuid.UUID(str(row["id"]))
+    row["created_at"] = utc(row["created_at"])
+    row["confidence"] = float(row["confidence"])
+    row["probabilities"] = {k: float(v) for k, v in row["probabilities"].items()}
+    row["refer"] = bool(row["refer"])
+    return row
+
+
+def _jsonable(name: str, value: Any) -> Any:
+    if name == "id":
+        return str(value)
+    if name == "created_at":
+        return utc(value).isoformat(timespec="microseconds")
+    return value
+
+
+def row_to_json(row: dict[str, Any]) -> str:
+    """One spool line (without the newline)."""
+    return json.dumps({k: _jsonable(k, v) for k, v in row.items()}, sort_keys=True, separators=(",", ":"))
+
+
+def row_from_json(line: str) -> dict[str, Any]:
+    data = json.loads(line)
+    row = {name: data[name] for name in PREDICTION_FIELDS}
+    row["id"] = uuid.UUID(row["id"])
+    row["created_at"] = datetime.fromisoformat(row["created_at"])
+    return row
+
+
+def canonical_bytes(row: dict[str, Any]) -> bytes:
+    """The bytes a row's hash covers; ``row`` may be a dict of column values or come from the database."""
+    content = {name: _jsonable(name, row[name]) for name in CHAINED_FIELDS}
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()

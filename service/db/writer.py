@@ -1,0 +1,262 @@
+"""DurableWriter: the PredictionSink that puts every answered prediction on record.
+
+``record()`` puts the rows on a bounded queue and waits until a background task has either committed
+them to the database or appended and fsync'd them to the local spool (service/db/spool.py); only
+then may the request be answered. When neither works it raises RecordUnavailable (the service
+answers 503): never an answer without a record.
+
+The task takes whatever is queued (up to ``batch_size`` rows) and inserts it in one transaction, in a
+worker thread so the event loop never waits on the database. After a failed insert it spools
+straight away and only retries the database every ``retry_interval_s``, so an outage does not add a
+connect timeout to every request. Once the database answers again the spool is replayed, one file
+per step between batches. ``stop()`` drains the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.db.chain import append_predictions
+from service.db.rows import row_from_record
+from service.db.spool import Spool
+from service.records import PredictionRecord, RecordUnavailable
+
+__all__ = ["DurableWriter", "RecordUnavailable", "WriterObserver"]
+
+log = logging.getLogger(__name__)
+
+_REPLAY_CHUNK = 500
+_STOP = object()
+
+
+class WriterObserver(Protocol):
+    """Where the writer reports what the metrics show (service/metrics.py in the service)."""
+
+    def db_write(self, seconds: float, rows: int) -> None: ...
+    def db_failure(self) -> None: ...
+    def spool_backlog(self, rows: int) -> None: ...
+
+
+class _NoObserver:
+    def db_write(self, seconds: float, rows: int) -> None:
+        pass
+
+    def db_failure(self) -> None:
+        pass
+
+    def spool_backlog(self, rows: int) -> None:
+        pass
+
+
+class DurableWriter:
+    def __init__(
+        self,
+        engine: Engine,
+        spool_dir: str | os.PathLike[str],
+        *,
+        queue_size: int = 1024,
+        batch_size: int = 256,
+        retry_interval_s: float = 2.0,
+        rescan_interval_s: float = 30.0,
+        observer: WriterObserver | None = None,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1:
+            raise ValueError("writer queue_size and batch_size must be at least 1")
+        self.engine = engine
+        self.spool = Spool(spool_dir)
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.retry_interval_s = retry_interval_s
+        self.rescan_interval_s = rescan_interval_s
+        self.observer: WriterObserver = observer or _NoObserver()
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._db_down_since: float | None = None
+        self._last_attempt = 0.0
+        self._spool_pending = False
+        self._stopping = False
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.spool.spool_dir
+
+    # PredictionSink -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._queue = asyncio.Queue(maxsize=self.queue_size + 1)
+        self._stopping = False
+        # Spool files left by an earlier run (or a crashed worker) are replayed as soon as possible.
+        self._spool_pending = await asyncio.to_thread(self.spool.has_files)
+        if self._spool_pending:
+            self.observer.spool_backlog(await asyncio.to_thread(self.spool.backlog))
+        self._task = asyncio.create_task(self._run(), name="kdoct-record-writer")
+
+    async def record(self, records: Sequence[PredictionRecord]) -> None:
+        if not records:
+            return
+        if self._queue is None or self._task is None or self._task.done() or self._stopping:
+            raise RecordUnavailable("the record writer is not running")
+        # A full queue means the database is slower than the traffic: refuse at once (503) rather
+        # than let waiting requests pile up. One slot beyond queue_size is kept for stop()'s marker.
+        if self._queue.qsize() >= self.queue_size:
+            raise RecordUnavailable("the record queue is full")
+        rows = [row_from_record(record) for record in records]
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((rows, done))
+        await done
+
+    async def stop(self) -> None:
+        """Write everything already queued, then stop."""
+        if self._task is None or self._queue is None:
+            return
+        self._stopping = True  # from here on record() refuses, so nothing lands behind the marker
+        if not self._task.done():
+            self._queue.put_nowait(_STOP)
+        await self._task
+        self._task = None
+        await asyncio.to_thread(self.spool.release)
+
+    # Readiness ------------------------------------------------------------------------------
+
+    async def ready(self) -> bool:
+        """Whether a record can be taken now: the writer runs and the database or the spool works."""
+        if self._task is None or self._task.done():
+            return False
+        if await asyncio.to_thread(self.spool_writable):
+            return True
+        return await asyncio.to_thread(self.database_reachable)
+
+    def database_reachable(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except SQLAlchemyError:
+            return False
+
+    def spool_writable(self) -> bool:
+        return self.spool.writable()
+
+    # The background task --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            timeout = self.retry_interval_s if self._spool_pending else self.rescan_interval_s
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout=timeout)
+            except TimeoutError:
+                await asyncio.to_thread(self._maintain)
+                continue
+            if item is _STOP:
+                return
+            batch = [item]
+            rows = list(item[0])
+            while len(rows) < self.batch_size and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is _STOP:
+                    await self._write(batch, rows)
+                    return
+                batch.append(nxt)
+                rows.extend(nxt[0])
+            await self._write(batch, rows)
+            if self._spool_pending and self._db_down_since is None:
+                await asyncio.to_thread(self._replay_one)
+
+    async def _write(self, batch: list[tuple[list, asyncio.Future]], rows: list[dict[str, Any]]) -> None:
+        try:
+            await asyncio.to_thread(self._persist, rows)
+        except Exception as exc:  # anything at all: the requests must learn their rows are not on record
+            log.error("prediction records could not be written to the database or the spool: %s", exc)
+            error = RecordUnavailable(
+                "prediction could not be put on record (database and spool unavailable)"
+            )
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(error)
+            return
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
+
+    def _persist(self, rows: list[dict[str, Any]]) -> None:
+        """Database if it may be up, else the spool. Raises when neither takes the rows."""
+        now = time.monotonic()
+        if self._db_down_since is None or now - self._last_attempt >= self.retry_interval_s:
+            self._last_attempt = now
+            if self._insert(rows):
+                return
+        self.spool.append(rows)  # OSError propagates: nothing took the rows
+        self._spool_pending = True
+        self.observer.spool_backlog(self.spool.backlog())
+
+    def _insert(self, rows: list[dict[str, Any]]) -> bool:
+        started = time.perf_counter()
+        try:
+            append_predictions(self.engine, rows)
+        except SQLAlchemyError as exc:
+            self.observer.db_failure()
+            if self._db_down_since is None:
+                self._db_down_since = time.monotonic()
+                log.warning("database write failed (%s); spooling records to %s", _brief(exc), self.spool_dir)
+            return False
+        self.observer.db_write(time.perf_counter() - started, len(rows))
+        if self._db_down_since is not None:
+            log.warning("database back after %.1f s", time.monotonic() - self._db_down_since)
+            self._db_down_since = None
+        return True
+
+    def _maintain(self) -> None:
+        """On idle: probe a down database, replay spool files, notice files other processes left."""
+        if self._db_down_since is not None:
+            self._last_attempt = time.monotonic()
+            if not self.database_reachable():
+                return
+            log.warning("database reachable again after %.1f s", time.monotonic() - self._db_down_since)
+            self._db_down_since = None
+        if not self._spool_pending:
+            self._spool_pending = self.spool.has_files()
+        if self._spool_pending:
+            self._replay_one()
+
+    def _replay_one(self) -> None:
+        """Replay one spool file into the database (our own active file is released first)."""
+        self.spool.release()
+        try:
+            with self.spool.claim_one() as claimed:
+                if claimed is None:
+                    self._spool_pending = self.spool.has_files()  # files locked by others stay theirs
+                    return
+                started = time.perf_counter()
+                for start in range(0, len(claimed.rows), _REPLAY_CHUNK):
+                    append_predictions(self.engine, claimed.rows[start : start + _REPLAY_CHUNK])
+                claimed.remove()
+                self.observer.db_write(time.perf_counter() - started, len(claimed.rows))
+                log.info("replayed %d spooled records from %s", len(claimed.rows), claimed.path.name)
+        except SQLAlchemyError as exc:
+            self.observer.db_failure()
+            self._db_down_since = self._db_down_since or time.monotonic()
+            log.warning("spool replay failed (%s); will retry", _brief(exc))
+        except OSError as exc:
+            log.error("spool replay could not read %s: %s", self.spool_dir, exc)
+        finally:
+            self._spool_pending = self.spool.has_files()
+            self.observer.spool_backlog(self.spool.backlog())
+
+
+def _brief(exc: SQLAlchemyError) -> str:
+    """The first line of the driver's message: enough to diagnose, never the statement or its values."""
+    cause = getattr(exc, "orig", None) or exc
+    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {first_line}"

@@ -1,0 +1,229 @@
+"""API keys: ``Authorization: Bearer kdoct_...``.
+
+A key is 32 random bytes (url-safe base64) behind the prefix ``kdoct_``, so a leaked key is easy to
+recognise in logs or code scanners. Only its sha256 is stored: keys are high-entropy, so a fast hash
+is enough (a slow password hash would only add latency to every request). Keys are never logged;
+the ``key_prefix`` column (the first characters) tells keys apart in listings.
+
+``require_scope(scope)`` is the FastAPI dependency the routers use; it reads the ``Authenticator``
+from ``app.state.authenticator`` and answers 401 (missing, invalid or revoked key) or 403 (key without
+the scope) as problem+json (service/problems.py), each failure counted by reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from service.db.models import ApiClient
+from service.problems import Problem
+
+__all__ = [
+    "KEY_PREFIX",
+    "SCOPES",
+    "AuthError",
+    "Authenticator",
+    "Client",
+    "create_client",
+    "generate_key",
+    "hash_key",
+    "list_clients",
+    "require_scope",
+    "revoke_client",
+    "rotate_key",
+]
+
+KEY_PREFIX = "kdoct_"
+SCOPES = ("classify", "read", "feedback", "admin")
+_SHOWN_PREFIX_CHARS = len(KEY_PREFIX) + 6
+_CACHE_MAX_ENTRIES = 10_000
+# auto_error=False: a missing key is our 401 problem+json, not FastAPI's plain 403. Declaring the
+# scheme also gives /docs its "Authorize" button.
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer kdoct_...`")
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who is calling. ``id`` is the client's name (what prediction rows record); None when auth is off."""
+
+    id: str | None
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+ANONYMOUS = Client(id=None, scopes=frozenset(SCOPES))
+
+
+class AuthError(Problem):
+    """401 (reason missing | invalid | revoked) or 403 (forbidden), answered as problem+json by the
+    service's Problem handler; ``auth_reason`` is the value of kdoct_auth_failures_total's label."""
+
+    def __init__(self, auth_reason: str, detail: str) -> None:
+        forbidden = auth_reason == "forbidden"
+        headers = {} if forbidden else {"WWW-Authenticate": 'Bearer realm="kdoct"'}
+        super().__init__("forbidden" if forbidden else "unauthorized", detail, headers=headers)
+        self.auth_reason = auth_reason
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _check_scopes(scopes: Iterable[str]) -> list[str]:
+    chosen = sorted(set(scopes))
+    unknown = [s for s in chosen if s not in SCOPES]
+    if unknown or not chosen:
+        raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(unknown) or 'none'}")
+    return chosen
+
+
+def create_client(session: Session, name: str, scopes: Iterable[str]) -> tuple[ApiClient, str]:
+    """A new client and its key; the key is returned once and never stored. Names are never reused,
+    so prediction rows keep naming one client."""
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ValueError(f"client name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
+    key = generate_key()
+    client = ApiClient(
+        name=name,
+        key_hash=hash_key(key),
+        key_prefix=key[:_SHOWN_PREFIX_CHARS],
+        scopes=_check_scopes(scopes),
+        created_at=datetime.now(UTC),
+    )
+    session.add(client)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise ValueError(f"an API client named {name!r} exists already (names are never reused)") from None
+    return client, key
+
+
+def revoke_client(session: Session, name: str) -> ApiClient:
+    client = session.scalars(select(ApiClient).where(ApiClient.name == name)).first()
+    if client is None:
+        raise LookupError(f"no API client named {name!r}")
+    if client.revoked_at is None:
+        client.revoked_at = datetime.now(UTC)
+        session.commit()
+    return client
+
+
+def rotate_key(session: Session, name: str) -> tuple[ApiClient, str]:
+    """A new key for an existing, unrevoked client; the old key stops working (within the cache TTL)."""
+    client = session.scalars(select(ApiClient).where(ApiClient.name == name)).first()
+    if client is None:
+        raise LookupError(f"no API client named {name!r}")
+    if client.revoked_at is not None:
+        raise ValueError(f"API client {name!r} is revoked; create a new client instead")
+    key = generate_key()
+    client.key_hash, client.key_prefix = hash_key(key), key[:_SHOWN_PREFIX_CHARS]
+    session.commit()
+    return client, key
+
+
+def list_clients(session: Session) -> list[ApiClient]:
+    return list(session.scalars(select(ApiClient).order_by(ApiClient.name)))
+
+
+class Authenticator:
+    """Turns an Authorization header into a Client. Lookups are cached for ``cache_ttl_s`` seconds so
+    the database is not queried on every request; a revocation takes effect within that time."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session] | None,
+        *,
+        enabled: bool = True,
+        cache_ttl_s: float = 5.0,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        if enabled and sessions is None:
+            raise ValueError("an enabled Authenticator needs a session factory")
+        self.sessions = sessions
+        self.enabled = enabled
+        self.cache_ttl_s = cache_ttl_s
+        self.on_failure = on_failure or (lambda reason: None)
+        self._cache: dict[str, tuple[float, Client | str]] = {}
+        self._lock = threading.Lock()
+
+    async def authenticate(self, key: str | None, scope: str) -> Client:
+        """``key`` is the bearer token, None when the request carried none."""
+        try:
+            client = await self._client(key)
+            if not client.allows(scope):
+                raise AuthError("forbidden", f"this API key lacks the '{scope}' scope")
+        except AuthError as exc:
+            self.on_failure(exc.auth_reason)
+            raise
+        return client
+
+    async def _client(self, key: str | None) -> Client:
+        if not self.enabled:
+            return ANONYMOUS
+        if not key:
+            raise AuthError("missing", "send the API key as 'Authorization: Bearer <key>'")
+        if not key.startswith(KEY_PREFIX):
+            raise AuthError("invalid", f"unknown API key (keys start with '{KEY_PREFIX}')")
+        key_hash = hash_key(key)
+        now = time.monotonic()
+        cached = self._cache.get(key_hash)
+        if cached is not None and now - cached[0] <= self.cache_ttl_s:
+            found = cached[1]
+        else:
+            found = await run_in_threadpool(self._lookup, key_hash)
+            if found != "invalid":  # unknown keys are not cached: guessing must not fill memory
+                with self._lock:
+                    if len(self._cache) >= _CACHE_MAX_ENTRIES:
+                        self._cache.clear()
+                    self._cache[key_hash] = (now, found)
+        if found == "revoked":
+            raise AuthError("revoked", "this API key has been revoked")
+        if not isinstance(found, Client):
+            raise AuthError("invalid", "unknown API key")
+        return found
+
+    def _lookup(self, key_hash: str) -> Client | str:
+        assert self.sessions is not None
+        with self.sessions() as session:
+            row = session.scalars(select(ApiClient).where(ApiClient.key_hash == key_hash)).first()
+        # compare_digest: the lookup above is by hash, but the final check should not leak timing.
+        if row is None or not hmac.compare_digest(row.key_hash, key_hash):
+            return "invalid"
+        if row.revoked_at is not None:
+            return "revoked"
+        return Client(id=row.name, scopes=frozenset(row.scopes))
+
+
+def require_scope(scope: str) -> Callable:
+    """FastAPI dependency: the calling Client, which must hold ``scope`` (admin holds every scope)."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; scopes are {', '.join(SCOPES)}")
+
+    async def dependency(
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+    ) -> Client:
+        authenticator: Authenticator = request.app.state.authenticator
+        return await authenticator.authenticate(credentials.credentials if credentials else None, scope)
+
+    dependency.__name__ = f"require_{scope}_scope"
+    return dependency

@@ -1,0 +1,126 @@
+"""The hash chain: ordered appends, idempotent re-appends, several writer processes at once, the
+append-only triggers, and audit verify finding a row altered behind its back."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from service.db.audit import verify
+from service.db.chain import GENESIS_HASH, append_predictions
+from service.db.models import Prediction
+from service.db.rows import row_from_record
+from service.db.session import make_engine
+
+
+def _sequences(engine: Engine) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.scalars(select(Prediction.sequence).order_by(Prediction.sequence)))
+
+
+def test_append_chains_rows_in_order(engine: Engine, record_factory) -> None:
+    rows = [row_from_record(record_factory()) for _ in range(5)]
+    assert append_predictions(engine, rows[:2]) == 2
+    assert append_predictions(engine, rows[2:]) == 3
+    with Session(engine) as session:
+        stored = session.scalars(select(Prediction).order_by(Prediction.sequence)).all()
+    assert [p.id for p in stored] == [r["id"] for r in rows]
+    assert stored[0].prev_hash == GENESIS_HASH
+    assert all(
+        later.prev_hash == earlier.row_hash for earlier, later in zip(stored, stored[1:], strict=False)
+    )
+    report = verify(engine)
+    assert report.ok and report.rows_checked == 5
+
+
+def test_reappending_stored_rows_inserts_nothing(engine: Engine, record_factory) -> None:
+    rows = [row_from_record(record_factory()) for _ in range(3)]
+    append_predictions(engine, rows[:2])
+    assert append_predictions(engine, rows + rows) == 1
+    assert _sequences(engine) == [1, 2, 3]
+    assert verify(engine).ok
+
+
+def _append_many(url: str, batches: int, make_rows) -> None:
+    engine = make_engine(url)
+    for _ in range(batches):
+        append_predictions(engine, make_rows(2))
+    engine.dispose()
+
+
+def test_concurrent_writer_processes_keep_the_chain(db_url: str, engine: Engine, make_rows) -> None:
+    processes, batches = 3, 12
+    # fork: the children start at once and need nothing pickled; each opens its own engine.
+    context = multiprocessing.get_context("fork")
+    workers = [
+        context.Process(target=_append_many, args=(db_url, batches, make_rows)) for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    assert _sequences(engine) == list(range(1, processes * batches * 2 + 1))
+    report = verify(engine)
+    assert report.ok, report.broken
+
+
+@pytest.mark.parametrize("statement", ["UPDATE predictions SET label = 'cnv'", "DELETE FROM predictions"])
+def test_update_and_delete_are_refused(engine: Engine, record_factory, statement: str) -> None:
+    append_predictions(engine, [row_from_record(record_factory())])
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text(statement))
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Prediction)) == 1
+
+
+def test_truncate_is_refused_on_postgresql(pg_url: str, record_factory) -> None:
+    engine = make_engine(pg_url)
+    append_predictions(engine, [row_from_record(record_factory())])
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text("TRUNCATE predictions CASCADE"))
+    engine.dispose()
+
+
+def _behind_its_back(engine: Engine, statement: str) -> None:
+    """What a superuser could do: switch the append-only triggers off, change a row, switch them on."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE predictions DISABLE TRIGGER USER"))
+            conn.execute(text(statement))
+            conn.execute(text("ALTER TABLE predictions ENABLE TRIGGER USER"))
+        else:
+            conn.execute(text("DROP TRIGGER predictions_no_update"))
+            conn.execute(text("DROP TRIGGER predictions_no_delete"))
+            conn.execute(text(statement))
+
+
+def test_audit_finds_an_altered_row(engine: Engine, make_rows) -> None:
+    append_predictions(engine, make_rows(6))
+    assert verify(engine).ok
+    _behind_its_back(engine, "UPDATE predictions SET label = 'cnv', confidence = 0.99 WHERE sequence = 4")
+    report = verify(engine)
+    assert not report.ok
+    assert report.broken.sequence == 4
+    assert "altered" in report.broken.reason
+    assert report.rows_checked == 3
+
+
+def test_audit_finds_a_removed_row(engine: Engine, make_rows) -> None:
+    append_predictions(engine, make_rows(5))
+    _behind_its_back(engine, "DELETE FROM predictions WHERE sequence = 2")
+    report = verify(engine)
+    assert report.broken is not None and report.broken.sequence == 3
+    assert "missing" in report.broken.reason
+
+
+def test_audit_finds_a_rehashed_row(engine: Engine, make_rows) -> None:
+    """Someone who alters a row and recomputes its own hash still breaks the next link."""
+    append_predictions(engine, make_rows(3))
+    _behind_its_back(engine, "UPDATE predictions SET row_hash = '" + "f" * 64 + "' WHERE sequence = 2")
+    report = verify(engine)
+    assert report.broken is not None and report.broken.sequence == 2

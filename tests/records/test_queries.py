@@ -1,0 +1,57 @@
+"""The query layer: stable cursor pages newest first, filters, feedback."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from service.db.chain import append_predictions
+from service.db.queries import PredictionFilter, add_feedback, get_prediction, list_predictions
+from service.db.rows import row_from_record
+from service.db.session import make_sessionmaker
+
+
+def test_pages_cover_every_row_once_with_filters(engine: Engine, record_factory) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    records = [
+        record_factory(
+            created_at=start + timedelta(minutes=i),
+            label="cnv" if i % 3 == 0 else "normal",
+            refer=i % 2 == 0,
+        )
+        for i in range(12)
+    ]
+    append_predictions(engine, [row_from_record(r) for r in records])
+    with make_sessionmaker(engine)() as session:
+        seen, cursor = [], None
+        while True:
+            page = list_predictions(session, PredictionFilter(), limit=5, cursor=cursor)
+            seen += [p.id for p in page.items]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert seen == [r.id for r in reversed(records)]
+
+        cnv = list_predictions(session, PredictionFilter(label="cnv"), limit=100).items
+        assert {p.id for p in cnv} == {r.id for r in records if r.label == "cnv"}
+        window = PredictionFilter(
+            created_from=start + timedelta(minutes=2), created_to=start + timedelta(minutes=5)
+        )
+        assert [p.id for p in list_predictions(session, window).items] == [r.id for r in records[4:1:-1]]
+        referred = list_predictions(session, PredictionFilter(refer=True, label="normal")).items
+        assert {p.id for p in referred} == {r.id for r in records if r.refer and r.label == "normal"}
+
+        with pytest.raises(ValueError, match="cursor"):
+            list_predictions(session, PredictionFilter(), cursor="not-a-cursor")
+
+
+def test_feedback_sits_beside_its_prediction(engine: Engine, record_factory) -> None:
+    record = record_factory()
+    append_predictions(engine, [row_from_record(record)])
+    with make_sessionmaker(engine)() as session:
+        feedback = add_feedback(session, record.id, "drusen", "small drusen nasally", "clinic-a")
+        assert feedback is not None and feedback.prediction_id == record.id
+        assert add_feedback(session, record_factory().id, "cnv", None, None) is None
+        assert get_prediction(session, record.id).label == record.label
