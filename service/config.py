@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     memory_records: int = Field(10_000, ge=1, le=10_000_000)
     # API keys (`python -m service apikey create`). disabled: local SQLite demo only, logged loudly;
     # refused with PostgreSQL and on non-loopback hosts.
-    auth: Literal["enabled", "disabled"] = "disabled"
+    auth: Literal["enabled", "disabled"] = "enabled"
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

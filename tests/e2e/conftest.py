@@ -46,6 +46,7 @@ def server(e2e_bundles, tmp_path_factory, repo_root) -> Iterator[dict]:
         KDOCT_DECODE_THREADS="2",
         KDOCT_MAX_UPLOAD_BYTES=str(2 << 20),
         KDOCT_LOG_LEVEL="debug",
+        KDOCT_AUTH="disabled",
         PYTHONPATH=str(repo_root),
     )
     with open(log_path, "wb") as log:
