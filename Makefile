@@ -10,7 +10,7 @@ PORT ?= 8000
 DEMO_DIR ?= var/demo
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format bench demo clean
+.PHONY: install run test lint format bench clean
 
 install: $(STAMP)
 
@@ -21,11 +21,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The demo bundles are trained once on synthetic OCT (model_training/configs/demo.yaml) and reused.
-demo: install
-	$(PY) -m model_training demo --config model_training/configs/demo.yaml --out $(DEMO_DIR)
-
-run: demo
-	$(PY) -m service run-demo --demo-dir $(DEMO_DIR) --host $(HOST) --port $(PORT)
+run: install
+	PY=$(PY) DEMO_DIR=$(DEMO_DIR) HOST=$(HOST) PORT=$(PORT) scripts/run-demo.sh
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
