@@ -1,0 +1,66 @@
+#!/bin/sh
+# Container entrypoint for the kdoct image.
+#   serve (default)   wait for the database, apply migrations, then exec uvicorn with N workers
+#   migrate           wait for the database and apply migrations, nothing else
+#   db|apikey|audit   the service's own CLI, e.g. `docker compose run --rm api apikey create ops --scopes read`
+#   anything else     executed as given (a shell, python -m model_training ..., torchrun ...)
+# The service's settings (KDOCT_*) pass through; serve gives uvicorn KDOCT_HOST (0.0.0.0 here: the
+# container's port is the boundary), KDOCT_PORT (8000) and KDOCT_WORKERS (2). The entrypoint's own:
+#   KDOCT_DB_WAIT_SECONDS (60), KDOCT_ALEMBIC_CONFIG (/app/alembic.ini), PROMETHEUS_MULTIPROC_DIR.
+set -eu
+
+# docker compose cannot leave a variable out, only set it empty; an empty optional setting means
+# "not set" (no teacher, default policy), which the service only understands when it is absent.
+for optional in KDOCT_TEACHER_BUNDLE KDOCT_SECOND_OPINION; do
+    eval "value=\${$optional:-}"
+    [ -n "$value" ] || unset "$optional"
+done
+
+here=$(dirname "$0")
+
+# One-off commands keep their metrics in memory: importing the service with PROMETHEUS_MULTIPROC_DIR
+# set fails while the directory is missing, and their files would be summed into the server's.
+one_off() {
+    (unset PROMETHEUS_MULTIPROC_DIR && "$@")
+}
+
+wait_and_migrate() {
+    python "$here/wait_for_db.py" --timeout "${KDOCT_DB_WAIT_SECONDS:-60}"
+    one_off alembic -c "${KDOCT_ALEMBIC_CONFIG:-/app/alembic.ini}" upgrade head
+}
+
+reset_metrics_dir() {
+    # Multiprocess metric files from a previous run would be summed into the new one's: start empty.
+    if [ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
+        mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+        find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -type f -name '*.db' -delete
+    fi
+}
+
+command=${1:-serve}
+[ "$#" -gt 0 ] && shift
+
+case "$command" in
+    serve)
+        wait_and_migrate
+        reset_metrics_dir
+        # exec: the server replaces this shell as the container's main process, so the SIGTERM of
+        # `docker stop` reaches uvicorn, which drains in-flight requests instead of being killed.
+        exec python -m service serve \
+            --host "${KDOCT_HOST:-0.0.0.0}" \
+            --port "${KDOCT_PORT:-8000}" \
+            --workers "${KDOCT_WORKERS:-2}" \
+            "$@"
+        ;;
+    migrate)
+        wait_and_migrate
+        ;;
+    db | apikey | audit)
+        wait_and_migrate
+        unset PROMETHEUS_MULTIPROC_DIR
+        exec python -m service "$command" "$@"
+        ;;
+    *)
+        exec "$command" "$@"
+        ;;
+esac

@@ -1,0 +1,139 @@
+"""docker-compose.yml parses, references only files that exist, and wires the stack as documented."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+EXPECTED_SERVICES = {"api", "api-gpu", "train", "postgres", "prometheus", "grafana"}
+API_SERVICES = ("api", "api-gpu")
+
+
+def _bind_mounts(service: dict[str, Any]) -> list[dict[str, Any]]:
+    return [volume for volume in service.get("volumes", []) if _volume(volume)["type"] == "bind"]
+
+
+def _volume(volume: str | dict[str, Any]) -> dict[str, Any]:
+    """docker-compose v1 prints short syntax `source:target[:mode]`; normalise it to the long one."""
+    if isinstance(volume, dict):
+        return volume
+    source, target, *mode = volume.split(":")
+    kind = "bind" if source.startswith(("/", ".")) else "volume"
+    return {"type": kind, "source": source, "target": target, "read_only": "ro" in mode}
+
+
+def _variable_sources(compose_raw: dict[str, Any]) -> set[str]:
+    """Container paths whose host side comes from a variable: operator data (bundles, datasets, runs)."""
+    targets = set()
+    for service in compose_raw["services"].values():
+        for volume in service.get("volumes", []):
+            if isinstance(volume, str) and volume.startswith("${"):
+                targets.add(
+                    volume.rsplit(":", 2)[1] if volume.endswith((":ro", ":rw")) else volume.rsplit(":", 1)[1]
+                )
+    return targets
+
+
+def test_compose_resolves_every_service_with_env_example(compose_config: dict[str, Any]) -> None:
+    assert set(compose_config["services"]) == EXPECTED_SERVICES
+
+
+def test_compose_refuses_to_start_without_secrets(repo_root: Path, tool, tmp_path: Path) -> None:
+    empty_env = tmp_path / "empty.env"
+    empty_env.write_text("")
+    result = subprocess.run(
+        [tool("docker-compose"), "--env-file", str(empty_env), "--project-directory", str(repo_root),
+         "-f", str(repo_root / "docker-compose.yml"), "config"],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "set POSTGRES_PASSWORD in .env" in result.stderr
+
+
+def test_every_built_and_mounted_repository_file_exists(
+    compose_config: dict[str, Any], compose_raw: dict[str, Any], repo_root: Path
+) -> None:
+    operator_data = _variable_sources(compose_raw)
+    assert operator_data == {"/bundles", "/data", "/runs"}, "only operator data may come from variables"
+    checked = []
+    for name, service in compose_config["services"].items():
+        if "build" in service:
+            context = Path(service["build"]["context"])
+            assert context.is_dir(), f"{name}: build context {context} missing"
+            dockerfile = context / service["build"].get("dockerfile", "Dockerfile")
+            assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+            checked.append(dockerfile)
+        for mount in map(_volume, _bind_mounts(service)):
+            if mount["target"] in operator_data:
+                continue
+            source = Path(mount["source"])
+            assert source.is_relative_to(repo_root), f"{name}: {source} is outside the repository"
+            assert source.exists(), f"{name}: mounted {source} does not exist"
+            checked.append(source)
+    assert len(checked) >= 6
+
+
+def test_env_example_defines_every_variable_the_compose_file_uses(
+    repo_root: Path, env_example_values: dict[str, str]
+) -> None:
+    lines = (repo_root / "docker-compose.yml").read_text().splitlines()
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    # $${VAR} is an escaped dollar for the container's shell, not a compose variable.
+    used = set(re.findall(r"(?<!\$)\$\{(\w+)", text))
+    assert used, "no variables found: the pattern is wrong"
+    missing = used - set(env_example_values)
+    assert not missing, f".env.example does not document {sorted(missing)}"
+    assert env_example_values["COMPOSE_PROFILES"] in {"cpu", "gpu"}
+
+
+def test_api_services_mount_bundles_read_only_and_keep_the_spool(compose_config: dict[str, Any]) -> None:
+    for name in API_SERVICES:
+        service = compose_config["services"][name]
+        mounts = {mount["target"]: mount for mount in map(_volume, service["volumes"])}
+        assert mounts["/bundles"]["read_only"], f"{name}: bundles must be mounted read-only"
+        assert mounts["/var/lib/kdoct/spool"]["type"] == "volume", f"{name}: the spool needs a named volume"
+        environment = service["environment"]
+        assert environment["KDOCT_DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert environment["KDOCT_STUDENT_BUNDLE"].startswith("/bundles/")
+        assert environment["KDOCT_AUTH"] == "enabled"
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_gpu_service_reserves_a_gpu_and_answers_as_api(compose_config: dict[str, Any]) -> None:
+    service = compose_config["services"]["api-gpu"]
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert service["build"]["args"]["TORCH_INDEX_URL"] == "https://pypi.org/simple"
+    assert "api" in service["networks"]["default"]["aliases"]
+    assert service["profiles"] == ["gpu"]
+    assert compose_config["services"]["api"]["profiles"] == ["cpu"]
+
+
+def test_train_profile_runs_model_training(compose_config: dict[str, Any]) -> None:
+    service = compose_config["services"]["train"]
+    assert service["profiles"] == ["train"]
+    assert service["entrypoint"] == ["python", "-m", "model_training"]
+    assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_postgres_has_a_named_volume_and_a_healthcheck(compose_config: dict[str, Any]) -> None:
+    service = compose_config["services"]["postgres"]
+    assert "pg_isready" in " ".join(service["healthcheck"]["test"])
+    data = [
+        mount for mount in map(_volume, service["volumes"]) if mount["target"] == "/var/lib/postgresql/data"
+    ]
+    assert data and data[0]["type"] == "volume"
+    assert "pgdata" in compose_config["volumes"]
+
+
+def test_prometheus_and_grafana_are_provisioned_from_the_repository(compose_config: dict[str, Any]) -> None:
+    prometheus = compose_config["services"]["prometheus"]
+    flags = " ".join(prometheus["command"])
+    assert "--storage.tsdb.retention.time=30d" in flags
+    assert "--config.file=/etc/prometheus/prometheus.yml" in flags
+    grafana = compose_config["services"]["grafana"]
+    targets = {mount["target"] for mount in map(_volume, grafana["volumes"])}
+    assert {"/etc/grafana/provisioning", "/etc/grafana/dashboards"} <= targets
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"], "Grafana must not keep its default password"
