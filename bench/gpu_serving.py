@@ -101,7 +101,7 @@ def free_port() -> int:
 async def http_load(url: str, payloads: list[bytes], concurrency: int, total: int) -> dict:
     import httpx
 
-    latencies, statuses = [], {}
+    latencies, statuses, server_timings = [], {}, []
     counter = iter(range(total))
 
     async def worker(client):
@@ -111,6 +111,8 @@ async def http_load(url: str, payloads: list[bytes], concurrency: int, total: in
             response = await client.post(url, files={"file": ("scan.jpeg", body, "image/jpeg")})
             latencies.append(time.perf_counter() - started)
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            if response.status_code == 200:
+                server_timings.append(response.json()["timing_ms"])
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
@@ -120,17 +122,26 @@ async def http_load(url: str, payloads: list[bytes], concurrency: int, total: in
     quantiles = np.percentile(np.array(latencies) * 1e3, [50, 95, 99])
     return {"concurrency": concurrency, "requests": total, "images_per_s": total / elapsed,
             "p50_ms": quantiles[0], "p95_ms": quantiles[1], "p99_ms": quantiles[2],
-            "statuses": {str(k): v for k, v in statuses.items()}}  # fmt: skip
+            "statuses": {str(k): v for k, v in statuses.items()},
+            "server_ms": {key: {"p50": float(np.percentile([t[key] for t in server_timings], 50)),
+                                "p99": float(np.percentile([t[key] for t in server_timings], 99))}
+                          for key in (server_timings[0] if server_timings else {})}}  # fmt: skip
 
 
-def serve_and_load(bundle: Path, precision: str, payloads: list[bytes], levels, per_level: int) -> list[dict]:
+def serve_and_load(
+    bundle: Path, precision: str, payloads: list[bytes], levels, per_level: int, variant: str = "disk"
+) -> list[dict]:
+    """variant: disk (SQLite + spool on disk), shm (on /dev/shm: no fsync cost), shm-omp1 (also
+    OMP_NUM_THREADS=1 against CPU thread oversubscription)."""
     port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="kdoct-gpu-serve-"))
+    workdir = Path(tempfile.mkdtemp(prefix="kdoct-gpu-serve-", dir="/dev/shm" if variant.startswith("shm") else None))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KDOCT_")}
     env.update(KDOCT_STUDENT_BUNDLE=str(bundle), KDOCT_RUNTIME="torch", KDOCT_DEVICE=DEVICE,
                KDOCT_PRECISION=precision, KDOCT_AUTH="disabled", KDOCT_DECODE_THREADS="12",
                KDOCT_MAX_QUEUE="1024", KDOCT_DATABASE_URL=f"sqlite:///{workdir}/kdoct.db",
                KDOCT_SPOOL_DIR=str(workdir / "spool"), KDOCT_LOG_LEVEL="warning")  # fmt: skip
+    if variant.endswith("omp1"):
+        env["OMP_NUM_THREADS"] = "1"
     log = open(workdir / "server.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port)], env=env,
                                cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -157,6 +168,7 @@ def serve_and_load(bundle: Path, precision: str, payloads: list[bytes], levels, 
         for concurrency in levels:
             row = asyncio.run(http_load(url, payloads, concurrency, max(per_level, concurrency * 4)))
             row["precision"] = precision
+            row["variant"] = variant
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
@@ -201,8 +213,9 @@ def main() -> None:
         measure_bare(results, student, inputs, precisions, args.repeats)
     bundle = build_student_bundle(Path(tempfile.mkdtemp(prefix="kdoct-gpu-bundle-")) / "student", images)
     results["service"] = []
-    for precision in precisions[:2]:
-        results["service"] += serve_and_load(bundle, precision, payloads, (1, 16, 64, 128), args.requests)
+    for precision, variant in [("fp32", "disk"), ("fp32", "shm"), ("fp32", "shm-omp1"), ("bf16", "shm")]:
+        if precision in precisions:
+            results["service"] += serve_and_load(bundle, precision, payloads, (1, 16, 64), args.requests, variant)
     args.out.write_text(json.dumps(results, indent=1))
 
 

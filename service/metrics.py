@@ -19,8 +19,14 @@ from prometheus_client import (
     multiprocess,
 )
 
+# prometheus_client writes one file per metric and process there as soon as a metric is declared:
+# a configured but missing directory would make every import of this module fail.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 __all__ = [
     "AUTH_FAILURES",
+    "AUTH_FAILURE_REASONS",
     "BATCH_SIZE",
     "DB_WRITE_DURATION",
     "DB_WRITE_FAILURES",
@@ -36,7 +42,9 @@ __all__ = [
     "REJECTION_REASONS",
     "REQUEST_DURATION",
     "SECOND_OPINIONS",
+    "SECOND_OPINION_OUTCOMES",
     "SPOOL_BACKLOG",
+    "initialise_label_sets",
     "render_metrics",
 ]
 
@@ -125,6 +133,25 @@ MODEL_READY = Gauge(
     ["role"],
     multiprocess_mode="livemin",
 )
+
+
+AUTH_FAILURE_REASONS = ("missing", "invalid", "revoked", "forbidden")
+SECOND_OPINION_OUTCOMES = ("agree", "disagree")
+
+
+def initialise_label_sets(model: str, class_names: tuple[str, ...] | list[str]) -> None:
+    """Create every bounded label set at 0, so each series exists (and rate() works) before its first
+    event, and so /metrics lists every metric in multiprocess mode too, which shows only series
+    that were touched."""
+    for label in class_names:
+        PREDICTIONS.labels(model=model, label=label)
+    REFERRALS.labels(model=model)
+    for outcome in SECOND_OPINION_OUTCOMES:
+        SECOND_OPINIONS.labels(outcome=outcome)
+    for reason in REJECTION_REASONS:
+        REJECTED_REQUESTS.labels(reason=reason)
+    for reason in AUTH_FAILURE_REASONS:
+        AUTH_FAILURES.labels(reason=reason)
 
 
 def render_metrics() -> tuple[bytes, str]:
