@@ -6,6 +6,8 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+
+from service.db.migrate import migration_lock
 from service.db.models import Base
 from service.db.session import database_url_from_env, make_engine
 
@@ -40,9 +42,11 @@ def run_migrations_online() -> None:
     if connection is not None:  # handed in by a caller that owns the connection (tests, the CLI)
         _run(connection)
         return
-    engine = make_engine(_database_url())
+    url = _database_url()
+    engine = make_engine(url)
+    # Workers or replicas migrating at once would race on the first CREATE TABLE: one at a time.
     try:
-        with engine.connect() as conn:
+        with migration_lock(url), engine.connect() as conn:
             _run(conn)
     finally:
         engine.dispose()

@@ -117,6 +117,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         identity = item.loaded.identity()
         metrics.MODEL_INFO.labels(role=item.loaded.role, **identity).set(1)
         metrics.MODEL_READY.labels(role=item.loaded.role).set(1)
+    metrics.initialise_label_sets(student.bundle.name, student.class_names)
     app.state.ready = True
     log.info("ready: second opinion %s, threshold %.2f", settings.second_opinion_policy,
              settings.second_opinion_threshold)  # fmt: skip

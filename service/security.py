@@ -7,13 +7,15 @@ the ``key_prefix`` column (the first characters) tells keys apart in listings.
 
 ``require_scope(scope)`` is the FastAPI dependency the routers use; it reads the ``Authenticator``
 from ``app.state.authenticator`` and answers 401 (missing, invalid or revoked key) or 403 (key without
-the scope) as problem+json (service/problems.py), each failure counted by reason.
+the scope) as problem+json (service/problems.py), each failure counted by reason. While the database is
+unreachable, keys already cached keep their last known state; unknown keys get 503.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -24,7 +26,7 @@ from datetime import UTC, datetime
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -48,6 +50,8 @@ __all__ = [
 
 KEY_PREFIX = "kdoct_"
 SCOPES = ("classify", "read", "feedback", "admin")
+log = logging.getLogger(__name__)
+
 _SHOWN_PREFIX_CHARS = len(KEY_PREFIX) + 6
 _CACHE_MAX_ENTRIES = 10_000
 # auto_error=False: a missing key is our 401 problem+json, not FastAPI's plain 403. Declaring the
@@ -190,7 +194,10 @@ class Authenticator:
         if cached is not None and now - cached[0] <= self.cache_ttl_s:
             found = cached[1]
         else:
-            found = await run_in_threadpool(self._lookup, key_hash)
+            try:
+                found = await run_in_threadpool(self._lookup, key_hash)
+            except SQLAlchemyError as exc:
+                found = self._during_outage(cached, exc)
             if found != "invalid":  # unknown keys are not cached: guessing must not fill memory
                 with self._lock:
                     if len(self._cache) >= _CACHE_MAX_ENTRIES:
@@ -201,6 +208,23 @@ class Authenticator:
         if not isinstance(found, Client):
             raise AuthError("invalid", "unknown API key")
         return found
+
+    def _during_outage(self, cached: tuple[float, Client | str] | None, exc: SQLAlchemyError) -> Client | str:
+        """The database cannot be asked. A key seen before keeps its last known state (predictions go
+        to the spool meanwhile, so clinicians keep working); re-caching it spares the dead database a
+        connection attempt per request. A key never seen cannot be checked: 503, not 401."""
+        cause = getattr(exc, "orig", None) or exc
+        log.warning(
+            "API key lookup failed (%s); using the last known state of cached keys", type(cause).__name__
+        )
+        if cached is None:
+            raise Problem(
+                "not-ready",
+                "API keys cannot be checked right now (the database is unreachable); retry shortly",
+                reason="not_ready",
+                headers={"Retry-After": "5"},
+            )
+        return cached[1]
 
     def _lookup(self, key_hash: str) -> Client | str:
         assert self.sessions is not None

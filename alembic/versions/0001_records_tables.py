@@ -8,7 +8,6 @@ Create Date: 2026-11-26 05:56:10.094569
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision: str = "0001"

@@ -48,3 +48,28 @@ def test_models_and_migrations_agree(empty_db_url: str) -> None:
     finally:
         engine.dispose()
     assert differences == []
+
+
+def test_concurrent_upgrades_of_one_sqlite_file_all_succeed(tmp_path, repo_root) -> None:
+    """What several uvicorn workers do at start-up: migrate the same embedded store at once."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    script = "import sys; from service.db.migrate import upgrade; upgrade(sys.argv[1])"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, url], cwd=repo_root, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    errors = [worker.communicate(timeout=60)[1] for worker in workers]
+    failures = [error for worker, error in zip(workers, errors, strict=True) if worker.returncode != 0]
+    assert failures == []
+    assert _tables(url) >= RECORD_TABLES
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() == "0002"
+    finally:
+        engine.dispose()

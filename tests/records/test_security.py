@@ -134,3 +134,38 @@ def test_disabled_auth_lets_anonymous_through(engine: Engine) -> None:
 
     with TestClient(app) as http:
         assert http.get("/predictions").json() == {"client": None}
+
+
+def test_database_outage_keeps_known_keys_working_and_answers_unknown_keys_503(tmp_path) -> None:
+    """While the database is down (predictions go to the spool), a key seen before keeps its last
+    known state; a key never seen cannot be checked, which is 503 (retry), not 401 (wrong key)."""
+    import asyncio
+
+    from service.db.migrate import upgrade
+    from service.db.session import make_engine
+    from service.problems import Problem
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as session:
+        _, known = create_client(session, "ris", ["classify"])
+        _, revoked = create_client(session, "old", ["classify"])
+        revoke_client(session, "old")
+    authenticator = Authenticator(make_sessionmaker(engine), cache_ttl_s=0.0)
+
+    async def scenario() -> None:
+        assert (await authenticator.authenticate(known, "classify")).id == "ris"
+        with pytest.raises(Problem, match="revoked"):
+            await authenticator.authenticate(revoked, "classify")
+        # The database goes away: nothing listens on port 1.
+        authenticator.sessions = make_sessionmaker(make_engine("postgresql+psycopg://postgres@127.0.0.1:1/x"))
+        assert (await authenticator.authenticate(known, "classify")).id == "ris"
+        with pytest.raises(Problem, match="revoked"):
+            await authenticator.authenticate(revoked, "classify")
+        with pytest.raises(Problem, match="cannot be checked") as unknown:
+            await authenticator.authenticate(KEY_PREFIX + "never-seen", "classify")
+        assert unknown.value.status == 503
+
+    asyncio.run(scenario())
+    engine.dispose()

@@ -1,0 +1,173 @@
+"""Fixtures for the records end-to-end tests: a real `python -m service serve` against PostgreSQL with
+auth enabled, keys made by the operator CLI, and a throwaway cluster that a test may stop.
+
+Imported by tests/e2e/test_records.py (fixtures are registered where they are imported). The
+PostgreSQL helpers are shared with tests/records (throwaway_postgres.py there).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "records"))
+from throwaway_postgres import ThrowawayCluster, create_database, drop_database, free_port  # noqa: E402
+
+SERVER_START_TIMEOUT_S = 120
+
+
+@dataclass
+class Keys:
+    # repr=False: keys stay out of assertion messages too.
+    clinic: str = field(repr=False)  # classify + read
+    reader: str = field(repr=False)  # read only: no classify scope
+    admin: str = field(repr=False)
+
+
+@dataclass
+class RecordsServer:
+    url: str
+    database_url: str
+    log: Path
+    spool_dir: Path
+    metrics_dir: Path
+    keys: Keys
+    repo_root: Path
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return service_cli(*args, database_url=self.database_url, cwd=self.repo_root)
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.keys.clinic}"}
+
+
+def service_cli(*args: str, database_url: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m service ARGS` as an operator runs it, with KDOCT_DATABASE_URL set."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
+    env["KDOCT_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60
+    )
+
+
+def create_key(database_url: str, cwd: Path, name: str, *scopes: str) -> str:
+    created = service_cli("apikey", "create", name, "--scopes", *scopes, database_url=database_url, cwd=cwd)
+    assert created.returncode == 0, created.stderr
+    return created.stdout.strip()
+
+
+def prepare_database(database_url: str, cwd: Path) -> Keys:
+    migrated = service_cli("db", "upgrade", database_url=database_url, cwd=cwd)
+    assert migrated.returncode == 0, migrated.stderr
+    return Keys(
+        clinic=create_key(database_url, cwd, "clinic", "classify", "read"),
+        reader=create_key(database_url, cwd, "reader", "read"),
+        admin=create_key(database_url, cwd, "ops", "admin"),
+    )
+
+
+@contextmanager
+def serve(
+    bundles: dict[str, Path],
+    workdir: Path,
+    database_url: str,
+    keys: Keys,
+    repo_root: Path,
+    *,
+    workers: int = 1,
+) -> Iterator[RecordsServer]:
+    port = free_port()
+    log_path = workdir / "server.log"
+    spool_dir, metrics_dir = workdir / "spool", workdir / "prometheus"
+    metrics_dir.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
+    env.update(
+        KDOCT_STUDENT_BUNDLE=str(bundles["student"]),
+        KDOCT_TEACHER_BUNDLE=str(bundles["teacher"]),
+        KDOCT_SECOND_OPINION="never",
+        KDOCT_DATABASE_URL=database_url,
+        KDOCT_SPOOL_DIR=str(spool_dir),
+        KDOCT_AUTH="enabled",
+        KDOCT_MAX_BATCH_SIZE="8",
+        KDOCT_MAX_BATCH_WAIT_MS="5",
+        KDOCT_INFERENCE_THREADS="1",
+        KDOCT_DECODE_THREADS="1",
+        KDOCT_LOG_LEVEL="debug",
+        # Our own directory, so a test can read each worker's metric files.
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        PYTHONPATH=str(repo_root),
+    )
+    if workers == 1:
+        env.pop("PROMETHEUS_MULTIPROC_DIR")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", str(workers)],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_ready(process, url, log_path)
+            yield RecordsServer(url, database_url, log_path, spool_dir, metrics_dir, keys, repo_root)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_ready(process: subprocess.Popen, url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready after {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def pg_server(e2e_bundles, tmp_path_factory, repo_root) -> Iterator[RecordsServer]:
+    """Two workers on a throwaway database of the shared PostgreSQL, auth on, keys from the CLI."""
+    name, database_url = create_database()
+    try:
+        keys = prepare_database(database_url, repo_root)
+        workdir = tmp_path_factory.mktemp("records-server")
+        with serve(e2e_bundles, workdir, database_url, keys, repo_root, workers=2) as server:
+            yield server
+    finally:
+        drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def outage_server(
+    e2e_bundles, tmp_path_factory, repo_root
+) -> Iterator[tuple[RecordsServer, ThrowawayCluster]]:
+    """One worker on a PostgreSQL cluster of the test's own, which the test stops and restarts."""
+    cluster = ThrowawayCluster()
+    try:
+        cluster.start()
+        keys = prepare_database(cluster.url, repo_root)
+        workdir = tmp_path_factory.mktemp("outage-server")
+        with serve(e2e_bundles, workdir, cluster.url, keys, repo_root) as server:
+            yield server, cluster
+    finally:
+        cluster.destroy()

@@ -1,0 +1,281 @@
+"""End to end, records (issue #5): a real uvicorn server on PostgreSQL with auth on puts every
+answered prediction on record, append-only and hash-chained, survives a PostgreSQL outage without
+losing or duplicating a record, refuses callers without the right key, and exposes its metrics
+aggregated over two workers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import records_fixtures
+from prometheus_client.mmap_dict import MmapedDict
+from records_fixtures import RecordsServer, create_key
+
+from service.problems import PROBLEM_MEDIA_TYPE
+
+pytestmark = pytest.mark.postgres
+
+# The fixtures live in records_fixtures.py; naming them here registers them for this module.
+pg_server = records_fixtures.pg_server
+outage_server = records_fixtures.outage_server
+
+
+@pytest.fixture(scope="module")
+def uploads(sample_jpegs) -> list[bytes]:
+    return [path.read_bytes() for paths in sample_jpegs.values() for path in paths[:8]]
+
+
+def classify(server: RecordsServer, data: bytes, key: str | None = None, **params) -> httpx.Response:
+    headers = server.auth(key) if key != "" else {}
+    return httpx.post(
+        f"{server.url}/classify", files={"file": ("scan", data)}, params=params, headers=headers, timeout=60
+    )
+
+
+def classify_concurrently(
+    server: RecordsServer, uploads: list[bytes], connections: int
+) -> list[httpx.Response]:
+    async def burst() -> list[httpx.Response]:
+        # No keep-alive: every request is a new connection, which either worker may accept.
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=0)
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=server.auth(), timeout=60, limits=limits
+        ) as client:
+            return await asyncio.gather(
+                *(client.post("/classify", files={"file": ("s", d)}) for d in uploads)
+            )
+
+    return asyncio.run(burst())
+
+
+def stored(database_url: str) -> dict[str, str]:
+    """prediction id -> input sha256 of every row."""
+    with psycopg.connect(_libpq(database_url)) as conn:
+        return {str(row_id): sha for row_id, sha in conn.execute("SELECT id, input_sha256 FROM predictions")}
+
+
+def _libpq(database_url: str) -> str:
+    return database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def metric_samples(text: str, name: str) -> dict[str, float]:
+    """'{labels}' -> value for every sample line of `name` in an exposition text."""
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            series, value = line.rsplit(" ", 1)
+            samples[series[len(name) :]] = float(value)
+    return samples
+
+
+def test_every_answer_is_one_row_with_the_upload_sha256_across_two_workers(pg_server, uploads):
+    before = stored(pg_server.database_url)
+    responses = classify_concurrently(pg_server, uploads, connections=8)
+    assert [r.status_code for r in responses] == [200] * len(uploads), responses[0].text
+    answered = {
+        r.json()["prediction_id"]: hashlib.sha256(data).hexdigest()
+        for r, data in zip(responses, uploads, strict=True)
+    }
+    assert all(r.json()["input"]["sha256"] == answered[r.json()["prediction_id"]] for r in responses)
+
+    rows = stored(pg_server.database_url)
+    new_rows = {row_id: sha for row_id, sha in rows.items() if row_id not in before}
+    assert new_rows == answered  # exactly one row per answer, none extra, with the uploaded bytes' hash
+
+    verified = pg_server.cli("audit", "verify")
+    assert verified.returncode == 0 and f"ok: {len(rows)} prediction records" in verified.stdout
+
+    # Both workers answered, and /metrics sums what each worker's own files hold.
+    per_worker = _classify_requests_per_worker(pg_server.metrics_dir)
+    assert len([count for count in per_worker.values() if count > 0]) == 2, per_worker
+    exposed = metric_samples(
+        httpx.get(f"{pg_server.url}/metrics").text, "kdoct_request_duration_seconds_count"
+    )
+    classify_ok = next(
+        v for series, v in exposed.items() if 'route="/classify"' in series and 'status="200"' in series
+    )
+    assert classify_ok == sum(per_worker.values()) >= len(uploads)
+
+
+def _classify_requests_per_worker(metrics_dir: Path) -> dict[str, float]:
+    counts = {}
+    for path in metrics_dir.glob("histogram_*.db"):
+        pid = path.stem.split("_")[-1]
+        for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(path)):
+            _metric, sample, labels, _help = json.loads(key)
+            if (
+                # A worker's file holds per-bucket (not cumulative) counts; their sum is its count.
+                sample == "kdoct_request_duration_seconds_bucket"
+                and labels.get("route") == "/classify"
+                and labels.get("status") == "200"
+            ):
+                counts[pid] = counts.get(pid, 0.0) + value
+    return counts
+
+
+def test_predictions_are_append_only_and_audit_verify_catches_a_row_altered_behind_its_back(
+    pg_server, uploads
+):
+    response = classify(pg_server, uploads[0])
+    assert response.status_code == 200
+    prediction_id = response.json()["prediction_id"]
+    with psycopg.connect(_libpq(pg_server.database_url), autocommit=True) as conn:
+        for statement in (
+            "UPDATE predictions SET label = 'cnv' WHERE id = %s",
+            "DELETE FROM predictions WHERE id = %s",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                conn.execute(statement, (prediction_id,))
+        sequence, confidence = conn.execute(
+            "SELECT sequence, confidence FROM predictions WHERE id = %s", (prediction_id,)
+        ).fetchone()
+
+        # A superuser, bypassing the trigger knowingly, alters the row; the chain shows it.
+        def alter(value: float) -> None:
+            conn.execute("ALTER TABLE predictions DISABLE TRIGGER USER")
+            conn.execute("UPDATE predictions SET confidence = %s WHERE id = %s", (value, prediction_id))
+            conn.execute("ALTER TABLE predictions ENABLE TRIGGER USER")
+
+        alter(0.999)
+        try:
+            broken = pg_server.cli("audit", "verify")
+            assert broken.returncode == 1
+            assert f"BROKEN at sequence {sequence} (prediction {prediction_id})" in broken.stdout
+        finally:
+            alter(confidence)  # the module's other tests share this database
+    assert pg_server.cli("audit", "verify").returncode == 0
+
+
+def test_missing_wrong_unscoped_and_revoked_keys_are_refused_and_never_logged(pg_server, uploads):
+    wrong = "kdoct_" + uuid.uuid4().hex
+    temporary = create_key(pg_server.database_url, pg_server.repo_root, "temp-workstation", "classify")
+    assert classify(pg_server, uploads[0], key=temporary).status_code == 200  # now cached by the worker
+
+    refusals = {
+        "missing": classify(pg_server, uploads[0], key=""),
+        "invalid": classify(pg_server, uploads[0], key=wrong),
+        "forbidden": classify(pg_server, uploads[0], key=pg_server.keys.reader),
+        "invalid on a read route": httpx.get(f"{pg_server.url}/predictions", headers=pg_server.auth(wrong)),
+    }
+    assert pg_server.cli("apikey", "revoke", "temp-workstation").returncode == 0
+    refusals["revoked"] = _until_refused(pg_server, uploads[0], temporary, timeout_s=15)
+
+    for reason, response in refusals.items():
+        expected = 403 if reason == "forbidden" else 401  # forbidden: a valid key without the scope
+        assert response.status_code == expected, (reason, response.text)
+        assert response.headers["content-type"] == PROBLEM_MEDIA_TYPE
+        assert response.json()["status"] == expected
+    assert refusals["revoked"].json()["detail"] == "this API key has been revoked"
+    assert refusals["missing"].headers["www-authenticate"].startswith("Bearer")
+
+    # The reader key reads; it only lacks classify.
+    assert (
+        httpx.get(f"{pg_server.url}/predictions", headers=pg_server.auth(pg_server.keys.reader)).status_code
+        == 200
+    )
+    failures = metric_samples(httpx.get(f"{pg_server.url}/metrics").text, "kdoct_auth_failures_total")
+    for reason in ("missing", "invalid", "forbidden", "revoked"):
+        assert failures[f'{{reason="{reason}"}}'] >= 1
+    log = pg_server.log.read_text()
+    for key in (wrong, temporary, pg_server.keys.clinic, pg_server.keys.reader, pg_server.keys.admin):
+        assert key not in log and key.removeprefix("kdoct_") not in log
+
+
+def _until_refused(server: RecordsServer, data: bytes, key: str, timeout_s: float) -> httpx.Response:
+    """Revocation reaches each worker when its key cache entry expires (a few seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = classify(server, data, key=key)
+        if response.status_code != 200 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.5)
+
+
+EVERY_METRIC = (
+    "kdoct_request_duration_seconds_bucket",
+    "kdoct_inference_duration_seconds_bucket",
+    "kdoct_queue_wait_seconds_bucket",
+    "kdoct_batch_size_bucket",
+    "kdoct_queue_depth",
+    "kdoct_predictions_total",
+    "kdoct_prediction_confidence_bucket",
+    "kdoct_second_opinions_total",
+    "kdoct_referrals_total",
+    "kdoct_rejected_requests_total",
+    "kdoct_db_write_duration_seconds_bucket",
+    "kdoct_db_write_failures_total",
+    "kdoct_spool_backlog",
+    "kdoct_auth_failures_total",
+    "kdoct_model_info",
+    "kdoct_model_ready",
+)
+
+
+def test_metrics_exposes_every_issue_metric_after_a_few_requests(pg_server, uploads):
+    answer = classify(pg_server, uploads[1], second_opinion="always")
+    assert answer.status_code == 200
+    assert classify(pg_server, b"not an image" * 64).status_code == 415
+    models = {
+        m["role"]: m for m in httpx.get(f"{pg_server.url}/models", headers=pg_server.auth()).json()["models"]
+    }
+    text = httpx.get(f"{pg_server.url}/metrics").text
+
+    missing = [name for name in EVERY_METRIC if not metric_samples(text, name)]
+    assert missing == []
+    info = metric_samples(text, "kdoct_model_info")
+    for role, model in models.items():
+        name, version, sha256 = model["name"], model["version"], model["sha256"]
+        series = f'{{name="{name}",role="{role}",sha256="{sha256}",version="{version}"}}'
+        assert info[series] == 1.0, info
+    assert metric_samples(text, "kdoct_model_ready") == {'{role="student"}': 1.0, '{role="teacher"}': 1.0}
+    assert metric_samples(text, "kdoct_db_write_duration_seconds_count")[""] >= 1
+    rejected = metric_samples(text, "kdoct_rejected_requests_total")
+    assert rejected['{reason="unsupported_media_type"}'] >= 1
+    opinions = metric_samples(text, "kdoct_second_opinions_total")
+    assert sum(opinions.values()) >= 1
+    # No unbounded label values: no prediction id, request id or key.
+    for value in (answer.json()["prediction_id"], answer.json()["request_id"], pg_server.keys.clinic):
+        assert value not in text
+
+
+def test_postgresql_outage_loses_and_duplicates_no_answered_prediction(outage_server, uploads):
+    server, cluster = outage_server
+    before = stored(server.database_url)
+    answered: dict[str, str] = {}
+
+    def send(count: int, offset: int) -> None:
+        for data in uploads[offset : offset + count]:
+            response = classify(server, data)
+            assert response.status_code == 200, response.text  # the spool is writable: never a 503
+            answered[response.json()["prediction_id"]] = hashlib.sha256(data).hexdigest()
+
+    send(4, 0)
+    cluster.stop()
+    try:
+        send(8, 4)
+        spooled = list(server.spool_dir.glob("spool-*.jsonl"))
+        assert spooled, "records answered during the outage must be on the spool"
+    finally:
+        cluster.start()
+    send(4, 12)
+
+    # The writer probes the database again within a couple of seconds and replays the spool.
+    deadline = time.monotonic() + 30
+    while list(server.spool_dir.glob("spool-*.jsonl")) or len(stored(server.database_url)) < len(before) + 16:
+        assert time.monotonic() < deadline, f"spool not drained: {list(server.spool_dir.iterdir())}"
+        time.sleep(0.25)
+    rows = stored(server.database_url)
+    assert {row_id: sha for row_id, sha in rows.items() if row_id not in before} == answered
+    assert len(rows) == len(before) + 16
+    verified = server.cli("audit", "verify")
+    assert verified.returncode == 0, verified.stdout
+    backlog = metric_samples(httpx.get(f"{server.url}/metrics").text, "kdoct_spool_backlog")
+    assert backlog[""] == 0.0
