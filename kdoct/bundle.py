@@ -204,7 +204,9 @@ def load_bundle(directory: str | Path) -> Bundle:
     for name, expected in sorted(files.items()):
         path = directory / name
         if not path.is_file():
-            raise BundleError(f"{path} is listed in {MANIFEST_NAME} but missing: restore or re-export the bundle")
+            raise BundleError(
+                f"{path} is listed in {MANIFEST_NAME} but missing: restore or re-export the bundle"
+            )
         actual = sha256_file(path)
         if actual != expected:
             raise BundleError(
@@ -214,6 +216,7 @@ def load_bundle(directory: str | Path) -> Bundle:
     unlisted = [name for name in _list_files(directory) if name not in files]
     if unlisted:
         raise BundleError(
-            f"{directory / unlisted[0]} is not listed in {MANIFEST_NAME}: a bundle holds only the files it pins"
+            f"{directory / unlisted[0]} is not listed in {MANIFEST_NAME}: "
+            f"a bundle holds only the files it pins"
         )
     return Bundle(path=directory, manifest=manifest, sha256=hashlib.sha256(raw).hexdigest())

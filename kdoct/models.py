@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -52,6 +53,12 @@ def create_model(
     kwargs = {"drop_rate": drop_rate, "drop_path_rate": drop_path_rate}
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     if init == "hub":
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise ModelInitError(
+                f"pretrained weights for {arch!r} need the Hugging Face hub, but HF_HUB_OFFLINE is set. "
+                f"Offline? On a machine with internet, save timm/{arch}'s model.safetensors, copy it here "
+                f"and pass its path as init (config `init: /path/model.safetensors`, or --init)."
+            )
         try:
             return timm.create_model(arch, pretrained=True, num_classes=num_classes, **kwargs)
         except Exception as exc:  # noqa: BLE001 - every hub failure gets the same advice

@@ -49,11 +49,15 @@ class PreprocessSpec:
     def __post_init__(self) -> None:
         size = tuple(int(v) for v in self.input_size)
         if len(size) != 2 or min(size) < 8:
-            raise PreprocessError(f"input_size must be (height, width) of at least 8 px, got {self.input_size}")
+            raise PreprocessError(
+                f"input_size must be (height, width) of at least 8 px, got {self.input_size}"
+            )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise PreprocessError(f"mean and std need 3 values with std > 0, got {self.mean}, {self.std}")
         if self.interpolation not in _RESAMPLE:
-            raise PreprocessError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
+            raise PreprocessError(
+                f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}"
+            )
         if self.channel_mode not in ("gray3", "rgb"):
             raise PreprocessError(f"channel_mode must be 'gray3' or 'rgb', got {self.channel_mode!r}")
         object.__setattr__(self, "input_size", size)

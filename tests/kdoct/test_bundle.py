@@ -48,7 +48,9 @@ def golden_images(sample_jpegs):
 def bundle_dir(tmp_path, model, golden_images):
     with torch.inference_mode():
         logits = model(torch.from_numpy(preprocess_batch(golden_images, SPEC))).numpy()
-    save_bundle(tmp_path / "bundle", model, _manifest(), extra_files=golden_files(golden_images, softmax(logits)))
+    save_bundle(
+        tmp_path / "bundle", model, _manifest(), extra_files=golden_files(golden_images, softmax(logits))
+    )
     return tmp_path / "bundle"
 
 
@@ -76,7 +78,9 @@ def test_golden_check_passes_with_the_model_and_fails_with_another(bundle_dir):
     assert check_golden(bundle.golden_dir, bundle.preprocess, predict) < 1e-5
     other = create_model("test_efficientnet", 3).eval()
     with pytest.raises(GoldenMismatchError, match="do not serve it"):
-        check_golden(bundle.golden_dir, bundle.preprocess, lambda b: other(torch.from_numpy(b)).detach().numpy())
+        check_golden(
+            bundle.golden_dir, bundle.preprocess, lambda b: other(torch.from_numpy(b)).detach().numpy()
+        )
 
 
 def _rewrite_manifest(bundle_dir, change):

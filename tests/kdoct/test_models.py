@@ -17,6 +17,7 @@ def test_unknown_architecture_lists_the_choices():
 
 
 def test_offline_hub_says_what_to_do(monkeypatch):
+    # huggingface_hub reads HF_HUB_OFFLINE at import: kdoct re-reads it so the refusal is immediate.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelInitError, match=r"Offline\?.*model\.safetensors.*init"):
         create_model("test_efficientnet", 3, init="hub")
@@ -42,7 +43,9 @@ def test_init_from_checkpoint_dict(tmp_path):
 
 def test_init_file_of_another_architecture_is_refused(tmp_path):
     path = tmp_path / "convnext.safetensors"
-    save_file({k: v.contiguous() for k, v in create_model("test_convnext", 3).state_dict().items()}, str(path))
+    save_file(
+        {k: v.contiguous() for k, v in create_model("test_convnext", 3).state_dict().items()}, str(path)
+    )
     with pytest.raises(ModelInitError, match="does not fit the model"):
         create_model("test_efficientnet", 3, init=path)
 

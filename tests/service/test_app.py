@@ -199,18 +199,23 @@ def test_queue_full_answers_503_with_retry_after(make_settings, jpeg_paths):
         original = runtime.predict_logits
 
         def blocked(batch):
-            release.wait(10)
+            release.wait(30)
             return original(batch)
 
         runtime.predict_logits = blocked
         data = jpeg_paths[0].read_bytes()
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(post, client, data) for _ in range(4)]
-            # One request runs (blocked), one waits in the queue: the others are refused at once,
-            # while the runtime is still blocked.
-            first_done = next(as_completed(futures, timeout=10))
-            full = first_done.result()
+            # One request runs (blocked), one waits in the queue: the other two are refused at
+            # once, while the runtime is still blocked (nothing can answer 200 before release).
+            refused = []
+            for future in as_completed(futures, timeout=30):
+                refused.append(future.result())
+                if len(refused) == 2:
+                    break
             release.set()
+            full = refused[0]
+            assert [r.status_code for r in refused] == [503, 503]
             responses = [f.result() for f in futures]
     body = assert_problem(full, 503, "overloaded")
     assert full.headers["Retry-After"] == "1" and "full" in body["detail"]
