@@ -141,16 +141,17 @@ def _decode_raster(data: bytes, kind: str, limits: ImageLimits, digest: str) -> 
         raise _bomb(f"the {name} image is too large to decode safely: {exc}") from None
     except UnidentifiedImageError:
         raise _invalid(f"the {name} header is corrupt or incomplete") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow plugins raise TypeError, KeyError... on corrupt headers
         raise _invalid(f"the {name} header cannot be read: {exc}") from None
     with image:
         width, height = image.size
         _check_size(width, height, 1, limits)
         try:
             frames = getattr(image, "n_frames", 1)
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            animated = getattr(image, "is_animated", False)
+        except Exception as exc:  # noqa: BLE001 - as above (found by the decoder fuzz in tests/hostile)
             raise _invalid(f"the {name} file is corrupt: {exc}") from None
-        if frames > 1 or getattr(image, "is_animated", False):
+        if frames > 1 or animated:
             raise _invalid(
                 f"the {name} file holds {frames} frames (animated or multi-page): send one B-scan per "
                 f"image, or a multi-frame DICOM for a volume"
@@ -163,7 +164,7 @@ def _decode_raster(data: bytes, kind: str, limits: ImageLimits, digest: str) -> 
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _bomb(f"the {name} image is too large to decode safely: {exc}") from None
-        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        except Exception as exc:  # noqa: BLE001 - as above, and MemoryError
             raise _invalid(f"the {name} pixel data is truncated or corrupt: {exc}") from None
         return DecodedUpload(format=kind, frames=[image], width=width, height=height, input_sha256=digest)
 
@@ -172,6 +173,12 @@ def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUploa
     # Messages here name DICOM attributes, never their values: a value may identify the patient.
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=False)
+        # pydicom converts element values on first access: a corrupt value (an unknown VR, say) would
+        # raise later, outside this try, as a 500. Convert every element now (found by tests/hostile).
+        for _element in dataset.file_meta.iterall():
+            pass
+        for _element in dataset.iterall():
+            pass
     except InvalidDicomError:
         raise _invalid("the DICOM file is not valid (no DICM preamble or file meta information)") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt files

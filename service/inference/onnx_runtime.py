@@ -18,6 +18,10 @@ class OnnxRuntime:
         # One session runs one batch at a time on every core; parallel sessions would fight for them.
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle ORT threads spin by default, taking the cores that decode threads and the event loop need
+        # between batches: with spinning off the service served 1.6-1.9x more images/s and halved its
+        # p50 on the 2-core machine (docs/BENCHMARKS.md, "Profile").
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3

@@ -1,0 +1,1 @@
+"""Benchmarks and reliability measurements; `python -m bench` rewrites docs/BENCHMARKS.md."""

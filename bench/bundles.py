@@ -1,0 +1,68 @@
+"""The bundles the benchmarks serve: the paper's architectures at 384 px with random weights (speed
+does not depend on the weights), exported like real ones and cached under var/bench/."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CACHE = REPO_ROOT / "var" / "bench"
+SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "oct2017-sample"
+CLASSES = ("normal", "drusen", "cnv")
+INPUT_SIZE = (384, 384)
+ARCHS = {"student": "efficientnet_b2", "teacher": "convnextv2_large"}
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CACHE", "SAMPLE_DIR", "bench_bundle", "sample_jpegs"]
+
+
+def sample_jpegs(limit: int | None = None) -> list[Path]:
+    """Real OCT2017 B-scans, classes interleaved so that any prefix mixes them."""
+    by_class = [sorted((SAMPLE_DIR / name).glob("*.jpeg")) for name in ("CNV", "DME", "DRUSEN", "NORMAL")]
+    mixed = [path for group in zip(*by_class, strict=False) for path in group]
+    if not mixed:
+        raise FileNotFoundError(f"no OCT sample JPEGs under {SAMPLE_DIR}")
+    return mixed[:limit] if limit else mixed
+
+
+def bench_bundle(role: str) -> Path:
+    """The cached bundle of `role` (student | teacher), exported on first use."""
+    out = CACHE / f"{role}-{ARCHS[role]}-{INPUT_SIZE[0]}"
+    if (out / "bundle.json").is_file():
+        return out
+    import torch
+
+    from kdoct.models import create_model
+    from kdoct.preprocess import PreprocessSpec
+    from model_training.export import export_bundle
+
+    log.info("exporting a random-weight %s bundle (%s, %d px) to %s", role, ARCHS[role], INPUT_SIZE[0], out)
+    torch.manual_seed(0)
+    golden = []
+    for path in sample_jpegs(2):
+        with Image.open(path) as image:
+            golden.append(image.convert("L"))
+    scratch = out.with_name(out.name + ".partial")
+    if scratch.exists():
+        import shutil
+
+        shutil.rmtree(scratch)
+    export_bundle(
+        create_model(ARCHS[role], len(CLASSES)),
+        scratch,
+        name=f"bench-{role}",
+        version="0.0.0-random",
+        role=role,
+        arch=ARCHS[role],
+        class_names=CLASSES,
+        preprocess=PreprocessSpec(input_size=INPUT_SIZE),
+        golden_images=golden,
+        calibration={"temperature": 1.0},
+        metrics={"note": "random weights: for speed measurements only"},
+    )
+    scratch.rename(out)
+    return out

@@ -1,0 +1,249 @@
+"""Item 1: the service against the bare model, side by side in one run.
+
+(a) bare ONNX Runtime forward of the student bundle (same session options and threads as the
+service) on preprocessed real B-scans, at batch 1 and at its best batch size; (b) the real service
+over HTTP with real JPEG uploads at concurrency 1, 4, 16, 64, with the record sink the service has
+(SQLite and PostgreSQL once the durable writer is wired in; the in-memory sink before that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.bundles import CACHE, bench_bundle, sample_jpegs
+from bench.client import LoadResult, build_classify_requests, closed_loop
+from bench.report import fmt, markdown_table
+from bench.server import ServiceProcess, records_wired
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BareResult", "bare_onnx", "service_backends", "service_vs_bare"]
+
+CONCURRENCY = (1, 4, 16, 64)
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass
+class BareResult:
+    batch1_images_per_s: float
+    batch1_median_ms: float
+    best_batch: int
+    best_images_per_s: float
+    by_batch: dict[int, float]
+    spinning: bool  # the faster ORT thread setting at batch 1, used for every batch size
+    batch1_by_spinning: dict[bool, float]
+
+
+def _session(onnx_path: Path, spinning: bool):
+    import onnxruntime as ort
+
+    from service.inference.runtime import cpu_count
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = cpu_count()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch})
+
+
+def _images_per_s(run, chunks: list[np.ndarray], seconds: float) -> tuple[float, list[float]]:
+    for chunk in chunks[:2]:
+        run(chunk)  # warm-up
+    done, index, latencies = 0, 0, []
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        call_began = time.perf_counter()
+        run(chunks[index % len(chunks)])
+        latencies.append((time.perf_counter() - call_began) * 1000)
+        done += chunks[0].shape[0]
+        index += 1
+    return done / (time.perf_counter() - began), latencies
+
+
+def bare_onnx(bundle_dir: Path, seconds: float, batch_sizes=(1, 2, 4, 8)) -> BareResult:
+    """The bare forward, with ORT's own thread spinning on and off: the faster one is the baseline, so
+    the service is compared with the best the bare model does on this machine."""
+    from PIL import Image
+
+    from kdoct.bundle import load_bundle
+    from kdoct.preprocess import preprocess_batch
+
+    bundle = load_bundle(bundle_dir)
+    images = []
+    for path in sample_jpegs(16):
+        with Image.open(path) as image:
+            images.append(image.convert("L"))
+    inputs = preprocess_batch(images, bundle.preprocess)
+
+    def chunks(batch: int) -> list[np.ndarray]:
+        return [np.ascontiguousarray(inputs[i : i + batch]) for i in range(0, len(inputs) - batch + 1, batch)]
+
+    batch1, latencies = {}, {}
+    for spinning in (True, False):
+        batch1[spinning], latencies[spinning] = _images_per_s(
+            _session(bundle.onnx_path, spinning), chunks(1), seconds
+        )
+    spinning = max(batch1, key=batch1.get)
+    run = _session(bundle.onnx_path, spinning)
+    by_batch = {1: batch1[spinning]}
+    for batch in batch_sizes[1:]:
+        by_batch[batch] = _images_per_s(run, chunks(batch), seconds)[0]
+    best = max(by_batch, key=by_batch.get)
+    return BareResult(
+        batch1[spinning],
+        statistics.median(latencies[spinning]),
+        best,
+        by_batch[best],
+        by_batch,
+        spinning,
+        batch1,
+    )
+
+
+def service_backends() -> list[tuple[str, str | None]]:
+    """(label, database URL) of the record sinks to measure with."""
+    if not records_wired():
+        return [("in-memory sink (records not wired into the app yet)", None)]
+    return [("SQLite", "sqlite"), ("PostgreSQL", "postgresql")]
+
+
+def database_url(kind: str | None, workdir: Path) -> tuple[str | None, callable]:
+    """A fresh database of `kind` and a function that removes it."""
+    if kind is None:
+        return None, lambda: None
+    if kind == "sqlite":
+        return f"sqlite:///{workdir / 'records.db'}", lambda: None
+    import psycopg
+
+    name = f"kdoct_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", drop
+
+
+def measure_service(
+    server: ServiceProcess, seconds: float, concurrency=CONCURRENCY, images: int = 64
+) -> dict[int, LoadResult]:
+    requests = build_classify_requests(sample_jpegs(images), "127.0.0.1", server.port, server.api_key)
+    results = {}
+    for level in concurrency:
+        results[level] = asyncio.run(
+            closed_loop(
+                "127.0.0.1", server.port, requests, concurrency=level, duration_s=seconds, warmup_s=1.0
+            )
+        )
+        log.info(
+            "concurrency %d: %.1f img/s, p50 %.1f ms",
+            level,
+            results[level].throughput,
+            results[level].median(),
+        )
+    return results
+
+
+def service_vs_bare(quick: bool, settings: dict[str, str] | None = None) -> tuple[str, dict]:
+    """Markdown section and raw figures."""
+    student = bench_bundle("student")
+    seconds = 4.0 if quick else 12.0
+    bare = bare_onnx(student, 3.0 if quick else 10.0)
+    rows, figures = [], {"bare": bare.__dict__, "service": {}}
+    for label, kind in service_backends():
+        workdir = CACHE / "runs" / f"service-{uuid.uuid4().hex[:6]}"
+        url, drop = database_url(kind, workdir.parent / workdir.name)
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            with ServiceProcess(student, workdir, database_url=url, settings=settings) as server:
+                results = measure_service(server, seconds)
+        finally:
+            drop()
+        figures["service"][label] = {level: _summary(result) for level, result in results.items()}
+        for level, result in results.items():
+            overhead = result.p(50) - bare.batch1_median_ms if level == 1 else None
+            rows.append(
+                [
+                    label,
+                    str(level),
+                    fmt(result.throughput),
+                    fmt(result.p(50)),
+                    fmt(result.p(95)),
+                    fmt(result.p(99)),
+                    fmt(result.throughput / bare.batch1_images_per_s, 2),
+                    fmt(overhead) if overhead is not None else "",
+                    _errors(result),
+                ]
+            )
+    best_ratio = (
+        max(
+            (level["images_per_s"] for backend in figures["service"].values() for level in backend.values()),
+            default=0,
+        )
+        / bare.batch1_images_per_s
+    )
+    c1 = [backend[1]["p50_ms"] - bare.batch1_median_ms for backend in figures["service"].values()]
+    verdict = (
+        f"Best ratio {best_ratio:.2f} (target ≥ 0.9): **{'met' if best_ratio >= 0.9 else 'not met'}**; "
+        f"p50 overhead at concurrency 1: {', '.join(f'{value:+.1f} ms' for value in c1)} (target < 5 ms): "
+        f"**{'met' if c1 and max(c1) < 5 else 'not met'}**."
+    )
+    text = "\n\n".join(
+        [
+            "## 1. Service against the bare model",
+            f"Student `efficientnet_b2` at 384 px (random weights), ONNX Runtime on CPU, real OCT2017 JPEGs "
+            f"(512x496 typical) over HTTP/1.1 keep-alive; closed loop, {seconds:g} s per level "
+            f"after 1 s warm-up. Bare batch 1: {bare.batch1_by_spinning[True]:.1f} images/s with ORT's "
+            f"thread spinning on, {bare.batch1_by_spinning[False]:.1f} with it off; the faster "
+            f"({'on' if bare.spinning else 'off'}, median {bare.batch1_median_ms:.1f} ms) is the baseline.",
+            markdown_table(
+                ["bare ONNX Runtime", *[f"batch {batch}" for batch in bare.by_batch]],
+                [["images/s", *[fmt(value) for value in bare.by_batch.values()]]],
+            ),
+            markdown_table(
+                [
+                    "records",
+                    "concurrency",
+                    "images/s",
+                    "p50 ms",
+                    "p95 ms",
+                    "p99 ms",
+                    "ratio to bare b1",
+                    "p50 overhead ms",
+                    "errors",
+                ],
+                rows,
+            ),  # fmt: skip
+            verdict,
+        ]
+    )
+    return text, figures
+
+
+def _errors(result: LoadResult) -> str:
+    bad = {status: count for status, count in result.statuses.items() if not status.startswith("2")}
+    return ", ".join(f"{status}: {count}" for status, count in sorted(bad.items())) or "0"
+
+
+def _summary(result: LoadResult) -> dict:
+    return {
+        "images_per_s": result.throughput,
+        "p50_ms": result.p(50),
+        "p95_ms": result.p(95),
+        "p99_ms": result.p(99),
+        "statuses": dict(result.statuses),
+    }

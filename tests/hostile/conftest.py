@@ -1,0 +1,114 @@
+"""A real uvicorn server (`python -m service serve`) for the hostile-input suite, on tiny real bundles,
+with an 8 MiB upload cap so that the oversized-body cases stay cheap."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+# The bundle builders live with the service tests; share them rather than copy them.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+from service_fixtures import build_bundles  # noqa: E402
+
+MAX_UPLOAD_BYTES = 8 << 20
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class HostileServer:
+    def __init__(self, url: str, process: subprocess.Popen, log_path: Path) -> None:
+        self.url = url
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def rss(self) -> int:
+        return rss_bytes(self.process.pid)
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="session")
+def hostile_server(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, repo_root: Path) -> Iterator:
+    bundles = build_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
+    workdir = tmp_path_factory.mktemp("hostile-server")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
+    env.update(
+        KDOCT_STUDENT_BUNDLE=str(bundles["student"]),
+        KDOCT_SECOND_OPINION="never",
+        KDOCT_INFERENCE_THREADS="1",
+        KDOCT_DECODE_THREADS="2",
+        KDOCT_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
+        KDOCT_DATABASE_URL=f"sqlite:///{workdir / 'records.db'}",
+        KDOCT_SPOOL_DIR=str(workdir / "spool"),
+        # Loopback only and SQLite: the hostile suite tests input handling, not keys (tests/records does).
+        KDOCT_AUTH="disabled",
+        KDOCT_LOG_LEVEL="warning",
+        PYTHONPATH=str(repo_root),
+    )
+    # The records schema must exist before the service's durable writer starts.
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "service", "db", "upgrade"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if upgrade.returncode != 0:
+        pytest.fail(f"python -m service db upgrade failed:\n{upgrade.stderr[-3000:]}")
+    port = _free_port()
+    log_path = workdir / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port)],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = HostileServer(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode}:\n{server.log_tail()}")
+            try:
+                if httpx.get(f"{server.url}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after 120 s:\n{server.log_tail()}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
