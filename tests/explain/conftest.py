@@ -1,0 +1,50 @@
+"""Bundles of timm's tiny test models with random (seeded) weights, exported like real ones."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from kdoct.bundle import Bundle
+from kdoct.models import create_model
+from kdoct.preprocess import PreprocessSpec
+from model_training.export import export_bundle
+
+# The service tests' DICOM builders, shared rather than copied (tests/ is not a package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+
+# The student family and the teacher family, as the service serves them.
+TEST_ROLES = {"test_efficientnet": "student", "test_convnext": "teacher"}
+# 128 px gives a 4 x 4 feature map (stride 32): small enough to be fast, big enough to have a shape.
+TEST_INPUT_SIZE = (128, 128)
+
+
+@pytest.fixture(scope="session")
+def real_bscan(sample_jpegs: dict[str, list[Path]]) -> Image.Image:
+    with Image.open(sample_jpegs["CNV"][0]) as image:
+        image.load()
+        return image
+
+
+@pytest.fixture(scope="session")
+def explain_bundles(tmp_path_factory, real_bscan: Image.Image) -> dict[str, Bundle]:
+    torch.set_num_threads(1)
+    bundles = {}
+    for seed, (arch, role) in enumerate(TEST_ROLES.items()):
+        torch.manual_seed(seed)
+        bundles[arch] = export_bundle(
+            create_model(arch, 3),
+            tmp_path_factory.mktemp("bundles") / arch,
+            name=f"explain-{arch}",
+            version="0.0.1",
+            role=role,
+            arch=arch,
+            class_names=["normal", "drusen", "cnv"],
+            preprocess=PreprocessSpec(input_size=TEST_INPUT_SIZE),
+            golden_images=[real_bscan],
+        )
+    return bundles
