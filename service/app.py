@@ -51,7 +51,7 @@ def _load_models(settings: Settings) -> tuple[LoadedModel, LoadedModel | None]:
         "precision": settings.precision,
         "threads": settings.inference_threads,
         "reduced_precision_tolerance": settings.reduced_precision_tolerance,
-        "warmup_batch": settings.max_batch_size or 1,
+        "warmup_batch": settings.max_batch_size,  # None: the runtime's own preferred batch size
     }
     student = load_model(settings.student_bundle, expected_role="student", **options)
     teacher = None

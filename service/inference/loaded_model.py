@@ -52,7 +52,7 @@ def load_model(
     precision: str = "fp32",
     threads: int | None = None,
     reduced_precision_tolerance: float = 5e-3,
-    warmup_batch: int = 1,
+    warmup_batch: int | None = None,
 ) -> LoadedModel:
     """Raises BundleError (GoldenMismatchError for a runtime that does not reproduce the bundle)."""
     began = time.perf_counter()
@@ -70,7 +70,10 @@ def load_model(
     spec = bundle.preprocess
     model_runtime = build_runtime(bundle, runtime, device, precision, threads)
     height, width = spec.input_size
-    for rows in sorted({1, max(1, warmup_batch)}):
+    # Every batch shape the batcher can produce runs once here, so no live request pays for a
+    # runtime's first-use work on a new shape (kernel selection, memory planning).
+    warmup_sizes = getattr(model_runtime, "warmup_sizes", lambda rows: sorted({1, max(1, rows)}))
+    for rows in warmup_sizes(warmup_batch or model_runtime.preferred_batch_size):
         model_runtime.predict_logits(np.zeros((rows, 3, height, width), dtype=np.float32))
     tolerance = GOLDEN_TOLERANCE if model_runtime.precision == "fp32" else reduced_precision_tolerance
     try:

@@ -130,3 +130,23 @@ def test_volume_rule_keeps_a_single_cnv_frame():
     assert names[label] == "cnv" and confidence == pytest.approx(0.7)
     assert probabilities.sum() == pytest.approx(1.0) and probabilities.argmax() == 0
     assert names[aggregate_volume(frames[:50], names)[0]] == "normal"
+
+
+def test_padded_batches_give_the_same_logits_and_few_shapes():
+    import numpy as np
+    import torch
+
+    from kdoct.models import create_model
+    from service.inference.torch_runtime import TorchRuntime, padded_size
+
+    assert [padded_size(n) for n in (1, 2, 3, 5, 8, 9, 32, 33)] == [1, 2, 4, 8, 8, 16, 32, 64]
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", 3)
+    padded = TorchRuntime(model, device="cpu", pad_batches=True)
+    plain = TorchRuntime(model, device="cpu", pad_batches=False)
+    batch = np.random.default_rng(0).standard_normal((5, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(padded.predict_logits(batch), plain.predict_logits(batch), atol=1e-5)
+    assert padded.predict_logits(batch).shape == (5, 3)
+    assert padded.warmup_sizes(32) == [1, 2, 4, 8, 16, 32]
+    assert padded.warmup_sizes(20) == [1, 2, 4, 8, 16, 32]
+    assert plain.warmup_sizes(8) == [1, 8]
