@@ -87,7 +87,6 @@ class Settings(BaseSettings):
     spool_dir: Path = Path("var/spool")
     writer_queue_size: int = Field(1024, ge=1, le=1_000_000)
     writer_batch_size: int = Field(256, ge=1, le=10_000)
-    memory_records: int = Field(10_000, ge=1, le=10_000_000)
     # API keys (`python -m service apikey create`). disabled: local SQLite demo only, logged loudly;
     # refused with PostgreSQL and on non-loopback hosts.
     auth: Literal["enabled", "disabled"] = "enabled"

@@ -204,6 +204,8 @@ def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUploa
         raise _invalid(
             "the DICOM image attributes (Rows, Columns, BitsAllocated...) are missing or invalid"
         ) from None
+    if frames < 1 or rows < 1 or columns < 1:
+        raise _invalid(f"the DICOM image has {frames} frame(s) of {columns}x{rows} pixels: nothing to read")
     _check_size(columns, rows, frames, limits)
     if samples not in (1, 3) or bits_allocated not in (8, 16) or not 1 <= bits_stored <= bits_allocated:
         raise _invalid(
@@ -222,6 +224,9 @@ def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUploa
     del dataset
     if frames == 1:
         pixels = pixels[None]
+    expected = (frames, rows, columns) if samples == 1 else (frames, rows, columns, samples)
+    if pixels.shape != expected:
+        raise _invalid(f"the DICOM pixel data has shape {pixels.shape}, its header promises {expected}")
     images = [_dicom_frame(frame, samples, bits_stored, signed, photometric) for frame in pixels]
     is_volume = frames > 1
     volume_id = hashlib.sha256(b"kdoct-volume\0" + digest.encode()).hexdigest()[:32] if is_volume else None

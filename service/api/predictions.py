@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from service.db import queries
@@ -68,6 +69,18 @@ class FeedbackOut(BaseModel):
     client_id: str | None
 
 
+async def _query(work):
+    """Run a database call off the event loop. A value the caller sent that the database cannot take
+    is a 400/422; a database that does not answer is a 503 (the records are safe, reads must wait)."""
+    try:
+        return await run_in_threadpool(work)
+    except SQLAlchemyError:
+        raise Problem(
+            "not-ready", "the prediction database is unavailable: try again shortly",
+            reason="record_unavailable", headers={"Retry-After": "5"},
+        ) from None  # fmt: skip
+
+
 def _out(row: Prediction) -> PredictionOut:
     return PredictionOut.model_validate(row, from_attributes=True)
 
@@ -78,7 +91,7 @@ async def get_prediction(prediction_id: uuid.UUID, sessions: SessionsDep, _: Rea
         with sessions() as session:
             return queries.get_prediction(session, prediction_id)
 
-    row = await run_in_threadpool(load)
+    row = await _query(load)
     if row is None:
         raise Problem("not-found", f"no prediction {prediction_id} on record")
     return _out(row)
@@ -103,7 +116,7 @@ async def list_predictions(
             return queries.list_predictions(session, where, limit=limit, cursor=cursor)
 
     try:
-        page = await run_in_threadpool(load)
+        page = await _query(load)
     except ValueError as exc:
         raise Problem("bad-request", str(exc), reason="bad_request") from None
     return PredictionPageOut(items=[_out(row) for row in page.items], next_cursor=page.next_cursor)
@@ -122,7 +135,10 @@ async def add_feedback(
         with sessions() as session:
             return queries.add_feedback(session, prediction_id, body.label, body.note, client.id)
 
-    feedback = await run_in_threadpool(store)
+    try:
+        feedback = await _query(store)
+    except ValueError as exc:
+        raise Problem("validation-error", str(exc), reason="bad_request") from None
     if feedback is None:
         raise Problem("not-found", f"no prediction {prediction_id} on record (yet)")
     return FeedbackOut.model_validate(feedback, from_attributes=True)

@@ -55,7 +55,9 @@ def decode_cursor(cursor: str) -> int:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError) as exc:
         raise ValueError("invalid cursor: pass back the next_cursor of a previous page") from exc
-    if not text.startswith("s") or not text[1:].isdigit():
+    # Sequences are 64-bit integers: a longer number is not one this service handed out (and would
+    # overflow the database's integer parameter).
+    if not text.startswith("s") or not text[1:].isdigit() or len(text) > 20 or int(text[1:]) >= 2**63:
         raise ValueError("invalid cursor: pass back the next_cursor of a previous page")
     return int(text[1:])
 
@@ -92,8 +94,13 @@ def add_feedback(
 ) -> Feedback | None:
     """The clinician's label beside the prediction; None when there is no such prediction (yet: a
     prediction still on the spool is not in the database until it is replayed)."""
-    if session.get(Prediction, prediction_id) is None:
+    prediction = session.get(Prediction, prediction_id)
+    if prediction is None:
         return None
+    if label not in prediction.probabilities:
+        raise ValueError(
+            f"unknown label {label!r}: this prediction's model knows {', '.join(prediction.probabilities)}"
+        )
     feedback = Feedback(
         id=uuid.uuid4(),
         prediction_id=prediction_id,

@@ -55,3 +55,20 @@ def test_feedback_sits_beside_its_prediction(engine: Engine, record_factory) -> 
         assert feedback is not None and feedback.prediction_id == record.id
         assert add_feedback(session, record_factory().id, "cnv", None, None) is None
         assert get_prediction(session, record.id).label == record.label
+
+
+def test_cursor_beyond_a_64_bit_sequence_is_refused_not_sent_to_the_database(engine: Engine) -> None:
+    import base64
+
+    huge = base64.urlsafe_b64encode(b"s" + b"9" * 20).decode().rstrip("=")
+    with make_sessionmaker(engine)() as session, pytest.raises(ValueError, match="invalid cursor"):
+        list_predictions(session, PredictionFilter(), cursor=huge)
+
+
+def test_feedback_label_must_be_one_of_the_models_classes(engine: Engine, record_factory) -> None:
+    record = record_factory()
+    append_predictions(engine, [row_from_record(record)])
+    with make_sessionmaker(engine)() as session:
+        with pytest.raises(ValueError, match=r"unknown label 'glaucoma'.*cnv"):
+            add_feedback(session, record.id, "glaucoma", None, None)
+        assert add_feedback(session, record.id, "cnv", None, None) is not None

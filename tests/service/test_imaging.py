@@ -180,3 +180,19 @@ def test_rgb_png_with_alpha_is_accepted(jpeg_paths):
     with Image.open(jpeg_paths[0]) as image:
         rgba = image.convert("RGBA")
     assert decode_upload(encode(rgba, "PNG"), LIMITS).frames[0].mode == "RGBA"
+
+
+@pytest.mark.parametrize("number_of_frames", ["-1", "5"])
+def test_dicom_whose_frame_count_lies_is_refused(jpeg_paths, number_of_frames):
+    import io
+
+    import pydicom
+
+    frames = [jpeg_gray(path) for path in jpeg_paths[:2]]
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(frames)))
+    dataset.NumberOfFrames = number_of_frames
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(ImageRejected) as info:
+        decode_upload(buffer.getvalue(), ImageLimits())
+    assert info.value.status == 422
