@@ -55,9 +55,15 @@ def bare_runtime(model, inputs: np.ndarray, precisions, batch_sizes, repeats) ->
         runtime = TorchRuntime(model, device=DEVICE, precision=precision)
         for batch_size in batch_sizes:
             batch = np.ascontiguousarray(np.resize(inputs, (batch_size, *inputs.shape[1:])))
-            seconds = median_seconds(lambda b=batch: runtime.predict_logits(b), repeats)
-            rows.append({"precision": precision, "batch_size": batch_size, "median_ms": seconds * 1e3,
-                         "images_per_s": batch_size / seconds})  # fmt: skip
+            seconds = median_seconds(lambda b=batch, r=runtime: r.predict_logits(b), repeats)
+            rows.append(
+                {
+                    "precision": precision,
+                    "batch_size": batch_size,
+                    "median_ms": seconds * 1e3,
+                    "images_per_s": batch_size / seconds,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -69,13 +75,15 @@ def precision_differences(model, inputs: np.ndarray) -> list[dict]:
         probabilities = softmax(
             TorchRuntime(model, device=DEVICE, precision=precision).predict_logits(inputs)
         )
-        rows.append({
-            "precision": precision,
-            "images": len(inputs),
-            "max_abs_diff": float(np.abs(probabilities - reference).max()),
-            "mean_abs_diff": float(np.abs(probabilities - reference).mean()),
-            "label_changes": int((probabilities.argmax(1) != reference.argmax(1)).sum()),
-        })  # fmt: skip
+        rows.append(
+            {
+                "precision": precision,
+                "images": len(inputs),
+                "max_abs_diff": float(np.abs(probabilities - reference).max()),
+                "mean_abs_diff": float(np.abs(probabilities - reference).mean()),
+                "label_changes": int((probabilities.argmax(1) != reference.argmax(1)).sum()),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -86,8 +94,14 @@ def build_student_bundle(directory: Path, images: list[Image.Image]) -> Path:
     golden = images[:3]
     with torch.inference_mode():
         logits = model(torch.from_numpy(preprocess_batch(golden, SPEC))).numpy()
-    manifest = {"name": "bench-student", "version": "0.0.0", "role": "student", "arch": STUDENT_ARCH,
-                "class_names": CLASSES, "preprocess": SPEC.to_dict()}  # fmt: skip
+    manifest = {
+        "name": "bench-student",
+        "version": "0.0.0",
+        "role": "student",
+        "arch": STUDENT_ARCH,
+        "class_names": CLASSES,
+        "preprocess": SPEC.to_dict(),
+    }
     save_bundle(directory, model, manifest, extra_files=golden_files(golden, softmax(logits)))
     return directory
 
@@ -120,12 +134,22 @@ async def http_load(url: str, payloads: list[bytes], concurrency: int, total: in
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     quantiles = np.percentile(np.array(latencies) * 1e3, [50, 95, 99])
-    return {"concurrency": concurrency, "requests": total, "images_per_s": total / elapsed,
-            "p50_ms": quantiles[0], "p95_ms": quantiles[1], "p99_ms": quantiles[2],
-            "statuses": {str(k): v for k, v in statuses.items()},
-            "server_ms": {key: {"p50": float(np.percentile([t[key] for t in server_timings], 50)),
-                                "p99": float(np.percentile([t[key] for t in server_timings], 99))}
-                          for key in (server_timings[0] if server_timings else {})}}  # fmt: skip
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "images_per_s": total / elapsed,
+        "p50_ms": quantiles[0],
+        "p95_ms": quantiles[1],
+        "p99_ms": quantiles[2],
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "server_ms": {
+            key: {
+                "p50": float(np.percentile([t[key] for t in server_timings], 50)),
+                "p99": float(np.percentile([t[key] for t in server_timings], 99)),
+            }
+            for key in (server_timings[0] if server_timings else {})
+        },
+    }
 
 
 def serve_and_load(
@@ -134,17 +158,32 @@ def serve_and_load(
     """variant: disk (SQLite + spool on disk), shm (on /dev/shm: no fsync cost), shm-omp1 (also
     OMP_NUM_THREADS=1 against CPU thread oversubscription)."""
     port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="kdoct-gpu-serve-", dir="/dev/shm" if variant.startswith("shm") else None))
+    workdir = Path(
+        tempfile.mkdtemp(prefix="kdoct-gpu-serve-", dir="/dev/shm" if variant.startswith("shm") else None)
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("KDOCT_")}
-    env.update(KDOCT_STUDENT_BUNDLE=str(bundle), KDOCT_RUNTIME="torch", KDOCT_DEVICE=DEVICE,
-               KDOCT_PRECISION=precision, KDOCT_AUTH="disabled", KDOCT_DECODE_THREADS="12",
-               KDOCT_MAX_QUEUE="1024", KDOCT_DATABASE_URL=f"sqlite:///{workdir}/kdoct.db",
-               KDOCT_SPOOL_DIR=str(workdir / "spool"), KDOCT_LOG_LEVEL="warning")  # fmt: skip
+    env.update(
+        KDOCT_STUDENT_BUNDLE=str(bundle),
+        KDOCT_RUNTIME="torch",
+        KDOCT_DEVICE=DEVICE,
+        KDOCT_PRECISION=precision,
+        KDOCT_AUTH="disabled",
+        KDOCT_DECODE_THREADS="12",
+        KDOCT_MAX_QUEUE="1024",
+        KDOCT_DATABASE_URL=f"sqlite:///{workdir}/kdoct.db",
+        KDOCT_SPOOL_DIR=str(workdir / "spool"),
+        KDOCT_LOG_LEVEL="warning",
+    )
     if variant.endswith("omp1"):
         env["OMP_NUM_THREADS"] = "1"
-    log = open(workdir / "server.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port)], env=env,
-                               cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - the server writes to it until terminated
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port)],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     rows = []
     try:
         import httpx
@@ -215,7 +254,9 @@ def main() -> None:
     results["service"] = []
     for precision, variant in [("fp32", "disk"), ("fp32", "shm"), ("fp32", "shm-omp1"), ("bf16", "shm")]:
         if precision in precisions:
-            results["service"] += serve_and_load(bundle, precision, payloads, (1, 16, 64), args.requests, variant)
+            results["service"] += serve_and_load(
+                bundle, precision, payloads, (1, 16, 64), args.requests, variant
+            )
     args.out.write_text(json.dumps(results, indent=1))
 
 
@@ -223,9 +264,7 @@ def measure_bare(results, student, inputs, precisions, repeats) -> None:
     results["student_bare"] = bare_runtime(student, inputs, precisions, (1, 8, 32, 64, 128), repeats)
     results["student_precision"] = precision_differences(student, inputs)
     teacher = create_model(TEACHER_ARCH, 3).eval()
-    results["teacher_bare"] = bare_runtime(
-        teacher, inputs, precisions[:2], (1, 8, 32), max(5, repeats // 4)
-    )
+    results["teacher_bare"] = bare_runtime(teacher, inputs, precisions[:2], (1, 8, 32), max(5, repeats // 4))
     results["teacher_precision"] = precision_differences(teacher, inputs)
     del teacher
     if DEVICE == "cuda":

@@ -14,7 +14,14 @@ from bench.server import free_port
 
 __all__ = ["ThrowawayCluster"]
 
-PG_BIN = Path(os.environ.get("KDOCT_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _newest_postgresql_bin() -> str:
+    """Debian installs each major version side by side; the newest one's initdb and pg_ctl."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    return str(versions[-1]) if versions else "/usr/lib/postgresql/15/bin"
+
+
+PG_BIN = Path(os.environ.get("KDOCT_PG_BIN") or _newest_postgresql_bin())
 
 
 class ThrowawayCluster:

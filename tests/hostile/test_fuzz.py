@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from kdoct.preprocess import PreprocessSpec, preprocess_array
 from service.imaging import DecodedUpload, ImageLimits, ImageRejected, decode_upload
 
 EXAMPLES = int(os.environ.get("KDOCT_FUZZ_EXAMPLES", "150"))
@@ -63,6 +64,9 @@ def mutated_uploads(draw) -> bytes:
     return bytes(data)
 
 
+FUZZ_SPEC = PreprocessSpec(input_size=(32, 32))
+
+
 def _decode_as_the_server_does(data: bytes) -> DecodedUpload:
     # The server lets ordinary library warnings through to its log; only bombs are errors there.
     with warnings.catch_warnings():
@@ -80,6 +84,8 @@ def _assert_decodes_or_rejects(data: bytes) -> None:
     assert upload.frames and upload.width >= 1 and upload.height >= 1
     for frame in upload.frames:  # decoded pixels must be usable, not a lazily broken image
         assert frame.size[0] * frame.size[1] <= LIMITS.max_image_pixels
+        # ...and what the server does next with them must work too (an error here would be a 500).
+        assert preprocess_array(frame, FUZZ_SPEC).shape == (3, *FUZZ_SPEC.input_size)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -91,17 +90,6 @@ def test_classes_differ_where_the_lesions_are() -> None:
     }
     for label in ("drusen", "cnv", "dme"):
         assert np.abs(images[label] - images["normal"]).mean() > 2.0, label
-
-
-def test_generation_is_fast_enough() -> None:
-    rng = np.random.default_rng(0)
-    synth_bscan("cnv", rng)  # warm-up
-    started = time.perf_counter()
-    for label in ("normal", "drusen", "cnv", "dme"):
-        synth_bscan(label, rng)
-    per_image = (time.perf_counter() - started) / 4
-    # Target is < 50 ms; the bound is loose because the test machine's 2 cores are shared.
-    assert per_image < 0.25
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path: Path) -> None:

@@ -17,7 +17,15 @@ import psycopg
 __all__ = ["PG_BIN", "SERVER", "ThrowawayCluster", "create_database", "drop_database", "free_port"]
 
 SERVER = os.environ.get("KDOCT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-PG_BIN = Path(os.environ.get("KDOCT_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _newest_postgresql_bin() -> str:
+    """Debian installs each major version side by side; the newest one's initdb and pg_ctl."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    return str(versions[-1]) if versions else "/usr/lib/postgresql/15/bin"
+
+
+PG_BIN = Path(os.environ.get("KDOCT_PG_BIN") or _newest_postgresql_bin())
 
 
 def _with_database(server_url: str, database: str) -> str:

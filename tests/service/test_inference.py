@@ -78,8 +78,10 @@ class BlockingRuntime:
 
     def __init__(self):
         self.release = threading.Event()
+        self.entered = threading.Event()
 
     def predict_logits(self, batch):
+        self.entered.set()
         self.release.wait(5)
         return np.zeros((batch.shape[0], 3), dtype=np.float32)
 
@@ -109,7 +111,8 @@ def test_full_queue_refuses_at_once_and_a_stuck_runtime_times_out(student_inputs
         batcher = make_batcher(runtime, max_batch_size=1, max_queue=1, timeout_s=0.3)
         batcher.start()
         running = asyncio.create_task(batcher.submit(student_inputs[:1]))
-        await asyncio.sleep(0.05)  # the first request is now inside the runtime
+        # Wait until the first request is inside the runtime (not a fixed sleep: CI machines are slow).
+        assert await asyncio.to_thread(runtime.entered.wait, 10)
         queued = asyncio.create_task(batcher.submit(student_inputs[1:2]))
         await asyncio.sleep(0)
         with pytest.raises(QueueFull):
