@@ -25,11 +25,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from bench.bundles import build_test_bundle
 from bench.report import machine, now
-from kdoct.bundle import Bundle, load_bundle, save_bundle
-from kdoct.labels import class_names
-from kdoct.models import create_model
-from kdoct.preprocess import PreprocessSpec
+from kdoct.bundle import load_bundle
 from service.explain import GradCam
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,19 +37,6 @@ log = logging.getLogger("bench.explain_cost")
 DOCS = REPO_ROOT / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- explain_cost:begin -->", "<!-- explain_cost:end -->"
 DEFAULT_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "oct2017-sample"
-
-
-def _random_student(directory: Path, arch: str, size: int) -> Bundle:
-    model = create_model(arch, 3)
-    manifest = {
-        "name": f"bench-{arch}",
-        "version": "random",
-        "role": "student",
-        "arch": arch,
-        "class_names": list(class_names("neh3")),
-        "preprocess": PreprocessSpec(input_size=(size, size)).to_dict(),
-    }
-    return save_bundle(directory, model, manifest)
 
 
 def _load_scans(sample_dir: Path, count: int) -> list[Image.Image]:
@@ -109,7 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         bundle = (
             load_bundle(args.bundle)
             if args.bundle
-            else _random_student(Path(scratch) / "b", args.arch, args.size)
+            # Random weights and no ONNX: Grad-CAM runs on PyTorch and costs the same either way.
+            else build_test_bundle(
+                Path(scratch) / "b",
+                args.arch,
+                (args.size, args.size),
+                "student",
+                golden_images=[],
+                seed=0,
+                name=f"bench-{args.arch}",
+                version="random",
+                onnx=False,
+            )
         )
         explainer = GradCam(bundle)
         scans = _load_scans(args.sample_dir, args.images)

@@ -14,10 +14,7 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kdoct.bundle import save_bundle
-from kdoct.golden import golden_files, softmax
+from bench.bundles import build_test_bundle
+from bench.server import running_service
+from kdoct.golden import softmax
 from kdoct.models import create_model
 from kdoct.preprocess import PreprocessSpec, preprocess_batch
 from service.inference.torch_runtime import TorchRuntime
@@ -35,7 +33,6 @@ from service.inference.torch_runtime import TorchRuntime
 SPEC = PreprocessSpec(input_size=(384, 384))
 DEVICE = "cuda"
 STUDENT_ARCH, TEACHER_ARCH = "efficientnet_b2", "convnextv2_large"
-CLASSES = ["normal", "drusen", "cnv"]
 
 
 def median_seconds(function, repeats: int, warmup: int = 3) -> float:
@@ -89,27 +86,19 @@ def precision_differences(model, inputs: np.ndarray) -> list[dict]:
 
 
 def build_student_bundle(directory: Path, images: list[Image.Image]) -> Path:
-    torch.manual_seed(0)
-    model = create_model(STUDENT_ARCH, len(CLASSES)).eval()
-    golden = images[:3]
-    with torch.inference_mode():
-        logits = model(torch.from_numpy(preprocess_batch(golden, SPEC))).numpy()
-    manifest = {
-        "name": "bench-student",
-        "version": "0.0.0",
-        "role": "student",
-        "arch": STUDENT_ARCH,
-        "class_names": CLASSES,
-        "preprocess": SPEC.to_dict(),
-    }
-    save_bundle(directory, model, manifest, extra_files=golden_files(golden, softmax(logits)))
+    # Served by the torch runtime: no ONNX export (minutes for the real student, and unused).
+    build_test_bundle(
+        directory,
+        STUDENT_ARCH,
+        SPEC.input_size,
+        "student",
+        images[:3],
+        seed=0,
+        name="bench-student",
+        version="0.0.0",
+        onnx=False,
+    )
     return directory
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def http_load(url: str, payloads: list[bytes], concurrency: int, total: int) -> dict:
@@ -157,7 +146,6 @@ def serve_and_load(
 ) -> list[dict]:
     """variant: disk (SQLite + spool on disk), shm (on /dev/shm: no fsync cost), shm-omp1 (also
     OMP_NUM_THREADS=1 against CPU thread oversubscription)."""
-    port = free_port()
     workdir = Path(
         tempfile.mkdtemp(prefix="kdoct-gpu-serve-", dir="/dev/shm" if variant.startswith("shm") else None)
     )
@@ -176,33 +164,12 @@ def serve_and_load(
     )
     if variant.endswith("omp1"):
         env["OMP_NUM_THREADS"] = "1"
-    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - the server writes to it until terminated
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port)],
-        env=env,
-        cwd=Path(__file__).resolve().parents[1],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     rows = []
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError((workdir / "server.log").read_text()[-3000:])
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    "service not ready in 120 s: " + (workdir / "server.log").read_text()[-3000:]
-                )
-            time.sleep(0.5)
-        url = f"http://127.0.0.1:{port}/classify"
+    repo_root = Path(__file__).resolve().parents[1]
+    with running_service(
+        env, repo_root, workdir / "server.log", ready_timeout_s=120, stop_timeout_s=60
+    ) as service:
+        url = f"{service.url}/classify"
         asyncio.run(http_load(url, payloads, 8, 64))  # warm-up
         for concurrency in levels:
             row = asyncio.run(http_load(url, payloads, concurrency, max(per_level, concurrency * 4)))
@@ -210,9 +177,6 @@ def serve_and_load(
             row["variant"] = variant
             rows.append(row)
             print(json.dumps(row), flush=True)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
     return rows
 
 

@@ -1,5 +1,7 @@
-"""A throwaway PostgreSQL cluster (initdb + pg_ctl on a free port) that the fault benchmarks may stop
-and start without touching the machine's shared server. initdb refuses root: run as postgres."""
+"""Throwaway PostgreSQL, for the benchmarks and the tests: a database of one's own on the shared server
+(`create_database` / `drop_database`), or a whole cluster (initdb + pg_ctl on a free port) that a fault
+benchmark or an outage test may stop and start without touching the shared server. initdb refuses
+root: as root, the cluster runs as the postgres user."""
 
 from __future__ import annotations
 
@@ -8,11 +10,17 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
+
+import psycopg
 
 from bench.server import free_port
 
-__all__ = ["ThrowawayCluster"]
+__all__ = ["PG_BIN", "SERVER", "ThrowawayCluster", "create_database", "drop_database"]
+
+# The shared server the throwaway databases are made on (a libpq URL of any database there).
+SERVER = os.environ.get("KDOCT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _newest_postgresql_bin() -> str:
@@ -24,11 +32,36 @@ def _newest_postgresql_bin() -> str:
 PG_BIN = Path(os.environ.get("KDOCT_PG_BIN") or _newest_postgresql_bin())
 
 
+def _with_database(server_url: str, database: str) -> str:
+    base = server_url.rsplit("/", 1)[0]
+    return f"{base}/{database}".replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def create_database(server_url: str = SERVER, *, prefix: str = "kdoct_test_") -> tuple[str, str]:
+    """A new empty database on `server_url`'s server; returns (name, SQLAlchemy URL).
+    psycopg.OperationalError when the server cannot be reached."""
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, _with_database(server_url, name)
+
+
+def drop_database(name: str, server_url: str = SERVER) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 class ThrowawayCluster:
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="kdoct-bench-pg-"))
+    """A PostgreSQL cluster in a temporary directory, listening on 127.0.0.1 at a free port.
+
+    fsync=False makes it faster for tests that only stop and restart it; benchmarks that measure
+    what durable writes cost keep fsync on."""
+
+    def __init__(self, *, fsync: bool = True) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="kdoct-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
+        self.fsync = fsync
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
         self.libpq_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         if os.geteuid() == 0:
@@ -37,6 +70,8 @@ class ThrowawayCluster:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        if not self.fsync:
+            options += " -c fsync=off"
         self._pg("pg_ctl", "-D", self.data, "-o", options, "-l", self.root / "log", "-w", "start")
 
     def stop(self) -> None:

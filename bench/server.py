@@ -1,5 +1,8 @@
 """The service under test: `python -m service serve` in a subprocess, its database prepared, its
-processes observable (pids, RSS) and stoppable with the signals an orchestrator sends."""
+processes observable (pids, RSS) and stoppable with the signals an orchestrator sends.
+
+The mechanics (a free port, start, wait for /health/ready, stop) are shared with the tests
+(tests/e2e, tests/hostile, tests/deploy), which keep their own settings and pass them in `env`."""
 
 from __future__ import annotations
 
@@ -10,19 +13,117 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
 from bench.bundles import REPO_ROOT
 
-__all__ = ["ServiceProcess", "free_port", "records_wired", "rss_bytes"]
+__all__ = [
+    "ServiceNotReady",
+    "RunningService",
+    "ServiceProcess",
+    "free_port",
+    "records_wired",
+    "rss_bytes",
+    "running_service",
+    "start_service",
+    "stop_service",
+    "wait_until_ready",
+]
+
+
+class ServiceNotReady(RuntimeError):
+    """The service exited, or /health/ready did not answer 200 in time; the message ends with its log."""
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def start_service(
+    env: dict[str, str],
+    cwd: Path,
+    port: int,
+    log_path: Path,
+    *,
+    args: Sequence[str] = (),
+    append_log: bool = False,
+) -> subprocess.Popen:
+    """`python -m service serve --port PORT ARGS` in the background, stdout and stderr into `log_path`
+    (appended to, for a service restarted in the same directory, when `append_log`)."""
+    with open(log_path, "ab" if append_log else "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port), *args],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _log_tail(log_path: Path, chars: int = 3000) -> str:
+    return log_path.read_text(errors="replace")[-chars:] if log_path.exists() else ""
+
+
+def wait_until_ready(process: subprocess.Popen, url: str, log_path: Path, timeout_s: float) -> float:
+    """Seconds until `url`/health/ready answered 200; ServiceNotReady (with the log tail) when the
+    process exits first or `timeout_s` passes."""
+    began = time.monotonic()
+    while True:
+        if process.poll() is not None:
+            raise ServiceNotReady(f"service exited with {process.returncode}:\n{_log_tail(log_path)}")
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return time.monotonic() - began
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - began > timeout_s:
+            raise ServiceNotReady(f"service not ready after {timeout_s:.0f} s:\n{_log_tail(log_path)}")
+        time.sleep(0.2)
+
+
+def stop_service(process: subprocess.Popen, timeout_s: float = 30.0) -> int:
+    """SIGTERM (the service drains), then SIGKILL after `timeout_s`; returns the exit status."""
+    if process.poll() is not None:
+        return process.returncode
+    process.terminate()
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+class RunningService(NamedTuple):
+    url: str  # http://127.0.0.1:PORT
+    process: subprocess.Popen
+
+
+@contextmanager
+def running_service(
+    env: dict[str, str],
+    cwd: Path,
+    log_path: Path,
+    *,
+    ready_timeout_s: float,
+    stop_timeout_s: float = 30.0,
+    args: Sequence[str] = (),
+) -> Iterator[RunningService]:
+    """A service started with `env` on a free port, ready; stopped on the way out."""
+    port = free_port()
+    process = start_service(env, cwd, port, log_path, args=args)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(process, url, log_path, ready_timeout_s)
+        yield RunningService(url, process)
+    finally:
+        stop_service(process, stop_timeout_s)
 
 
 def records_wired() -> bool:
@@ -108,31 +209,13 @@ class ServiceProcess:
 
     def start(self, timeout_s: float = 180.0) -> ServiceProcess:
         self.prepare_records()
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve", "--port", str(self.port)],
-                cwd=self.workdir,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = start_service(self.env, self.workdir, self.port, self.log_path, append_log=True)
         self.wait_ready(timeout_s)
         return self
 
     def wait_ready(self, timeout_s: float) -> float:
         """Seconds until /health/ready answered 200."""
-        began = time.monotonic()
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return time.monotonic() - began
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - began > timeout_s:
-                raise RuntimeError(f"service not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.2)
+        return wait_until_ready(self.process, self.url, self.log_path, timeout_s)
 
     @property
     def pid(self) -> int:
@@ -157,17 +240,10 @@ class ServiceProcess:
         self.process.send_signal(signum)
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.terminate()
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_service(self.process, timeout_s) if self.process is not None else None
 
     def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+        return _log_tail(self.log_path, chars)
 
     def __enter__(self) -> ServiceProcess:
         return self.start()

@@ -10,15 +10,17 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from bench.bundles import build_test_bundle, gray_images
+from bench.pgcluster import create_database, drop_database
+from bench.server import free_port
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,12 +199,6 @@ def grafana_substitute() -> Callable[[str], str]:
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def port_factory() -> Callable[[], int]:
     return free_port
@@ -214,33 +210,14 @@ def live_bundles(
 ) -> dict[str, Path]:
     """A tiny real student and teacher (timm test models, random weights) exported as full bundles."""
     import torch
-    from PIL import Image
-
-    from kdoct.models import create_model
-    from kdoct.preprocess import PreprocessSpec
-    from model_training.export import export_bundle
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("deploy-bundles")
-    golden = []
-    for path in (sample_jpegs["CNV"][0], sample_jpegs["NORMAL"][0]):
-        with Image.open(path) as image:
-            golden.append(image.convert("L"))
+    golden = gray_images([sample_jpegs["CNV"][0], sample_jpegs["NORMAL"][0]])
     bundles = {}
     for role, arch, seed in (("student", "test_efficientnet", 3), ("teacher", "test_convnext", 5)):
-        torch.manual_seed(seed)
         bundles[role] = root / role
-        export_bundle(
-            create_model(arch, 3),
-            bundles[role],
-            name=f"deploy-{role}",
-            version="0.0.1",
-            role=role,
-            arch=arch,
-            class_names=("normal", "drusen", "cnv"),
-            preprocess=PreprocessSpec(input_size=(64, 64)),
-            golden_images=golden,
-        )
+        build_test_bundle(bundles[role], arch, (64, 64), role, golden, seed, name=f"deploy-{role}")
     return bundles
 
 
@@ -249,13 +226,9 @@ def throwaway_database() -> Iterator[str]:
     """A fresh database on the local PostgreSQL server, dropped afterwards; yields its SQLAlchemy URL."""
     import psycopg
 
-    name = f"kdoct_deploy_{uuid.uuid4().hex[:10]}"
     try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+        name, url = create_database(POSTGRES_ADMIN_URL, prefix="kdoct_deploy_")
     except psycopg.OperationalError as error:
         pytest.fail(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({error}): the live deploy test needs it")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield url
+    drop_database(name, POSTGRES_ADMIN_URL)

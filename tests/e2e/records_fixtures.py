@@ -2,7 +2,7 @@
 auth enabled, keys made by the operator CLI, and a throwaway cluster that a test may stop.
 
 Imported by tests/e2e/test_records.py (fixtures are registered where they are imported). The
-PostgreSQL helpers are shared with tests/records (throwaway_postgres.py there).
+PostgreSQL and server helpers are shared with tests/records and the benchmarks (bench/).
 """
 
 from __future__ import annotations
@@ -10,17 +10,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "records"))
-from throwaway_postgres import ThrowawayCluster, create_database, drop_database, free_port  # noqa: E402
+from bench.pgcluster import ThrowawayCluster, create_database, drop_database
+from bench.server import running_service
 
 SERVER_START_TIMEOUT_S = 120
 
@@ -85,7 +83,6 @@ def serve(
     *,
     workers: int = 1,
 ) -> Iterator[RecordsServer]:
-    port = free_port()
     log_path = workdir / "server.log"
     spool_dir, metrics_dir = workdir / "spool", workdir / "prometheus"
     metrics_dir.mkdir()
@@ -108,40 +105,15 @@ def serve(
     )
     if workers == 1:
         env.pop("PROMETHEUS_MULTIPROC_DIR")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", str(workers)],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(process, url, log_path)
-            yield RecordsServer(url, database_url, log_path, spool_dir, metrics_dir, keys, repo_root)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _wait_ready(process: subprocess.Popen, url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"server not ready after {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.25)
+    with running_service(
+        env,
+        workdir,
+        log_path,
+        ready_timeout_s=SERVER_START_TIMEOUT_S,
+        stop_timeout_s=30,
+        args=("--workers", str(workers)),
+    ) as service:
+        yield RecordsServer(service.url, database_url, log_path, spool_dir, metrics_dir, keys, repo_root)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +134,7 @@ def outage_server(
     e2e_bundles, tmp_path_factory, repo_root
 ) -> Iterator[tuple[RecordsServer, ThrowawayCluster]]:
     """One worker on a PostgreSQL cluster of the test's own, which the test stops and restarts."""
-    cluster = ThrowawayCluster()
+    cluster = ThrowawayCluster(fsync=False)
     try:
         cluster.start()
         keys = prepare_database(cluster.url, repo_root)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import select
 
+from bench.server import running_service
 from service.db.models import Feedback
 from service.db.session import make_engine
 
@@ -40,28 +39,6 @@ SERVER_START_TIMEOUT_S = 120.0
 PAGE_TIMEOUT_S = 60.0
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(base_url: str, server: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"the server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base_url}/health/ready", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(
-        f"the server was not ready within {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}"
-    )
 
 
 def _service_cli(*args: str, env: dict[str, str], cwd: Path) -> str:
@@ -81,7 +58,6 @@ def _service_cli(*args: str, env: dict[str, str], cwd: Path) -> str:
 def page_server(e2e_bundles, tmp_path_factory, repo_root) -> Iterator[dict[str, str]]:
     """A real uvicorn server with API keys on and a SQLite record store, and a key for the page."""
     workdir = tmp_path_factory.mktemp("browser-server")
-    port = _free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
     env |= {
         "PYTHONPATH": str(repo_root),
@@ -99,23 +75,15 @@ def page_server(e2e_bundles, tmp_path_factory, repo_root) -> Iterator[dict[str, 
     created = _service_cli("apikey", "create", "browser-test", "--scopes", "classify", "read", "feedback",
                            env=env, cwd=workdir)  # fmt: skip
     api_key = next(word for word in created.split() if word.startswith("kdoct_"))
-    log_path = workdir / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(base_url, process, log_path)
-        yield {"url": base_url, "key": api_key, "database_url": env["KDOCT_DATABASE_URL"]}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    with running_service(
+        env,
+        workdir,
+        workdir / "server.log",
+        ready_timeout_s=SERVER_START_TIMEOUT_S,
+        stop_timeout_s=20,
+        args=("--host", "127.0.0.1"),
+    ) as service:
+        yield {"url": service.url, "key": api_key, "database_url": env["KDOCT_DATABASE_URL"]}
 
 
 @pytest.fixture

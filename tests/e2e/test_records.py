@@ -77,6 +77,8 @@ def metric_samples(text: str, name: str) -> dict[str, float]:
 
 
 def test_every_answer_is_one_row_with_the_upload_sha256_across_two_workers(pg_server, uploads):
+    # /health/ready is 200 as soon as one worker is ready: wait for the second one too.
+    _wait_for_ready_workers(pg_server.metrics_dir, 2)
     before = stored(pg_server.database_url)
     responses = classify_concurrently(pg_server, uploads, connections=8)
     assert [r.status_code for r in responses] == [200] * len(uploads), responses[0].text
@@ -103,6 +105,21 @@ def test_every_answer_is_one_row_with_the_upload_sha256_across_two_workers(pg_se
         v for series, v in exposed.items() if 'route="/classify"' in series and 'status="200"' in series
     )
     assert classify_ok == sum(per_worker.values()) >= len(uploads)
+
+
+def _wait_for_ready_workers(metrics_dir: Path, workers: int, timeout_s: float = 120.0) -> None:
+    """Until `workers` processes have set kdoct_model_ready to 1 in their own metric files."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready = set()
+        for path in metrics_dir.glob("gauge_*.db"):
+            for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(path)):
+                if json.loads(key)[0] == "kdoct_model_ready" and value == 1:
+                    ready.add(path.stem.split("_")[-1])
+        if len(ready) >= workers:
+            return
+        assert time.monotonic() < deadline, f"only {len(ready)} of {workers} workers ready"
+        time.sleep(0.2)
 
 
 def _classify_requests_per_worker(metrics_dir: Path) -> dict[str, float]:

@@ -9,10 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.bundles import build_test_bundle
 from kdoct.bundle import Bundle
-from kdoct.models import create_model
-from kdoct.preprocess import PreprocessSpec
-from model_training.export import export_bundle
 
 # The service tests' DICOM builders, shared rather than copied (tests/ is not a package).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
@@ -35,16 +33,8 @@ def explain_bundles(tmp_path_factory, real_bscan: Image.Image) -> dict[str, Bund
     torch.set_num_threads(1)
     bundles = {}
     for seed, (arch, role) in enumerate(TEST_ROLES.items()):
-        torch.manual_seed(seed)
-        bundles[arch] = export_bundle(
-            create_model(arch, 3),
-            tmp_path_factory.mktemp("bundles") / arch,
-            name=f"explain-{arch}",
-            version="0.0.1",
-            role=role,
-            arch=arch,
-            class_names=["normal", "drusen", "cnv"],
-            preprocess=PreprocessSpec(input_size=TEST_INPUT_SIZE),
-            golden_images=[real_bscan],
+        out = tmp_path_factory.mktemp("bundles") / arch
+        bundles[arch] = build_test_bundle(
+            out, arch, TEST_INPUT_SIZE, role, [real_bscan], seed, name=f"explain-{arch}"
         )
     return bundles

@@ -4,27 +4,20 @@ with an 8 MiB upload cap so that the oversized-body cases stay cheap."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+
+from bench.server import running_service
 
 # The bundle builders live with the service tests; share them rather than copy them.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 from service_fixtures import build_bundles  # noqa: E402
 
 MAX_UPLOAD_BYTES = 8 << 20
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_bytes(pid: int) -> int:
@@ -80,35 +73,6 @@ def hostile_server(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, r
     )
     if upgrade.returncode != 0:
         pytest.fail(f"python -m service db upgrade failed:\n{upgrade.stderr[-3000:]}")
-    port = _free_port()
     log_path = workdir / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port)],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = HostileServer(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{server.log_tail()}")
-            try:
-                if httpx.get(f"{server.url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after 120 s:\n{server.log_tail()}")
-            time.sleep(0.2)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_service(env, workdir, log_path, ready_timeout_s=120, stop_timeout_s=20) as service:
+        yield HostileServer(service.url, service.process, log_path)

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine
-from throwaway_postgres import ThrowawayCluster, create_database, drop_database
 
+from bench.pgcluster import ThrowawayCluster, create_database, drop_database
 from service.db.migrate import upgrade
 from service.db.session import make_engine
 from service.records import PredictionRecord
@@ -92,7 +92,7 @@ def engine(db_url: str) -> Iterator[Engine]:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[ThrowawayCluster]:
     """A PostgreSQL cluster of the tests' own, safe to stop and restart."""
-    cluster = ThrowawayCluster()
+    cluster = ThrowawayCluster(fsync=False)
     cluster.start()
     yield cluster
     cluster.destroy()

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.bundles import build_test_bundle, gray_images
+
 CLASSES = ("normal", "drusen", "cnv")
 PATIENT_NAME = "Doe^Jane^Secret"
 PATIENT_ID = "PID-7731-SECRET"
@@ -20,20 +22,11 @@ STUDENT_TEMPERATURE = 1.5
 
 
 def golden_images(sample_dir: Path) -> list[Image.Image]:
-    paths = [sorted((sample_dir / c).glob("*.jpeg"))[0] for c in ("CNV", "NORMAL")]
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(image.convert("L"))
-    return images
+    return gray_images([sorted((sample_dir / c).glob("*.jpeg"))[0] for c in ("CNV", "NORMAL")])
 
 
 def build_bundles(root: Path, sample_dir: Path) -> dict[str, Path]:
     """Student and teacher bundles under `root` (reused when already built in this session)."""
-    from kdoct.models import create_model
-    from kdoct.preprocess import PreprocessSpec
-    from model_training.export import export_bundle
-
     torch.set_num_threads(1)
     specs = {
         "student": ("test_efficientnet", (64, 64), STUDENT_TEMPERATURE),
@@ -45,17 +38,13 @@ def build_bundles(root: Path, sample_dir: Path) -> dict[str, Path]:
         paths[role] = out
         if (out / "bundle.json").is_file():
             continue
-        torch.manual_seed(7 if role == "student" else 11)
-        export_bundle(
-            create_model(arch, len(CLASSES)),
+        build_test_bundle(
             out,
-            name=f"test-{role}",
-            version="0.0.1",
-            role=role,
-            arch=arch,
-            class_names=CLASSES,
-            preprocess=PreprocessSpec(input_size=size),
-            golden_images=golden_images(sample_dir),
+            arch,
+            size,
+            role,
+            golden_images(sample_dir),
+            seed=7 if role == "student" else 11,
             calibration={"temperature": temperature},
             metrics={"accuracy": {"mean": 0.5, "std": 0.0}},
         )
