@@ -11,14 +11,23 @@ no coordinated omission).
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
+import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LoadResult", "build_classify_requests", "closed_loop", "open_loop", "percentile"]
+__all__ = [
+    "LoadResult",
+    "build_classify_requests",
+    "closed_loop",
+    "closed_loop_threads",
+    "open_loop",
+    "percentile",
+]
 
 
 def build_classify_requests(
@@ -153,6 +162,94 @@ async def closed_loop(
         connection.close()
 
     await asyncio.gather(*(worker(index) for index in range(concurrency)))
+    return result
+
+
+class BlockingConnection:
+    """The same request/response exchange on a plain blocking socket: no event loop, no transport
+    objects, so a sender thread costs only the system calls (the client shares the server's cores)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.address = (host, port)
+        self.sock: socket.socket | None = None
+        self.buffer = b""
+
+    def request(self, payload: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self.sock is None:
+            self.sock = socket.create_connection(self.address)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.buffer = b""
+        try:
+            self.sock.sendall(payload)
+            while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+                self._fill()
+            lines = self.buffer[:end].decode("latin-1").split("\r\n")
+            self.buffer = self.buffer[end + 4 :]
+            status = int(lines[0].split(" ", 2)[1])
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length", "0"))
+            while len(self.buffer) < length:
+                self._fill()
+            body, self.buffer = self.buffer[:length], self.buffer[length:]
+        except BaseException:
+            self.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers, body
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("the server closed the connection")
+        self.buffer += chunk
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+
+def closed_loop_threads(
+    host: str, port: int, requests: list[bytes], *, concurrency: int, duration_s: float, warmup_s: float = 1.0
+) -> LoadResult:
+    """`closed_loop` with one thread and blocking socket per connection: the leanest client for the
+    comparison with the bare model (threads wait in recv() with the GIL released)."""
+    began = time.perf_counter()
+    measure_from = began + warmup_s
+    stop_at = measure_from + duration_s
+    result = LoadResult(duration_s=duration_s)
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        connection = BlockingConnection(host, port)
+        position = index
+        while (now := time.perf_counter()) < stop_at:
+            payload = requests[position % len(requests)]
+            position += concurrency
+            try:
+                status, headers, _ = connection.request(payload)
+            except OSError as exc:
+                if time.perf_counter() >= measure_from:
+                    with lock:
+                        result.statuses[f"error: {type(exc).__name__}"] += 1
+                time.sleep(0.01)
+                continue
+            finished = time.perf_counter()
+            if measure_from <= finished <= stop_at:
+                with lock:
+                    result.sent += 1
+                    _note(result, status, headers, (finished - now) * 1000)
+        connection.close()
+
+    threads = [threading.Thread(target=worker, args=(index,), daemon=True) for index in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return result
 
 

@@ -8,8 +8,8 @@ over HTTP with real JPEG uploads at concurrency 1, 4, 16, 64, with the record si
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
 import statistics
 import time
 import uuid
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.bundles import CACHE, bench_bundle, sample_jpegs
-from bench.client import LoadResult, build_classify_requests, closed_loop
+from bench.client import LoadResult, build_classify_requests, closed_loop_threads
 from bench.report import fmt, markdown_table
 from bench.server import ServiceProcess, records_wired
 
@@ -144,10 +144,10 @@ def measure_service(
     requests = build_classify_requests(sample_jpegs(images), "127.0.0.1", server.port, server.api_key)
     results = {}
     for level in concurrency:
-        results[level] = asyncio.run(
-            closed_loop(
-                "127.0.0.1", server.port, requests, concurrency=level, duration_s=seconds, warmup_s=1.0
-            )
+        # One thread per connection on blocking sockets: about half the client CPU of the asyncio
+        # client (0.2-0.6 vs 0.35-1.0 ms per request), CPU the client would take from the server.
+        results[level] = closed_loop_threads(
+            "127.0.0.1", server.port, requests, concurrency=level, duration_s=seconds, warmup_s=1.0
         )
         log.info(
             "concurrency %d: %.1f img/s, p50 %.1f ms",
@@ -162,6 +162,7 @@ def service_vs_bare(quick: bool, settings: dict[str, str] | None = None) -> tupl
     """Markdown section and raw figures."""
     student = bench_bundle("student")
     seconds = 4.0 if quick else 12.0
+    load_before = os.getloadavg()[0]  # other work on the cores makes every figure below noisy
     bare = bare_onnx(student, 3.0 if quick else 10.0)
     rows, figures = [], {"bare": bare.__dict__, "service": {}}
     for label, kind in service_backends():
@@ -206,10 +207,13 @@ def service_vs_bare(quick: bool, settings: dict[str, str] | None = None) -> tupl
         [
             "## 1. Service against the bare model",
             f"Student `efficientnet_b2` at 384 px (random weights), ONNX Runtime on CPU, real OCT2017 JPEGs "
-            f"(512x496 typical) over HTTP/1.1 keep-alive; closed loop, {seconds:g} s per level "
+            f"(512x496 typical) over HTTP/1.1 keep-alive (one client thread per connection); "
+            f"closed loop, {seconds:g} s per level "
             f"after 1 s warm-up. Bare batch 1: {bare.batch1_by_spinning[True]:.1f} images/s with ORT's "
             f"thread spinning on, {bare.batch1_by_spinning[False]:.1f} with it off; the faster "
-            f"({'on' if bare.spinning else 'off'}, median {bare.batch1_median_ms:.1f} ms) is the baseline.",
+            f"({'on' if bare.spinning else 'off'}, median {bare.batch1_median_ms:.1f} ms) is the baseline. "
+            f"Load average when the run began: {load_before:.1f} on {os.cpu_count()} cores (above about 1, "
+            f"other work shares the cores and the ratios are noisy).",
             markdown_table(
                 ["bare ONNX Runtime", *[f"batch {batch}" for batch in bare.by_batch]],
                 [["images/s", *[fmt(value) for value in bare.by_batch.values()]]],

@@ -25,11 +25,15 @@ __all__ = [
 ]
 
 
-def get_app_settings(request: Request) -> Settings:
+# Plain lookups are `async def` on purpose: FastAPI runs a sync dependency in its thread pool, two
+# thread hops per request for a dictionary read (measured on POST /classify, docs/BENCHMARKS.md).
+
+
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_classifier(request: Request) -> Classifier:
+async def get_classifier(request: Request) -> Classifier:
     classifier = getattr(request.app.state, "classifier", None)
     if classifier is None or not request.app.state.ready:
         raise Problem(
@@ -38,7 +42,7 @@ def get_classifier(request: Request) -> Classifier:
     return classifier
 
 
-def get_sink(request: Request) -> PredictionSink:
+async def get_sink(request: Request) -> PredictionSink:
     return request.app.state.sink
 
 
@@ -51,7 +55,7 @@ async def get_client(client: Client = Depends(_require_classify)) -> str | None:
     return client.id
 
 
-def get_sessions(request: Request) -> sessionmaker[Session]:
+async def get_sessions(request: Request) -> sessionmaker[Session]:
     return request.app.state.records.sessions
 
 

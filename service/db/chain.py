@@ -36,9 +36,13 @@ def link_hash(prev_hash: str, row: dict[str, Any]) -> str:
     return hashlib.sha256(prev_hash.encode() + b"\n" + canonical_bytes(row)).hexdigest()
 
 
-def append_predictions(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
+def append_predictions(engine: Engine, rows: Sequence[dict[str, Any]], *, new_ids: bool = False) -> int:
     """Chain and insert ``rows`` in one transaction; rows whose id is already stored are skipped.
-    Returns how many rows were inserted. Raises SQLAlchemy errors when the database is unreachable."""
+    Returns how many rows were inserted. Raises SQLAlchemy errors when the database is unreachable.
+
+    ``new_ids=True`` is the caller's promise that no row's id can be stored yet (ids generated for
+    requests being answered now, never a replay): the lookup of stored ids is skipped. A replay (the
+    spool) must leave it False, so that rows a lost commit acknowledgement spooled are not doubled."""
     if not rows:
         return 0
     with engine.connect() as conn:
@@ -47,7 +51,7 @@ def append_predictions(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
         with conn.begin():
             if engine.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
-            fresh = _without_stored(conn, rows)
+            fresh = _unique(rows) if new_ids else _without_stored(conn, rows)
             if not fresh:
                 return 0
             last = conn.execute(
@@ -66,10 +70,15 @@ def append_predictions(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
             return len(chained)
 
 
-def _without_stored(conn: Connection, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def _unique(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     unique: dict[Any, dict[str, Any]] = {}
     for row in rows:
         unique.setdefault(row["id"], row)
+    return list(unique.values())
+
+
+def _without_stored(conn: Connection, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    unique = {row["id"]: row for row in _unique(rows)}
     ids = list(unique)
     stored: set[Any] = set()
     for start in range(0, len(ids), _ID_LOOKUP_CHUNK):

@@ -39,8 +39,13 @@ def utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
     """numpy scalars and containers of them -> plain Python, so JSON and hashing are exact."""
+    if type(value) in _PLAIN_TYPES:  # the common case, without the hasattr probe below
+        return value
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -52,7 +57,12 @@ def _plain(value: Any) -> Any:
 
 def row_from_record(record: Any) -> dict[str, Any]:
     """A PredictionRecord (service/records.py) -> the values of one predictions row."""
-    values = dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(record)
+    if dataclasses.is_dataclass(record):
+        # Field by field, not dataclasses.asdict: asdict deep-copies every nested dict first, and
+        # _plain below copies them anyway (this runs once per answered prediction).
+        values = {name: getattr(record, name) for name in PREDICTION_FIELDS if hasattr(record, name)}
+    else:
+        values = dict(record)
     missing = [name for name in PREDICTION_FIELDS if name not in values]
     if missing:
         raise ValueError(f"prediction record lacks field(s) {', '.join(missing)}")

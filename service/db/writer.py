@@ -204,7 +204,8 @@ class DurableWriter:
     def _insert(self, rows: list[dict[str, Any]]) -> bool:
         started = time.perf_counter()
         try:
-            append_predictions(self.engine, rows)
+            # Live rows carry ids generated for this request: nothing to look up. Replays (below) do.
+            append_predictions(self.engine, rows, new_ids=True)
         except SQLAlchemyError as exc:
             self.observer.db_failure()
             if self._db_down_since is None:

@@ -2,35 +2,69 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from service.inference.thread_policy import FastestVariant
+
 __all__ = ["OnnxRuntime"]
+
+
+# Two sessions double the model's memory: worth it for a student (tens of MB), not for a teacher.
+ADAPTIVE_SPINNING_MAX_BYTES = 256 * 1024 * 1024
+
+
+def _session(onnx_path: Path, threads: int, spinning: bool, providers: list[str]) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    # One session runs one batch at a time on every core; parallel sessions would fight for them.
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if spinning:
+        # Spin between the operators of a forward, never after it: the decode threads and the event
+        # loop need the cores between batches.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), options, providers=providers)
 
 
 class OnnxRuntime:
     name = "onnx"
 
-    def __init__(self, onnx_path: Path, *, device: str = "cpu", threads: int = 1) -> None:
-        options = ort.SessionOptions()
-        # One session runs one batch at a time on every core; parallel sessions would fight for them.
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # Idle ORT threads spin by default, taking the cores that decode threads and the event loop need
-        # between batches: with spinning off the service served 1.6-1.9x more images/s and halved its
-        # p50 on the 2-core machine (docs/BENCHMARKS.md, "Profile").
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+    def __init__(
+        self, onnx_path: Path, *, device: str = "cpu", threads: int = 1, spinning: str = "auto"
+    ) -> None:
+        """`spinning`: "auto" (on CPU with several threads, serve with whichever of spinning and
+        parked intra-op threads is faster now: service/inference/thread_policy.py), "on" or "off"."""
+        if spinning not in ("auto", "on", "off"):
+            raise ValueError(f"spinning must be auto, on or off, not {spinning!r}")
         providers = (
             ["CUDAExecutionProvider", "CPUExecutionProvider"]
             if device == "cuda"
             else ["CPUExecutionProvider"]
         )
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        adaptive = (
+            spinning == "auto"
+            and device == "cpu"
+            and threads > 1
+            and Path(onnx_path).stat().st_size <= ADAPTIVE_SPINNING_MAX_BYTES
+        )
+        if adaptive:
+            variants = {"parked": False, "spinning": True}
+        else:
+            # Without a measurement, park: spinning threads take the cores that decode threads and the
+            # event loop need, which halved the service's throughput under load (docs/BENCHMARKS.md).
+            variants = {"spinning": True} if spinning == "on" else {"parked": False}
+        self._sessions = {
+            name: _session(Path(onnx_path), threads, spin, providers) for name, spin in variants.items()
+        }
+        self.thread_policy = FastestVariant(tuple(self._sessions))
+        self.session = next(iter(self._sessions.values()))
         self.device = device
         self.precision = "fp32"
         self.input_name = self.session.get_inputs()[0].name
@@ -45,4 +79,10 @@ class OnnxRuntime:
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         if self.max_batch_size is not None and batch.shape[0] != self.max_batch_size:
             return np.concatenate([self.predict_logits(row[None]) for row in batch])
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        if len(self._sessions) == 1:
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+        variant = self.thread_policy.pick()
+        began = time.perf_counter()
+        logits = self._sessions[variant].run([self.output_name], {self.input_name: batch})[0]
+        self.thread_policy.observe(variant, (time.perf_counter() - began) / max(1, batch.shape[0]))
+        return logits
