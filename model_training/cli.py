@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "model_training.commands.export",
     "model_training.commands.evaluate",
     "model_training.commands.bench",
+    "model_training.commands.demo",
 ]
 
 EXIT_BAD_INPUT = 2

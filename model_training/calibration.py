@@ -1,0 +1,48 @@
+"""Temperature scaling (Guo et al. 2017) and expected calibration error."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["expected_calibration_error", "fit_temperature"]
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE: sum over equal-width confidence bins of |accuracy - confidence| * bin share."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # Bin (lo, hi]; confidence is never 0 for a softmax, so the first bin is (0, 1/bins].
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            ece += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(ece)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100) -> float:
+    """The T > 0 minimising the NLL of softmax(logits / T) on held-out data (LBFGS on log T)."""
+    logits_t = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if logits_t.shape[0] == 0:
+        return 1.0
+    log_temperature = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_temperature], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits_t / log_temperature.exp(), labels_t)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    temperature = float(log_temperature.exp())
+    # Guard against degenerate fits (e.g. a perfectly separated validation split drives T -> 0).
+    return float(np.clip(temperature, 0.05, 20.0)) if np.isfinite(temperature) else 1.0

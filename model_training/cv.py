@@ -1,0 +1,106 @@
+"""Patient-level cross-validation: per fold, the teacher, then the student distilled from it, both
+evaluated on the fold's held-out test patients; then the report.
+
+The folds are read once from DIR/folds.csv (see experiment.prepare_folds). A stage whose bundle is
+already complete is not retrained, so an interrupted `cv` picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdoct.bundle import load_bundle
+from kdoct.errors import BundleError, LeakageError
+from kdoct.labels import class_names as class_set_names
+from model_training.config import ExperimentConfig
+from model_training.distill import train_student
+from model_training.distributed import DistContext
+from model_training.evaluate import predict_bundle
+from model_training.experiment import bundle_dir, prepare_folds
+from model_training.metrics import write_predictions
+from model_training.report import build_report
+from model_training.teacher import train_teacher
+
+__all__ = ["check_test_isolation", "run_cv"]
+
+log = logging.getLogger(__name__)
+
+
+def check_test_isolation(split: dict[str, list], fold: int) -> None:
+    """The fold's test patients must be in neither its training nor its validation split."""
+    test = {s.patient_id for s in split["test"]}
+    for role in ("train", "val"):
+        shared = test & {s.patient_id for s in split[role]}
+        if shared:
+            raise LeakageError(
+                f"fold {fold}: test patients {sorted(shared)[:5]} are also in the {role} split"
+            )
+    if not split["test"]:
+        raise LeakageError(f"fold {fold} has no test images")
+
+
+def _complete(directory: Path) -> bool:
+    try:
+        load_bundle(directory)
+        return True
+    except BundleError:
+        return False
+
+
+def run_cv(config: ExperimentConfig, out_dir: Path, context: DistContext) -> dict[str, Any] | None:
+    """Train and evaluate every fold; returns the report on rank 0 (None elsewhere)."""
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    table = prepare_folds(config, out_dir, context)
+    class_names = class_set_names(config.data.classes)
+    folds = list(config.folds_to_run) if config.folds_to_run is not None else list(range(table.k))
+    roles = ["teacher", "student"] + (["student_no_kd"] if config.run_no_kd else [])
+    for fold in folds:
+        split = table.split(fold)
+        check_test_isolation(split, fold)
+        log.info(
+            "fold %d: %d train / %d val / %d test images",
+            fold, len(split["train"]), len(split["val"]), len(split["test"]),
+        )  # fmt: skip
+        teacher_dir = bundle_dir(out_dir, fold, "teacher")
+        if not _complete(teacher_dir):
+            train_teacher(config, split, out_dir, fold, context, resume=True)
+        for role in roles[1:]:
+            if not _complete(bundle_dir(out_dir, fold, role)):
+                alpha = 0.0 if role == "student_no_kd" else None
+                train_student(
+                    config, split, out_dir, fold, context, teacher_dir=teacher_dir, alpha=alpha, role=role,
+                    resume=True,
+                )  # fmt: skip
+        if context.is_main:
+            device = context.device
+            probabilities = {}
+            for role in roles:
+                bundle = load_bundle(bundle_dir(out_dir, fold, role))
+                tta = config.teacher.tta if role == "teacher" else config.student.tta
+                # Every model of the fold predicts the same list of test images, in the same order.
+                probabilities[role] = predict_bundle(
+                    bundle, split["test"], tta=tta, device=device, num_workers=config.data.num_workers
+                )
+            write_predictions(
+                out_dir / f"fold_{fold}" / "predictions.csv", split["test"], class_names, probabilities
+            )
+        context.barrier()
+    if not context.is_main:
+        return None
+    extra = {
+        "config": config.source_path,
+        "folds": folds,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "world_size": context.world_size,
+        "device": str(context.device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    report = build_report(out_dir, folds, class_names, extra)
+    log.info("cv done in %.0f s: %s", extra["wall_time_s"], out_dir / "report.md")
+    return report
