@@ -6,16 +6,11 @@ PY=${PY:-.venv/bin/python}
 DEMO_DIR=${DEMO_DIR:-var/demo}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
-student="$DEMO_DIR/fold_0/student"
-teacher="$DEMO_DIR/fold_0/teacher"
+student="$DEMO_DIR/student"
+teacher="$DEMO_DIR/teacher"
 
-if [ ! -f "$student/bundle.json" ] || [ ! -f "$teacher/bundle.json" ]; then
-    echo "kdoct: no demo model yet: training one on synthetic OCT (about 5 minutes on 2 CPU cores)..."
-    rm -rf "$DEMO_DIR.partial"
-    "$PY" -m model_training cv --config model_training/configs/demo.yaml --out "$DEMO_DIR.partial"
-    rm -rf "$DEMO_DIR"
-    mv "$DEMO_DIR.partial" "$DEMO_DIR"
-fi
+# Returns at once when both bundles are complete; else trains them (about 5 minutes on 2 CPU cores).
+"$PY" -m model_training demo --config model_training/configs/demo.yaml --out "$DEMO_DIR"
 
 "$PY" -m service db upgrade
 key=$("$PY" -m service apikey ensure-local)
