@@ -82,13 +82,13 @@ def compute_metrics(
 def aggregate(fold_metrics: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
     """{'folds': [...], 'mean': {...}, 'std': {...}} over folds.
 
-    std is the sample standard deviation (ddof=1); 0 for a single fold."""
+    std is the sample standard deviation (ddof=1); None (undefined) for a single fold."""
 
     def stats(values: list[float | None]) -> tuple[float | None, float | None]:
         present = [v for v in values if v is not None]
         if not present:
             return None, None
-        std = float(np.std(present, ddof=1)) if len(present) > 1 else 0.0
+        std = float(np.std(present, ddof=1)) if len(present) > 1 else None
         return float(np.mean(present)), std
 
     mean: dict[str, Any] = {"per_class": {}}

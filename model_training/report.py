@@ -33,7 +33,9 @@ def count_parameters(bundle_dir: Path) -> int | None:
 def _percent(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "n/a"
-    return f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
+    if std is None:  # one fold: a spread is undefined, and "± 0.00" would claim one
+        return f"{100 * mean:.2f}"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def _plot_confusion(matrix: np.ndarray, class_names: Sequence[str], title: str, path: Path) -> None:
@@ -120,9 +122,10 @@ def build_report(
 
 def _markdown(report, per_model, class_names, folds, figures) -> str:
     lines = [
-        f"# Cross-validation report ({len(folds)} folds, held-out test patients only)",
+        f"# Cross-validation report ({len(folds)} of the folds, held-out test patients only)",
         "",
-        "Mean ± sample std over folds, in %. Every figure is computed from the folds' predictions.csv.",
+        "Mean ± sample std over folds (no ± for a single fold), in %. Every figure is computed from the "
+        "folds' predictions.csv.",
         "",
         "| model | accuracy | sensitivity | specificity | macro F1 | AUC | ECE | params (M) |",
         "|---|---|---|---|---|---|---|---|",

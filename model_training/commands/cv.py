@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         for model in ("teacher", "student", "student_no_kd"):
             if model in report:
                 mean, std = report[model]["mean"], report[model]["std"]
-                print(f"{model}: accuracy {100 * mean['accuracy']:.2f} ± {100 * std['accuracy']:.2f} %")
+                spread = f" ± {100 * std['accuracy']:.2f}" if std["accuracy"] is not None else ""
+                print(f"{model}: accuracy {100 * mean['accuracy']:.2f}{spread} %")
         print(f"report: {args.out / 'report.md'}")
     return 0
