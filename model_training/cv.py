@@ -44,7 +44,8 @@ def check_test_isolation(split: dict[str, list], fold: int) -> None:
         raise LeakageError(f"fold {fold} has no test images")
 
 
-def _complete(directory: Path) -> bool:
+def is_complete_bundle(directory: Path) -> bool:
+    """Whether `directory` holds a bundle that loads and verifies (so a rerun can reuse it)."""
     try:
         load_bundle(directory)
         return True
@@ -68,10 +69,10 @@ def run_cv(config: ExperimentConfig, out_dir: Path, context: DistContext) -> dic
             fold, len(split["train"]), len(split["val"]), len(split["test"]),
         )  # fmt: skip
         teacher_dir = bundle_dir(out_dir, fold, "teacher")
-        if not _complete(teacher_dir):
+        if not is_complete_bundle(teacher_dir):
             train_teacher(config, split, out_dir, fold, context, resume=True)
         for role in roles[1:]:
-            if not _complete(bundle_dir(out_dir, fold, role)):
+            if not is_complete_bundle(bundle_dir(out_dir, fold, role)):
                 alpha = 0.0 if role == "student_no_kd" else None
                 train_student(
                     config, split, out_dir, fold, context, teacher_dir=teacher_dir, alpha=alpha, role=role,

@@ -25,20 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _complete(directory: Path) -> bool:
-    from kdoct.bundle import load_bundle
-    from kdoct.errors import BundleError
-
-    try:
-        load_bundle(directory)
-        return True
-    except BundleError:
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
-    if _complete(out / "student") and _complete(out / "teacher"):
+    from model_training.cv import is_complete_bundle
+
+    if is_complete_bundle(out / "student") and is_complete_bundle(out / "teacher"):
         print(f"demo bundles ready: {out / 'student'}, {out / 'teacher'}")
         return 0
     from model_training.cv import run_cv
