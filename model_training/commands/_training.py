@@ -46,3 +46,13 @@ def teardown(context: DistContext) -> None:
         import torch.distributed as dist
 
         dist.destroy_process_group()
+
+
+def fold_split(config, args: argparse.Namespace, context) -> dict:
+    """The fold's train/val/test split from the run's folds.csv, refused if a test patient leaks."""
+    from model_training.cv import check_test_isolation
+    from model_training.experiment import prepare_folds
+
+    split = prepare_folds(config, args.out, context).split(args.fold)
+    check_test_isolation(split, args.fold)
+    return split

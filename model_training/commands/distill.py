@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model_training.commands._training import add_config_arguments, setup, teardown
+from model_training.commands._training import add_config_arguments, fold_split, setup, teardown
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,14 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.cv import check_test_isolation
     from model_training.distill import train_student
-    from model_training.experiment import bundle_dir, prepare_folds
+    from model_training.experiment import bundle_dir
 
     config, context = setup(args)
     try:
-        split = prepare_folds(config, args.out, context).split(args.fold)
-        check_test_isolation(split, args.fold)
+        split = fold_split(config, args, context)
         teacher = args.teacher or bundle_dir(args.out, args.fold, "teacher")
         role = "student_no_kd" if args.alpha == 0 else "student"
         train_student(

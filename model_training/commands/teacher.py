@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from model_training.commands._training import add_config_arguments, setup, teardown
+from model_training.commands._training import add_config_arguments, fold_split, setup, teardown
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,14 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.cv import check_test_isolation
-    from model_training.experiment import prepare_folds
     from model_training.teacher import train_teacher
 
     config, context = setup(args)
     try:
-        split = prepare_folds(config, args.out, context).split(args.fold)
-        check_test_isolation(split, args.fold)
+        split = fold_split(config, args, context)
         train_teacher(config, split, args.out, args.fold, context, resume=args.resume)
     finally:
         teardown(context)

@@ -1,17 +1,13 @@
-"""Fixtures for the performance tests: a tiny real ONNX model and migrated SQLite records."""
+"""Fixtures for the performance tests: a tiny real ONNX model."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-# bench/ is not an installed package: its client is imported from the repository root.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 @pytest.fixture
@@ -35,15 +31,3 @@ def tiny_onnx(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.onnx"
     onnx.save(model, path)
     return path
-
-
-@pytest.fixture
-def sqlite_engine(tmp_path: Path):
-    from service.db.migrate import upgrade
-    from service.db.session import make_engine
-
-    url = f"sqlite:///{tmp_path / 'records.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
