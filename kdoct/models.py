@@ -1,4 +1,6 @@
-"""Model construction over timm, with initial weights from a local file or, when online, the hub."""
+"""Model construction over timm, with initial weights from a local file, a package that ships them
+(`init: package`, see kdoct.packaged_weights) or, when online, the hub; and each architecture's own
+preprocessing (timm's pretrained config), which the bundle then carries."""
 
 from __future__ import annotations
 
@@ -10,7 +12,17 @@ from torch import nn
 
 from kdoct.errors import ModelInitError
 
-__all__ = ["ALLOWED_ARCHITECTURES", "create_model", "load_initial_weights", "check_architecture"]
+__all__ = [
+    "ALLOWED_ARCHITECTURES",
+    "INIT_SOURCES",
+    "architecture_preprocess",
+    "check_architecture",
+    "create_model",
+    "load_initial_weights",
+]
+
+# Besides these keywords, `init` may be the path of a local weights file.
+INIT_SOURCES = ("hub", "package")
 
 # The families KD-OCT uses, and timm's tiny test models for CPU tests. Others are refused so that a
 # bundle can never name an architecture the service was not tested with.
@@ -18,8 +30,35 @@ ALLOWED_ARCHITECTURES = (
     "convnextv2_atto", "convnextv2_femto", "convnextv2_pico", "convnextv2_nano", "convnextv2_tiny",
     "convnextv2_small", "convnextv2_base", "convnextv2_large", "convnextv2_huge",
     "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
-    "test_efficientnet", "test_convnext",
+    "tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2", "tf_efficientnet_lite3",
+    "tf_efficientnet_lite4", "test_efficientnet", "test_convnext",
 )  # fmt: skip
+
+
+_OFFLINE_ADVICE = (
+    "Offline? On a machine with internet, save timm/{arch}'s model.safetensors, copy it here and set "
+    "its path as the stage's init in the config (`init: /path/model.safetensors`, or "
+    "`--set teacher.init=/path/model.safetensors`); `init: package` gives ImageNet weights without a "
+    "network for the architectures whose weights ship in a package (kdoct.packaged_weights)."
+)
+
+
+def architecture_preprocess(arch: str) -> dict:
+    """The input size, interpolation, mean and std the architecture's ImageNet weights were trained
+    with (timm's pretrained config): what a model initialised from them must be fed."""
+    import timm
+
+    name = check_architecture(arch)
+    cfg = timm.models.get_pretrained_cfg(arch if "." in arch else name)
+    if cfg is None:  # pragma: no cover - every allowed architecture has one
+        raise ModelInitError(f"timm has no pretrained config for {arch!r}")
+    interpolation = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic") else "bicubic"
+    return {
+        "input_size": int(cfg.input_size[-1]),
+        "interpolation": interpolation,
+        "mean": tuple(float(v) for v in cfg.mean),
+        "std": tuple(float(v) for v in cfg.std),
+    }
 
 
 def check_architecture(arch: str) -> str:
@@ -42,8 +81,9 @@ def create_model(
     """Build `arch` with a `num_classes` head.
 
     init: None (random weights), a local `.safetensors` / `.pt` / `.pth` file (ImageNet weights whose
-    classifier is replaced, or a kdoct checkpoint), or "hub" (timm's pretrained weights, needs the
-    network). Options left as None keep timm's defaults for the architecture.
+    classifier is replaced, or a kdoct checkpoint), "package" (ImageNet weights an installed package
+    ships, checked by sha256; see kdoct.packaged_weights) or "hub" (timm's pretrained weights, needs
+    the network). Options left as None keep timm's defaults for the architecture.
     """
     import timm
 
@@ -56,21 +96,37 @@ def create_model(
         if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
             raise ModelInitError(
                 f"pretrained weights for {arch!r} need the Hugging Face hub, but HF_HUB_OFFLINE is set. "
-                f"Offline? On a machine with internet, save timm/{arch}'s model.safetensors, copy it here "
-                f"and pass its path as init (config `init: /path/model.safetensors`, or --init)."
+                f"{_OFFLINE_ADVICE.format(arch=arch)}"
             )
         try:
             return timm.create_model(arch, pretrained=True, num_classes=num_classes, **kwargs)
         except Exception as exc:  # noqa: BLE001 - every hub failure gets the same advice
             raise ModelInitError(
                 f"could not download pretrained weights for {arch!r} from the Hugging Face hub ({exc}). "
-                f"Offline? On a machine with internet, save timm/{arch}'s model.safetensors, copy it here "
-                f"and pass its path as init (config `init: /path/model.safetensors`, or --init)."
+                f"{_OFFLINE_ADVICE.format(arch=arch)}"
             ) from exc
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    if init is not None:
+    if init == "package":
+        _load_packaged(model, name, num_classes)
+    elif init is not None:
         load_initial_weights(model, Path(init))
     return model
+
+
+def _load_packaged(model: nn.Module, name: str, num_classes: int) -> None:
+    """The packaged ImageNet weights, every tensor but a classifier of another size."""
+    import timm
+
+    from kdoct.packaged_weights import load_packaged_state_dict
+
+    imagenet = timm.create_model(name, pretrained=False, num_classes=1000)
+    state = load_packaged_state_dict(name, imagenet)
+    if num_classes != 1000:
+        classifier = model.pretrained_cfg["classifier"]
+        state = {k: v for k, v in state.items() if not k.startswith(classifier + ".")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(model.pretrained_cfg["classifier"] + ".") for k in missing):
+        raise ModelInitError(f"packaged weights for {name} do not fit: missing {missing[:3]}")
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
