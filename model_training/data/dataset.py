@@ -6,23 +6,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from kdoct.errors import DataError
 from kdoct.preprocess import PreprocessSpec, eval_transform
+from model_training.data.image_cache import decoded_images, open_image
 
 __all__ = ["OCTDataset", "open_image"]
-
-
-def open_image(path: str) -> Image.Image:
-    """Open and fully decode an image; an unreadable file is a DataError naming it, never a placeholder."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
 class OCTDataset(Dataset):
@@ -65,7 +56,7 @@ class OCTDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
-        image = open_image(sample.path)
+        image = decoded_images.open(sample.path)
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             tensor = self.augment(image, rng)
