@@ -1,4 +1,4 @@
-"""Temperature scaling (Guo et al. 2017) and expected calibration error."""
+"""Temperature scaling (Guo et al. 2017, with a weak prior on T) and expected calibration error."""
 
 from __future__ import annotations
 
@@ -27,11 +27,23 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     return float(ece)
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100) -> float:
-    """The T > 0 minimising the NLL of softmax(logits / T) on held-out data (LBFGS on log T)."""
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, max_iter: int = 100, prior_sigma: float | None = 1.0
+) -> float:
+    """The T > 0 minimising the NLL of softmax(logits / T) on held-out data (LBFGS on log T), with a
+    weak log-normal prior on T centred on 1 (the MAP estimate).
+
+    Why the prior: a validation split of a few dozen patients is often classified without error, and
+    then the NLL keeps falling as T -> 0, so plain temperature scaling makes every answer 100 %
+    confident, wrong ones included (seen here: T 0.05 on 83 images, all right, then wrong test answers at
+    p = 1.000). The penalty (log T)^2 / (2 sigma^2 n) is negligible wherever the data pin T down and
+    only stops that runaway; sigma = 1 allows T from about 0.14 to 7 at two prior deviations.
+    prior_sigma=None gives plain NLL temperature scaling (Guo et al. 2017).
+    """
     logits_t = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    if logits_t.shape[0] == 0:
+    count = logits_t.shape[0]
+    if count == 0:
         return 1.0
     log_temperature = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_temperature], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
@@ -39,10 +51,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100)
     def closure():
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(logits_t / log_temperature.exp(), labels_t)
+        if prior_sigma is not None:
+            loss = loss + log_temperature.pow(2).sum() / (2 * prior_sigma**2 * count)
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    temperature = float(log_temperature.exp())
-    # Guard against degenerate fits (e.g. a perfectly separated validation split drives T -> 0).
+    temperature = float(log_temperature.detach().exp())
+    # Guard against degenerate fits (without the prior a perfectly separated split drives T -> 0).
     return float(np.clip(temperature, 0.05, 20.0)) if np.isfinite(temperature) else 1.0
