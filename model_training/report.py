@@ -1,5 +1,8 @@
 """The cross-validation report: report.json, report.md (the paper's mean ± std table) and figures,
-all computed from the folds' predictions.csv files through model_training.metrics."""
+all computed from the folds' predictions.csv files through model_training.metrics, plus what the
+statistics need beyond mean ± std over folds: patient-clustered bootstrap 95 % intervals and McNemar's
+test between models on the pooled held-out predictions (model_training.statistics), and how each
+fold's models were trained (epochs run, SWA or best checkpoint), read from the bundles."""
 
 from __future__ import annotations
 
@@ -10,11 +13,75 @@ from typing import Any
 
 import numpy as np
 
+from model_training.calibration import expected_calibration_error
 from model_training.metrics import aggregate, compute_metrics, read_predictions
+from model_training.statistics import clustered_bootstrap_ci, mcnemar_exact, ovr_macro_auc
 
-__all__ = ["build_report", "count_parameters"]
+__all__ = ["BOOTSTRAP_METRICS", "build_report", "count_parameters", "report_markdown"]
 
 MODEL_TITLES = {"teacher": "Teacher", "student": "Student (KD)", "student_no_kd": "Student (no KD)"}
+# Pairs compared with McNemar's test, when both models are in the run.
+COMPARISONS = (("teacher", "student"), ("student", "student_no_kd"))
+BOOTSTRAP_METRICS = ("accuracy", "macro_f1", "auc", "ece")
+
+
+def _training_record(out_dir: Path, folds: Sequence[int], model: str) -> dict[str, Any]:
+    """Per fold: epochs run, the weights exported (SWA average or best checkpoint), SWA epochs."""
+    from kdoct.bundle import load_bundle
+    from kdoct.errors import BundleError
+
+    per_fold = []
+    for fold in folds:
+        try:
+            training = load_bundle(out_dir / f"fold_{fold}" / model).manifest["provenance"]["training"]
+        except (BundleError, KeyError):
+            continue  # a report rebuilt from predictions alone: nothing to say about training
+        per_fold.append(
+            {
+                "fold": fold,
+                "epochs_run": training["epochs_run"],
+                "best_epoch": training["best_epoch"],
+                "selected_weights": training["selected_weights"],
+                "swa_epochs": training["swa_epochs"],
+                "stopped_early": training["stopped_early"],
+            }
+        )
+    return {
+        "folds": per_fold,
+        "swa_folds": sum(1 for f in per_fold if f["selected_weights"] == "swa"),
+        "stopped_early_folds": sum(1 for f in per_fold if f["stopped_early"]),
+    }
+
+
+def _bootstrap(labels, probabilities, patients, class_names, resamples: int) -> dict[str, Any]:
+    """95 % intervals of pooled accuracy, macro F1, AUC and ECE, resampling patients. The metrics are
+    computed directly (not through compute_metrics) because they run thousands of times."""
+    predicted = probabilities.argmax(axis=1)
+    classes = np.arange(len(class_names))
+
+    def accuracy(indices):
+        return float(np.mean(predicted[indices] == labels[indices]))
+
+    def macro_f1(indices):
+        truth, guess = labels[indices], predicted[indices]
+        scores = []
+        for c in classes:
+            tp = np.sum((guess == c) & (truth == c))
+            denominator = np.sum(guess == c) + np.sum(truth == c)
+            scores.append(2 * tp / denominator if denominator else 0.0)
+        return float(np.mean(scores))
+
+    def auc(indices):
+        return ovr_macro_auc(labels[indices], probabilities[indices])
+
+    def ece(indices):
+        return expected_calibration_error(probabilities[indices], labels[indices])
+
+    metrics = {"accuracy": accuracy, "macro_f1": macro_f1, "auc": auc, "ece": ece}
+    return {
+        key: clustered_bootstrap_ci(metrics[key], patients, resamples=resamples, seed=0)
+        for key in BOOTSTRAP_METRICS
+    }
 
 
 def count_parameters(bundle_dir: Path) -> int | None:
@@ -36,6 +103,14 @@ def _percent(mean: float | None, std: float | None) -> str:
     if std is None:  # one fold: a spread is undefined, and "± 0.00" would claim one
         return f"{100 * mean:.2f}"
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _interval(value: float | None, interval: dict[str, Any]) -> str:
+    if value is None:
+        return "n/a"
+    if interval["low"] is None:
+        return f"{100 * value:.2f}"
+    return f"{100 * value:.2f} [{100 * interval['low']:.2f}, {100 * interval['high']:.2f}]"
 
 
 def _plot_confusion(matrix: np.ndarray, class_names: Sequence[str], title: str, path: Path) -> None:
@@ -88,24 +163,58 @@ def _plot_roc(
 
 
 def build_report(
-    out_dir: Path, folds: Sequence[int], class_names: Sequence[str], extra: dict[str, Any] | None = None
+    out_dir: Path,
+    folds: Sequence[int],
+    class_names: Sequence[str],
+    extra: dict[str, Any] | None = None,
+    *,
+    bootstrap_resamples: int = 2000,
 ) -> dict[str, Any]:
     """Read DIR/fold_K/predictions.csv for every fold, write report.json, report.md and PNGs."""
     out_dir = Path(out_dir)
     per_model: dict[str, list[dict[str, Any]]] = {}
     pooled: dict[str, tuple[list, list]] = {}
+    labels_by_fold, patients_by_fold = [], []
     for fold in folds:
         saved = read_predictions(out_dir / f"fold_{fold}" / "predictions.csv", class_names)
+        labels_by_fold.append(saved["labels"])
+        # Patients are tested in exactly one fold, so pooled patient ids stay distinct clusters.
+        patients_by_fold.append([row["patient_id"] for row in saved["rows"]])
         for model, probabilities in saved["models"].items():
             metrics = compute_metrics(saved["labels"], probabilities, class_names)
             per_model.setdefault(model, []).append({"fold": fold, **metrics})
             pooled.setdefault(model, ([], []))
             pooled[model][0].append(saved["labels"])
             pooled[model][1].append(probabilities)
-    report: dict[str, Any] = {"class_names": list(class_names), **(extra or {})}
+    labels_pooled = np.concatenate(labels_by_fold)
+    patients_pooled = np.concatenate(patients_by_fold)
+    report: dict[str, Any] = {
+        "class_names": list(class_names),
+        "folds": list(folds),
+        **(extra or {}),
+        "models": list(per_model),
+    }
     for model, fold_metrics in per_model.items():
+        probabilities_pooled = np.concatenate(pooled[model][1])
         report[model] = aggregate(fold_metrics, class_names)
         report[model]["parameters"] = count_parameters(out_dir / f"fold_{folds[0]}" / model)
+        report[model]["pooled"] = {
+            key: compute_metrics(labels_pooled, probabilities_pooled, class_names)[key]
+            for key in BOOTSTRAP_METRICS
+        }
+        report[model]["bootstrap_95"] = _bootstrap(
+            labels_pooled, probabilities_pooled, patients_pooled, class_names, bootstrap_resamples
+        )
+        report[model]["training"] = _training_record(out_dir, folds, model)
+    report["mcnemar"] = {
+        f"{a}_vs_{b}": mcnemar_exact(
+            labels_pooled,
+            np.concatenate(pooled[a][1]).argmax(axis=1),
+            np.concatenate(pooled[b][1]).argmax(axis=1),
+        )
+        for a, b in COMPARISONS
+        if a in pooled and b in pooled
+    }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
     figures = []
@@ -116,13 +225,18 @@ def build_report(
         _plot_confusion(matrix, class_names, title, out_dir / f"confusion_{model}.png")
         _plot_roc(labels_all, probabilities_all, class_names, title, out_dir / f"roc_{model}.png")
         figures += [f"confusion_{model}.png", f"roc_{model}.png"]
-    (out_dir / "report.md").write_text(_markdown(report, per_model, class_names, folds, figures))
+    (out_dir / "report.md").write_text(report_markdown(report, figures))
     return report
 
 
-def _markdown(report, per_model, class_names, folds, figures) -> str:
+def report_markdown(report: dict[str, Any], figures: Sequence[str] = (), level: int = 1) -> str:
+    """report.md from report.json alone (the results command renders docs from the same function);
+    `level` is the heading level of the title."""
+    folds, class_names = report["folds"], report["class_names"]
+    per_model = {model: report[model]["folds"] for model in report["models"]}
+    title, section = "#" * level, "#" * (level + 1)
     lines = [
-        f"# Cross-validation report ({len(folds)} of the folds, held-out test patients only)",
+        f"{title} Cross-validation report ({len(folds)} of the folds, held-out test patients only)",
         "",
         "Mean ± sample std over folds (no ± for a single fold), in %. Every figure is computed from the "
         "folds' predictions.csv.",
@@ -143,7 +257,7 @@ def _markdown(report, per_model, class_names, folds, figures) -> str:
             f"{params / 1e6:.2f}" if params else "n/a",
         ]
         lines.append(f"| {MODEL_TITLES.get(model, model)} | " + " | ".join(cells) + " |")
-    lines += ["", "## Per class (mean ± std, %)", ""]
+    lines += ["", f"{section} Per class (mean ± std, %)", ""]
     lines += ["| model | class | sensitivity | specificity | precision | F1 |", "|---|---|---|---|---|---|"]
     for model in per_model:
         for name in class_names:
@@ -153,7 +267,7 @@ def _markdown(report, per_model, class_names, folds, figures) -> str:
             lines.append(f"| {MODEL_TITLES.get(model, model)} | {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "## Per fold accuracy (%)",
+        f"{section} Per fold accuracy (%)",
         "",
         "| model | " + " | ".join(f"fold {f}" for f in folds) + " |",
     ]
@@ -161,6 +275,35 @@ def _markdown(report, per_model, class_names, folds, figures) -> str:
     for model, fold_metrics in per_model.items():
         cells = [f"{100 * m['accuracy']:.2f} (n={m['n']})" for m in fold_metrics]
         lines.append(f"| {MODEL_TITLES.get(model, model)} | " + " | ".join(cells) + " |")
-    lines += ["", "## Figures (test predictions of all folds pooled)", ""]
-    lines += [f"![{name}]({name})" for name in figures]
+    lines += [
+        "",
+        f"{section} Pooled over folds, with patient-clustered bootstrap 95 % intervals (%)",
+        "",
+        "| model | accuracy | macro F1 | AUC | ECE | folds exported as SWA average | folds stopped early |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model in per_model:
+        pooled, intervals = report[model]["pooled"], report[model]["bootstrap_95"]
+        cells = [_interval(pooled[key], intervals[key]) for key in BOOTSTRAP_METRICS]
+        training = report[model]["training"]
+        counted = len(training["folds"])
+        cells += [f"{training['swa_folds']} of {counted}", f"{training['stopped_early_folds']} of {counted}"]
+        lines.append(f"| {MODEL_TITLES.get(model, model)} | " + " | ".join(cells) + " |")
+    if report["mcnemar"]:
+        lines += [
+            "",
+            f"{section} McNemar's exact test on the pooled predictions",
+            "",
+            "| models (A vs B) | only A right | only B right | p |",
+            "|---|---|---|---|",
+        ]
+        for pair, test in report["mcnemar"].items():
+            a, b = pair.split("_vs_")
+            lines.append(
+                f"| {MODEL_TITLES.get(a, a)} vs {MODEL_TITLES.get(b, b)} | {test['a_only_correct']} | "
+                f"{test['b_only_correct']} | {test['p_value']:.3g} |"
+            )
+    if figures:
+        lines += ["", f"{section} Figures (test predictions of all folds pooled)", ""]
+        lines += [f"![{Path(name).stem}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
