@@ -28,16 +28,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "manifest: an existing manifest CSV",
     )
     parser.add_argument("--classes", type=class_set, default="neh3", help="neh3 or ucsd4 (default neh3)")
+    parser.add_argument(
+        "--neh-label-equals-class",
+        action="store_true",
+        help="NEH only: keep only the B-scans whose Label equals their patient's Class, as the reference "
+        "code (and so the paper's NEH figures) did; prints what it drops",
+    )
     parser.add_argument("--out", required=True, help="manifest CSV to write")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from kdoct.errors import ConfigError
     from model_training.data.manifest import write_manifest
     from model_training.data.readers import index_kermany, index_manifest, index_neh
 
-    readers = {"neh": index_neh, "kermany": index_kermany, "manifest": index_manifest}
-    samples = readers[args.layout](args.root, args.classes, progress=show_progress())
+    if args.neh_label_equals_class and args.layout != "neh":
+        raise ConfigError("--neh-label-equals-class needs --layout neh: only NEH has a per-patient Class")
+    if args.layout == "neh":
+        samples = index_neh(
+            args.root, args.classes, progress=show_progress(), label_equals_class=args.neh_label_equals_class
+        )
+    else:
+        readers = {"kermany": index_kermany, "manifest": index_manifest}
+        samples = readers[args.layout](args.root, args.classes, progress=show_progress())
     out = write_manifest(samples, args.out)
     counts = Counter(s.label for s in samples)
     patients = len({s.patient_id for s in samples})

@@ -38,7 +38,7 @@ from kdoct.labels import CLASS_SETS
 from model_training.data.image_check import IMAGE_SUFFIXES, ProblemList, check_images
 from model_training.data.manifest import Sample, read_manifest, resolve_classes
 
-__all__ = ["index_kermany", "index_manifest", "index_neh"]
+__all__ = ["describe_class_filter", "index_kermany", "index_manifest", "index_neh"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +127,20 @@ def _kermany_class_dir(class_dir: Path, label: str, problems: ProblemList) -> li
 # -- Noor Eye Hospital ---------------------------------------------------------------------------
 
 
-def index_neh(root: str | Path, classes: str | Iterable[str], progress: bool = False) -> list[Sample]:
-    """Index the NEH release through its data_information.csv (see the module docstring)."""
+def index_neh(
+    root: str | Path,
+    classes: str | Iterable[str],
+    progress: bool = False,
+    *,
+    label_equals_class: bool = False,
+) -> list[Sample]:
+    """Index the NEH release through its data_information.csv (see the module docstring).
+
+    label_equals_class: keep only the B-scans whose Label equals their patient's Class, as the
+    reference code does before making folds (the paper's NEH figures are on that subset). It drops
+    the normal-looking B-scans of diseased eyes, which makes the task easier than the clinic's; the
+    counts it drops are logged.
+    """
     root = _require_dir(root)
     allowed = resolve_classes(classes)
     csv_path = _find_neh_csv(root)
@@ -137,6 +149,7 @@ def index_neh(root: str | Path, classes: str | Iterable[str], progress: bool = F
     resolver = _CaseInsensitiveResolver(image_dir)
     problems = ProblemList(f"NEH layout at {root}")
     by_path: dict[str, Sample] = {}
+    mismatched: list[Sample] = []
     repeated = 0
     for line, row in enumerate(rows, start=2):
         where = f"{csv_path.name} line {line}"
@@ -167,15 +180,36 @@ def index_neh(root: str | Path, classes: str | Iterable[str], progress: bool = F
         if label not in allowed:
             continue
         volume = path.parent.relative_to(image_dir).as_posix()
-        by_path[key] = Sample(key, label, _neh_patient_id(row), "" if volume == "." else volume)
+        sample = Sample(key, label, _neh_patient_id(row), "" if volume == "." else volume)
+        if label_equals_class and label != row["class"].lower():
+            mismatched.append(sample)
+            by_path[key] = sample  # listed, so not "unlabeled" below; removed after the scan
+            continue
+        by_path[key] = sample
     if repeated:
         logger.info("%s: %d repeated rows counted once", csv_path.name, repeated)
+    if label_equals_class:
+        for sample in mismatched:
+            del by_path[sample.path]
+        logger.info("%s", describe_class_filter(mismatched, list(by_path.values())))
     listed = {p.lower() for p in by_path} | {p.lower() for p in resolver.resolved}
     for path in sorted(image_dir.rglob("*")):
         hidden = any(part.startswith(".") for part in path.relative_to(image_dir).parts)
         if not hidden and path.suffix.lower() in IMAGE_SUFFIXES and path.as_posix().lower() not in listed:
             problems.add(path, f"image not listed in {csv_path.name}: unlabeled")
     return _finish(list(by_path.values()), problems, progress)
+
+
+def describe_class_filter(dropped: list[Sample], kept: list[Sample]) -> str:
+    """One line on what `label_equals_class` removed: B-scans, and patients losing some or all."""
+    kept_patients = {s.patient_id for s in kept}
+    touched = {s.patient_id for s in dropped}
+    gone = touched - kept_patients
+    return (
+        f"NEH Label == Class filter (the reference code's): dropped {len(dropped)} B-scans of "
+        f"{len(touched)} patients ({len(gone)} of them entirely); kept {len(kept)} B-scans of "
+        f"{len(kept_patients)} patients"
+    )
 
 
 def _find_neh_csv(root: Path) -> Path:

@@ -192,6 +192,17 @@ def test_neh_layout_uses_per_bscan_labels_and_class_scoped_patients(tmp_path: Pa
     assert len({s.patient_id for s in samples}) == 4
 
 
+def test_neh_label_equals_class_filter_drops_what_the_reference_code_drops(tmp_path: Path, caplog) -> None:
+    image_dir = _build_neh(tmp_path)
+    with caplog.at_level("INFO", logger="model_training.data.readers"):
+        samples = index_neh(tmp_path, "neh3", label_equals_class=True)
+    kept = {Path(s.path).relative_to(image_dir).as_posix() for s in samples}
+    expected = {f"{c}/{p}/{e}/{n}" for c, p, e, n, label in _NEH_SCANS if label == c}
+    assert kept == expected and len(kept) == len(_NEH_SCANS) - 2
+    # DRUSEN-1 and CNV-2 each lose one B-scan and keep the others: no patient disappears.
+    assert "dropped 2 B-scans of 2 patients (0 of them entirely); kept 5 B-scans of 4 patients" in caplog.text
+
+
 def test_neh_root_may_be_the_image_folder(tmp_path: Path) -> None:
     image_dir = _build_neh(tmp_path)
     assert len(index_neh(image_dir, "neh3")) == len(_NEH_SCANS)
