@@ -56,6 +56,9 @@ class TrainAugment:
         self.config = config
         self.spec = spec
         self.interpolation = _INTERPOLATION[spec.interpolation]
+        # torchvision's affine warp of a tensor knows nearest and bilinear only; the resize to the input
+        # size (what the model's own interpolation is about) keeps the spec's.
+        self.warp_interpolation = InterpolationMode.BILINEAR
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
         cfg = self.config
@@ -104,7 +107,12 @@ class TrainAugment:
         shear = float(rng.uniform(-cfg.shear, cfg.shear))
         scale = float(rng.uniform(*cfg.scale))
         x = TF.affine(
-            x, angle=angle, translate=shift, scale=scale, shear=[shear, 0.0], interpolation=self.interpolation
+            x,
+            angle=angle,
+            translate=shift,
+            scale=scale,
+            shear=[shear, 0.0],
+            interpolation=self.warp_interpolation,
         )
         magnitude = cfg.randaug_magnitude
         if "brightness" in chosen:

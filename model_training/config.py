@@ -69,11 +69,13 @@ class StageConfig:
     """One model's training: the teacher (focal loss) or the student (distillation)."""
 
     arch: str
-    init: str | None = None  # None (random), "hub", or a local .safetensors / .pt file
+    # None (random), "package" (ImageNet weights an installed package ships), "hub", or a local file
+    init: str | None = None
     drop_rate: float | None = None
     drop_path_rate: float | None = None
-    input_size: int = 384
-    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    # None: the architecture's own (timm's pretrained config), like its mean and std, which always are
+    input_size: int | None = None
+    interpolation: Literal["bilinear", "bicubic"] | None = None
     channel_mode: Literal["gray3", "rgb"] = "gray3"
     epochs: int = 150
     batch_size: int = 16
@@ -85,6 +87,9 @@ class StageConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 0
     freeze_epochs: int = 0  # backbone frozen (head only) for this many epochs
+    # The stem and the first N stages never train: their ImageNet filters (edges, textures) are kept,
+    # and backpropagation stops before the highest-resolution layers, the costliest on a CPU.
+    frozen_stages: int = 0
     loss: Literal["focal", "ce", "distill"] = "focal"
     focal_gamma: float = 2.0
     class_weights: Literal["balanced", "none"] = "balanced"
@@ -95,6 +100,9 @@ class StageConfig:
     temperature: float = 4.0
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
     patience: int = 25
+    # Without SWA: export the best checkpoint by `monitor`, or the last epoch's weights (what `final`
+    # uses: its held-back slice calibrates and must not also choose the weights).
+    export_weights: Literal["best", "last"] = "best"
     swa: SwaConfig = field(default_factory=SwaConfig)
     tta: bool = False
     amp: bool = True  # CUDA only: bf16 where supported, else fp16 with a GradScaler
@@ -122,6 +130,11 @@ class DataConfig:
     fold_seed: int = 43
     val_fraction: float = 0.2
     num_workers: int = 0
+    # Decode every image once per run and keep it in memory (see data/image_cache.py).
+    cache_images: bool = False
+    # NEH only: keep only the B-scans whose Label equals their patient's Class, as the reference code
+    # does before making folds ("worst-case filtering"); the paper's NEH figures are on that subset.
+    neh_label_equals_class: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,8 +246,16 @@ def _check_stage(stage: StageConfig, where: str) -> None:
         raise ConfigError(f"{where}.epochs must be at least 1, got {stage.epochs}")
     if stage.batch_size < 1 or stage.accum_steps < 1 or stage.eval_batch_size < 1:
         raise ConfigError(f"{where}: batch_size, eval_batch_size and accum_steps must be at least 1")
-    if stage.input_size < 16:
+    if stage.input_size is not None and stage.input_size < 16:
         raise ConfigError(f"{where}.input_size must be at least 16 px, got {stage.input_size}")
+    _check_init(stage, where)
+    if stage.frozen_stages < 0:
+        raise ConfigError(f"{where}.frozen_stages must be 0 or more, got {stage.frozen_stages}")
+    if stage.frozen_stages and not stage.init:
+        raise ConfigError(
+            f"{where}.frozen_stages={stage.frozen_stages} with init: null would freeze random filters; "
+            f"set an init (package, hub or a file) or frozen_stages: 0"
+        )
     if stage.freeze_epochs and stage.freeze_epochs >= stage.epochs:
         raise ConfigError(
             f"{where}.freeze_epochs={stage.freeze_epochs} >= epochs={stage.epochs}: the backbone would never "
@@ -267,6 +288,27 @@ def _check_stage(stage: StageConfig, where: str) -> None:
         raise ConfigError(f"{where}.augment: scale must be 0 < low <= high and resize_ratio >= 1")
 
 
+def _check_init(stage: StageConfig, where: str) -> None:
+    """Refuse at start-up what create_model would refuse after minutes of data preparation."""
+    from kdoct.errors import ModelInitError
+    from kdoct.models import check_architecture
+    from kdoct.packaged_weights import PACKAGED_WEIGHTS
+
+    try:
+        name = check_architecture(stage.arch)
+    except ModelInitError as exc:
+        raise ConfigError(f"{where}.arch: {exc}") from None
+    if stage.init == "package" and name not in PACKAGED_WEIGHTS:
+        raise ConfigError(
+            f"{where}.init: no package ships weights for {stage.arch}; `package` is available for "
+            f"{', '.join(PACKAGED_WEIGHTS)} (or use null, hub or a weights file)"
+        )
+    if stage.init not in (None, "hub", "package") and not Path(stage.init).is_file():
+        raise ConfigError(
+            f"{where}.init: {stage.init!r} is neither null, hub, package nor an existing weights file"
+        )
+
+
 def _check(config: ExperimentConfig) -> None:
     if config.teacher.loss == "distill":
         raise ConfigError("teacher.loss: distill needs a teacher of its own; use focal or ce")
@@ -283,6 +325,11 @@ def _check(config: ExperimentConfig) -> None:
         raise ConfigError(f"data.layout: {data.layout} needs data.path (or data.folds)")
     if data.k < 2:
         raise ConfigError(f"data.k must be at least 2, got {data.k}")
+    if data.neh_label_equals_class and data.layout != "neh":
+        raise ConfigError(
+            f"data.neh_label_equals_class needs data.layout: neh (only the NEH release has a per-patient "
+            f"Class beside the per-B-scan Label), not {data.layout}"
+        )
     if not 0 < data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {data.val_fraction}")
     if config.folds_to_run is not None:

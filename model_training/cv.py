@@ -7,8 +7,10 @@ already complete is not retrained, so an interrupted `cv` picks up where it stop
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,20 @@ def is_complete_bundle(directory: Path) -> bool:
         return False
 
 
+def _record_invocation(out_dir: Path, seconds: float, trained: list[str]) -> list[dict[str, Any]]:
+    """Append this invocation (wall time, stages trained) to DIR/invocations.jsonl; return them all,
+    so a report built by a later invocation still says what the whole run cost."""
+    path = out_dir / "invocations.jsonl"
+    record = {
+        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": seconds,
+        "trained": trained,
+    }
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def run_cv(config: ExperimentConfig, out_dir: Path, context: DistContext) -> dict[str, Any] | None:
     """Train and evaluate every fold; returns the report on rank 0 (None elsewhere)."""
     out_dir = Path(out_dir)
@@ -61,6 +77,7 @@ def run_cv(config: ExperimentConfig, out_dir: Path, context: DistContext) -> dic
     class_names = class_set_names(config.data.classes)
     folds = list(config.folds_to_run) if config.folds_to_run is not None else list(range(table.k))
     roles = ["teacher", "student"] + (["student_no_kd"] if config.run_no_kd else [])
+    trained: list[str] = []  # what this invocation trained (a rerun may add only the baseline)
     for fold in folds:
         split = table.split(fold)
         check_test_isolation(split, fold)
@@ -71,8 +88,10 @@ def run_cv(config: ExperimentConfig, out_dir: Path, context: DistContext) -> dic
         teacher_dir = bundle_dir(out_dir, fold, "teacher")
         if not is_complete_bundle(teacher_dir):
             train_teacher(config, split, out_dir, fold, context, resume=True)
+            trained.append(f"fold_{fold}/teacher")
         for role in roles[1:]:
             if not is_complete_bundle(bundle_dir(out_dir, fold, role)):
+                trained.append(f"fold_{fold}/{role}")
                 alpha = 0.0 if role == "student_no_kd" else None
                 train_student(
                     config, split, out_dir, fold, context, teacher_dir=teacher_dir, alpha=alpha, role=role,
@@ -94,10 +113,13 @@ def run_cv(config: ExperimentConfig, out_dir: Path, context: DistContext) -> dic
         context.barrier()
     if not context.is_main:
         return None
+    seconds = round(time.perf_counter() - started, 1)
+    invocations = _record_invocation(out_dir, seconds, trained)
     extra = {
         "config": config.source_path,
         "folds": folds,
-        "wall_time_s_this_invocation": round(time.perf_counter() - started, 1),  # resumed runs: not the total
+        "wall_time_s_this_invocation": seconds,  # resumed runs: not the total; see invocations
+        "invocations": invocations,
         "world_size": context.world_size,
         "device": str(context.device),
         "torch_threads": torch.get_num_threads(),

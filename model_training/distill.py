@@ -15,7 +15,7 @@ from kdoct.labels import class_names as class_set_names
 from model_training.augment import normalise
 from model_training.config import ExperimentConfig
 from model_training.distributed import DistContext
-from model_training.experiment import build_model, finish_stage, stage_spec, work_dir
+from model_training.experiment import build_model, finish_stage, split_path, stage_spec, work_dir
 from model_training.fit import StageRun, fit
 from model_training.losses import distillation_loss
 from model_training.teacher import head_backbone_groups
@@ -25,7 +25,13 @@ __all__ = ["train_student"]
 log = logging.getLogger(__name__)
 
 
-def _frozen_teacher(teacher_dir: Path, fold: int, class_names, folds_fingerprint: str, device, channels_last):
+def _describe(fold: int | None) -> str:
+    return "the final split" if fold is None else f"fold {fold}"
+
+
+def _frozen_teacher(
+    teacher_dir: Path, fold: int | None, class_names, folds_fingerprint: str, device, channels_last
+):
     bundle = load_bundle(teacher_dir)
     provenance = bundle.manifest.get("provenance", {})
     if tuple(bundle.class_names) != tuple(class_names):
@@ -36,8 +42,8 @@ def _frozen_teacher(teacher_dir: Path, fold: int, class_names, folds_fingerprint
     # patients. Refuse any teacher not trained on exactly this fold of exactly these folds.
     if provenance.get("fold") != fold or provenance.get("folds_fingerprint") != folds_fingerprint:
         raise BundleError(
-            f"{teacher_dir} was trained on fold {provenance.get('fold')} of folds "
-            f"{str(provenance.get('folds_fingerprint'))[:12]}…, not fold {fold} of this run's folds.csv "
+            f"{teacher_dir} was trained on {_describe(provenance.get('fold'))} of folds "
+            f"{str(provenance.get('folds_fingerprint'))[:12]}…, not {_describe(fold)} of this run's split "
             f"({folds_fingerprint[:12]}…): train the teacher of this fold first"
         )
     model = bundle.model().to(device).eval()
@@ -52,7 +58,7 @@ def train_student(
     config: ExperimentConfig,
     split: dict[str, list],
     out_dir: Path,
-    fold: int,
+    fold: int | None,
     context: DistContext,
     *,
     teacher_dir: Path,
@@ -69,10 +75,13 @@ def train_student(
     spec = stage_spec(stage)
     device = context.device
     teacher_bundle, teacher = _frozen_teacher(
-        teacher_dir, fold, class_names, manifest_fingerprint(Path(out_dir) / "folds.csv"), device,
+        teacher_dir, fold, class_names, manifest_fingerprint(split_path(out_dir, fold)), device,
         stage.channels_last,
     )  # fmt: skip
     teacher_spec = teacher_bundle.preprocess
+    # The same augmented pixels for both (alpha 0 included, so the baseline differs only in the loss),
+    # made at the larger of the two input sizes; `normalise` resizes them for the smaller model.
+    augment_spec = teacher_spec if max(teacher_spec.input_size) > max(spec.input_size) else spec
 
     def loss_fn(model, images, targets):
         student_logits = model(normalise(images, spec))
@@ -83,9 +92,10 @@ def train_student(
         loss = distillation_loss(student_logits, teacher_logits, targets, stage.alpha, stage.temperature)
         return loss, student_logits
 
-    torch.manual_seed(config.seed + 1000 + fold)
+    torch.manual_seed(config.seed + 1000 + (fold or 0))
     model = build_model(stage, len(class_names))
     run = StageRun(
+        fold=fold,
         role=role,
         stage=stage,
         model=model,
@@ -97,8 +107,9 @@ def train_student(
         param_groups=head_backbone_groups(model, stage),
         out_dir=work_dir(out_dir, fold, role),
         context=context,
-        seed=config.seed + fold,  # same augmented images as the teacher saw, epoch by epoch
+        seed=config.seed + (fold or 0),  # same augmented images as the teacher saw, epoch by epoch
         num_workers=config.data.num_workers,
+        augment_spec=dataclasses.replace(augment_spec, channel_mode=spec.channel_mode),
     )
     result = fit(run, resume=resume)
     return finish_stage(

@@ -14,17 +14,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from kdoct.errors import ConfigError, DataError
+from kdoct.golden import softmax
 from kdoct.labels import class_names as class_set_names
-from kdoct.models import create_model, load_initial_weights
+from kdoct.models import INIT_SOURCES, architecture_preprocess, create_model, load_initial_weights
 from kdoct.preprocess import PreprocessSpec
 from model_training.calibration import expected_calibration_error, fit_temperature
 from model_training.checkpoint import FINAL_NAME, export_checkpoint, save_checkpoint
 from model_training.config import ExperimentConfig, StageConfig, config_to_dict
 from model_training.data.folds import FoldTable, make_folds, read_folds, write_folds
+from model_training.data.image_cache import decoded_images
 from model_training.data.manifest import manifest_fingerprint, write_manifest
 from model_training.distributed import DistContext
 from model_training.engine import evaluate_logits
@@ -34,8 +35,10 @@ __all__ = [
     "build_model",
     "bundle_dir",
     "finish_stage",
+    "freeze_early_stages",
     "load_samples",
     "prepare_folds",
+    "split_path",
     "stage_spec",
     "work_dir",
 ]
@@ -44,9 +47,15 @@ log = logging.getLogger(__name__)
 
 
 def stage_spec(stage: StageConfig) -> PreprocessSpec:
+    """The stage's preprocessing: the architecture's own (timm's pretrained config: mean, std, size,
+    interpolation), with the input size and interpolation the config sets, if any."""
+    native = architecture_preprocess(stage.arch)
+    size = stage.input_size or native["input_size"]
     return PreprocessSpec(
-        input_size=(stage.input_size, stage.input_size),
-        interpolation=stage.interpolation,
+        input_size=(size, size),
+        mean=native["mean"],
+        std=native["std"],
+        interpolation=stage.interpolation or native["interpolation"],
         channel_mode=stage.channel_mode,
     )
 
@@ -60,22 +69,57 @@ def build_model(stage: StageConfig, num_classes: int) -> torch.nn.Module:
     A local weights file that holds a matching head (a kdoct checkpoint) still overrides it.
     """
     kwargs = {"drop_rate": stage.drop_rate, "drop_path_rate": stage.drop_path_rate}
-    hub = stage.init == "hub"
-    model = create_model(stage.arch, num_classes, "hub" if hub else None, **kwargs)
+    keyword = stage.init if stage.init in INIT_SOURCES else None
+    model = create_model(stage.arch, num_classes, keyword, **kwargs)
     classifier = model.get_classifier()
     torch.nn.init.normal_(classifier.weight, std=0.01)
     torch.nn.init.zeros_(classifier.bias)
-    if stage.init and not hub:
+    if stage.init and keyword is None:
         load_initial_weights(model, Path(stage.init))
+    freeze_early_stages(model, stage.frozen_stages, stage.arch)
     return model
 
 
-def work_dir(out_dir: Path, fold: int, role: str) -> Path:
-    return Path(out_dir) / f"fold_{fold}" / "work" / role
+def freeze_early_stages(model: torch.nn.Module, stages: int, arch: str) -> list[str]:
+    """Stop the stem and the first `stages` stages from training (requires_grad False); returns the
+    frozen parameter names. Their BatchNorm statistics still follow the data (and SWA's recompute)."""
+    if stages == 0:
+        return []
+    if hasattr(model, "conv_stem") and hasattr(model, "blocks"):  # timm EfficientNet family
+        prefixes, total = ["conv_stem.", "bn1."], len(model.blocks)
+        prefixes += [f"blocks.{i}." for i in range(stages)]
+    elif hasattr(model, "stem") and hasattr(model, "stages"):  # timm ConvNeXt(V2)
+        prefixes, total = ["stem."], len(model.stages)
+        prefixes += [f"stages.{i}." for i in range(stages)]
+    else:
+        raise ConfigError(f"frozen_stages is not supported for {arch}: it has no stem and stages timm names")
+    if stages >= total:
+        raise ConfigError(f"frozen_stages={stages}: {arch} has {total} stages; freeze fewer so some train")
+    frozen = []
+    for name, parameter in model.named_parameters():
+        if name.startswith(tuple(prefixes)):
+            parameter.requires_grad_(False)
+            frozen.append(name)
+    return frozen
 
 
-def bundle_dir(out_dir: Path, fold: int, role: str) -> Path:
-    return Path(out_dir) / f"fold_{fold}" / role
+def _stage_root(out_dir: Path, fold: int | None) -> Path:
+    """DIR/fold_K for a cross-validation fold; DIR itself for a final model (fold None)."""
+    return Path(out_dir) if fold is None else Path(out_dir) / f"fold_{fold}"
+
+
+def work_dir(out_dir: Path, fold: int | None, role: str) -> Path:
+    return _stage_root(out_dir, fold) / "work" / role
+
+
+def bundle_dir(out_dir: Path, fold: int | None, role: str) -> Path:
+    return _stage_root(out_dir, fold) / role
+
+
+def split_path(out_dir: Path, fold: int | None) -> Path:
+    """The file that fixes which patients a stage trains on: DIR/folds.csv, or DIR/split.csv for a
+    final model. Its fingerprint goes into every bundle, so a student can check its teacher's."""
+    return Path(out_dir) / ("split.csv" if fold is None else "folds.csv")
 
 
 def load_samples(config: ExperimentConfig, out_dir: Path) -> list:
@@ -107,7 +151,9 @@ def load_samples(config: ExperimentConfig, out_dir: Path) -> list:
     if data.layout == "kermany":
         return readers.index_kermany(path, data.classes, progress=True)
     if data.layout == "neh":
-        return readers.index_neh(path, data.classes, progress=True)
+        return readers.index_neh(
+            path, data.classes, progress=True, label_equals_class=data.neh_label_equals_class
+        )
     return readers.index_manifest(path, data.classes, progress=True)
 
 
@@ -140,11 +186,13 @@ def prepare_folds(config: ExperimentConfig, out_dir: Path, context: DistContext)
     unknown = sorted({s.label for s in table.samples} - allowed)
     if unknown:
         raise DataError(f"{folds_path}: labels {unknown} are not in class set {config.data.classes}")
+    decoded_images.enable(config.data.cache_images)
+    decoded_images.fill((s.path for s in table.samples), progress=context.is_main)
     return table
 
 
 def provenance(
-    config: ExperimentConfig, out_dir: Path, fold: int, extra: dict | None = None
+    config: ExperimentConfig, out_dir: Path, fold: int | None, extra: dict | None = None
 ) -> dict[str, Any]:
     out_dir = Path(out_dir)
     return {
@@ -152,7 +200,7 @@ def provenance(
         "config_path": config.source_path,
         "fold": fold,
         "dataset_fingerprint": manifest_fingerprint(out_dir / "manifest.csv"),
-        "folds_fingerprint": manifest_fingerprint(out_dir / "folds.csv"),
+        "folds_fingerprint": manifest_fingerprint(split_path(out_dir, fold)),
         **(extra or {}),
     }
 
@@ -179,7 +227,7 @@ def finish_stage(
     bundle_role: str,
     split: dict[str, list],
     out_dir: Path,
-    fold: int,
+    fold: int | None,
     context: DistContext,
     extra_provenance: dict | None = None,
 ) -> Path:
@@ -193,12 +241,12 @@ def finish_stage(
         logits, labels = evaluate_logits(result.model.to(context.device), loader, device=context.device)
         result.model.cpu()
         calibration = {"temperature": 1.0, "fitted_on": "validation"}
-        before = expected_calibration_error(_softmax(logits), labels)
+        before = expected_calibration_error(softmax(logits), labels)
         temperature = fit_temperature(logits, labels) if config.calibrate else 1.0
         calibration.update(
             temperature=temperature,
             ece_before=before,
-            ece_after=expected_calibration_error(_softmax(logits / temperature), labels),
+            ece_after=expected_calibration_error(softmax(logits, temperature), labels),
         )
         validation = {
             "accuracy": float((logits.argmax(axis=1) == labels).mean()),
@@ -220,7 +268,7 @@ def finish_stage(
             "arch": stage.arch,
             "class_names": list(class_names),
             "preprocess": spec.to_dict(),
-            "name": f"{config.name}-{role}-fold{fold}",
+            "name": f"{config.name}-{role}" + ("" if fold is None else f"-fold{fold}"),
             "version": config.version,
             "calibration": calibration,
             "metrics": {"validation": validation},
@@ -232,14 +280,8 @@ def finish_stage(
             shutil.rmtree(target)  # a bundle from an interrupted earlier run of this same stage
         export_checkpoint(checkpoint, target)
         log.info(
-            "%s fold %d: val accuracy %.3f, temperature %.3f (ECE %.3f -> %.3f), bundle %s",
+            "%s fold %s: val accuracy %.3f, temperature %.3f (ECE %.3f -> %.3f), bundle %s",
             role, fold, validation["accuracy"], temperature, before, calibration["ece_after"], target,
         )  # fmt: skip
     context.barrier()
     return target
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)

@@ -39,11 +39,13 @@ def balanced_class_weights(labels: list[str], class_names: tuple[str, ...]) -> t
 
 
 def head_backbone_groups(model: nn.Module, stage: StageConfig) -> list[dict]:
-    """Two AdamW groups: the classifier (timm's pretrained_cfg['classifier']) and everything else."""
+    """Two AdamW groups: the classifier (timm's pretrained_cfg['classifier']) and everything else that
+    trains (parameters frozen by `frozen_stages` are left out)."""
     prefix = model.pretrained_cfg.get("classifier", "") if hasattr(model, "pretrained_cfg") else ""
     head, backbone = [], []
     for name, parameter in model.named_parameters():
-        (head if prefix and name.startswith(prefix) else backbone).append(parameter)
+        if parameter.requires_grad:
+            (head if prefix and name.startswith(prefix) else backbone).append(parameter)
     if not head:
         raise DataError(f"{stage.arch}: could not find the classifier parameters (prefix {prefix!r})")
     return [
@@ -82,7 +84,7 @@ def train_teacher(
     config: ExperimentConfig,
     split: dict[str, list],
     out_dir: Path,
-    fold: int,
+    fold: int | None,
     context: DistContext,
     *,
     resume: bool = False,
@@ -92,17 +94,17 @@ def train_teacher(
     stage = config.teacher
     class_names = class_set_names(config.data.classes)
     spec = stage_spec(stage)
-    torch.manual_seed(config.seed + fold)  # identical initial weights on every rank
+    torch.manual_seed(config.seed + (fold or 0))  # identical initial weights on every rank
     model = build_model(stage, len(class_names))
     weight = None
     if stage.class_weights == "balanced":
         weight = balanced_class_weights([s.label for s in split["train"]], class_names)
         log.info(
-            "teacher fold %d class weights %s", fold, dict(zip(class_names, weight.tolist(), strict=True))
+            "teacher fold %s class weights %s", fold, dict(zip(class_names, weight.tolist(), strict=True))
         )
     batch_transform = None
     if stage.mixup_alpha > 0 or stage.cutmix_alpha > 0:
-        mix_rng = np.random.default_rng([config.seed, fold, context.rank, 7])
+        mix_rng = np.random.default_rng([config.seed, fold or 0, context.rank, 7])
 
         def batch_transform(images, targets):
             return mix_batch(
@@ -110,6 +112,7 @@ def train_teacher(
             )
 
     run = StageRun(
+        fold=fold,
         role="teacher",
         stage=stage,
         model=model,
@@ -121,7 +124,7 @@ def train_teacher(
         param_groups=head_backbone_groups(model, stage),
         out_dir=work_dir(out_dir, fold, "teacher"),
         context=context,
-        seed=config.seed + fold,
+        seed=config.seed + (fold or 0),
         num_workers=config.data.num_workers,
         batch_transform=batch_transform,
         on_epoch_end=on_epoch_end,

@@ -36,14 +36,14 @@ from model_training.data.manifest import (
     write_csv,
 )
 
-__all__ = ["ROLES", "FoldTable", "check_no_leakage", "make_folds", "read_folds", "write_folds"]
+__all__ = ["ROLES", "FoldTable", "check_no_leakage", "group_split", "make_folds", "read_folds", "write_folds"]
 
 logger = logging.getLogger(__name__)
 
 ROLES = ("train", "val", "test")
 
 
-def _group_split(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
+def group_split(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
     """Index arrays of the held-out part of each StratifiedGroupKFold split."""
     from sklearn.model_selection import StratifiedGroupKFold  # here: sklearn takes ~1 s to import
 
@@ -77,9 +77,9 @@ def make_folds(
             f"split; need at least {needed}"
         )
     roles = [["train"] * k for _ in samples]
-    for fold, test_index in enumerate(_group_split(labels, groups, k, seed)):
+    for fold, test_index in enumerate(group_split(labels, groups, k, seed)):
         rest = np.setdiff1d(np.arange(len(samples)), test_index)
-        val_local = _group_split(labels[rest], groups[rest], inner_splits, seed + 1 + fold)[0]
+        val_local = group_split(labels[rest], groups[rest], inner_splits, seed + 1 + fold)[0]
         for i in test_index:
             roles[i][fold] = "test"
         for i in rest[val_local]:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from kdoct.errors import ConfigError
-from model_training.config import load_config, parse_config
+from model_training.config import StageConfig, load_config, parse_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "model_training" / "configs"
 
@@ -17,7 +17,7 @@ def _smoke() -> dict:
     return yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["smoke", "demo", "neh_paper", "ucsd_paper", "oct2017_sample"])
+@pytest.mark.parametrize("name", ["smoke", "neh_paper", "ucsd_paper", "oct2017_sample"])
 def test_shipped_configs_load(name):
     config = load_config(CONFIG_DIR / f"{name}.yaml")
     assert config.student.loss == "distill" and config.teacher.loss in ("focal", "ce")
@@ -51,6 +51,13 @@ def test_paper_configs_hold_the_papers_hyperparameters():
         100, 5, 20, "val_accuracy",
     )  # fmt: skip
     assert (config.data.k, config.data.val_fraction) == (5, 0.2)
+    # The paper's NEH figures are on the reference code's Label == Class subset; UCSD has no such column.
+    assert config.data.neh_label_equals_class is True
+    assert load_config(CONFIG_DIR / "ucsd_paper.yaml").data.neh_label_equals_class is False
+    for name in ("neh_paper", "ucsd_paper"):
+        paper = load_config(CONFIG_DIR / f"{name}.yaml")
+        assert (paper.teacher.init, paper.student.init) == ("hub", "hub")
+        assert (paper.teacher.arch, paper.student.arch) == ("convnextv2_large", "efficientnet_b2")
 
 
 @pytest.mark.parametrize(
@@ -71,6 +78,10 @@ def test_paper_configs_hold_the_papers_hyperparameters():
         ({"teacher": {"amp": "yes"}}, "teacher.amp"),
         ({"data": {"layout": "somewhere"}}, "data.layout"),
         ({"data": {"k": 1}}, "data.k"),
+        ({"student": {"init": "package"}}, "no package ships weights for test_efficientnet"),
+        ({"teacher": {"init": "/nowhere/weights.safetensors"}}, "neither null, hub, package nor"),
+        ({"teacher": {"arch": "resnet50"}}, "teacher.arch"),
+        ({"data": {"neh_label_equals_class": True}}, "needs data.layout: neh"),
     ],
 )
 def test_refused_settings_name_the_problem(override, message):
@@ -110,3 +121,19 @@ def test_yaml_cannot_execute_code(tmp_path):
     path.write_text("name: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+def test_preprocessing_comes_from_the_architecture_and_the_bundle_carries_it():
+    from model_training.experiment import stage_spec
+
+    config = load_config(CONFIG_DIR / "oct2017_sample.yaml")
+    teacher, student = stage_spec(config.teacher), stage_spec(config.student)
+    # EfficientNet-Lite's ImageNet weights were trained on [-1, 1] inputs, not ImageNet mean/std.
+    assert teacher.mean == teacher.std == student.mean == student.std == (0.5, 0.5, 0.5)
+    assert teacher.interpolation == student.interpolation == "bicubic"
+    assert (config.teacher.init, config.student.init) == ("package", "package")
+    # An input size left out is the architecture's own; ImageNet-mean models keep theirs.
+    native = stage_spec(StageConfig(arch="tf_efficientnet_lite2", init="package"))
+    assert native.input_size == (260, 260)
+    paper = stage_spec(load_config(CONFIG_DIR / "neh_paper.yaml").student)
+    assert paper.input_size == (384, 384) and paper.mean == (0.485, 0.456, 0.406)

@@ -42,7 +42,7 @@ def run_cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smoke-cv") / "run"
-    result = run_cli("cv", "--config", str(SMOKE), "--out", str(out))
+    result = run_cli("cv", "--config", str(SMOKE), "--out", str(out), "--set", "run_no_kd=true")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -177,9 +177,13 @@ def test_bench_cli_writes_markdown_and_json(smoke_run, tmp_path):
 
 def test_rerunning_cv_reuses_finished_bundles(smoke_run):
     before = (smoke_run / "fold_0" / "teacher" / "bundle.json").read_bytes()
-    result = run_cli("cv", "--config", str(SMOKE), "--out", str(smoke_run))
+    result = run_cli("cv", "--config", str(SMOKE), "--out", str(smoke_run), "--set", "run_no_kd=true")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (smoke_run / "fold_0" / "teacher" / "bundle.json").read_bytes() == before
+    # Each invocation is on record with what it trained: the first everything, the rerun nothing.
+    invocations = json.loads((smoke_run / "report.json").read_text())["invocations"]
+    assert len(invocations[0]["trained"]) == 6 and invocations[-1]["trained"] == []
+    assert all(i["seconds"] > 0 for i in invocations)
 
 
 def test_student_refuses_a_teacher_from_another_fold(smoke_run):
@@ -205,3 +209,75 @@ def test_a_given_folds_file_is_adopted_with_paths_that_still_resolve(smoke_run, 
     assert all(Path(sample.path).is_file() for sample in table.samples)
     original = read_folds(smoke_run / "folds.csv")
     assert [table.roles(f) for f in range(2)] == [original.roles(f) for f in range(2)]
+
+
+def test_report_has_intervals_mcnemar_and_the_training_record(smoke_run):
+    report = json.loads((smoke_run / "report.json").read_text())
+    assert report["models"] == ["teacher", "student", "student_no_kd"]
+    labels, patients, predicted = [], [], {}
+    for fold in (0, 1):
+        saved = read_predictions(smoke_run / f"fold_{fold}" / "predictions.csv", CLASSES)
+        labels.append(saved["labels"])
+        patients += [row["patient_id"] for row in saved["rows"]]
+        for model, probabilities in saved["models"].items():
+            predicted.setdefault(model, []).append(probabilities.argmax(axis=1))
+    labels = np.concatenate(labels)
+    predicted = {model: np.concatenate(parts) for model, parts in predicted.items()}
+    for model in report["models"]:
+        pooled = report[model]["pooled"]["accuracy"]
+        assert pooled == pytest.approx(float(np.mean(predicted[model] == labels)))
+        interval = report[model]["bootstrap_95"]["accuracy"]
+        assert interval["low"] <= pooled <= interval["high"]
+        assert interval["clusters"] == len(set(patients))
+        training = report[model]["training"]
+        assert [f["fold"] for f in training["folds"]] == [0, 1]
+        swa = sum(f["selected_weights"] == "swa" for f in training["folds"])
+        assert training["swa_folds"] == swa
+    # The smoke teacher averages its last epoch (SWA from epoch 2 of 3); the students have no SWA.
+    assert report["teacher"]["training"]["swa_folds"] == 2
+    assert report["student"]["training"]["swa_folds"] == 0
+    test = report["mcnemar"]["teacher_vs_student"]
+    teacher_right, student_right = predicted["teacher"] == labels, predicted["student"] == labels
+    assert test["a_only_correct"] == int(np.sum(teacher_right & ~student_right))
+    assert test["b_only_correct"] == int(np.sum(~teacher_right & student_right))
+    assert 0 < test["p_value"] <= 1 and "student_vs_student_no_kd" in report["mcnemar"]
+    assert "McNemar" in (smoke_run / "report.md").read_text()
+
+
+def test_epoch_logs_name_their_fold(smoke_run):
+    for fold in (0, 1):
+        for role in ("teacher", "student", "student_no_kd"):
+            lines = (smoke_run / f"fold_{fold}" / "work" / role / "log.jsonl").read_text().splitlines()
+            assert lines and all(json.loads(line)["fold"] == fold for line in lines)
+
+
+def test_results_command_copies_the_evidence_and_writes_the_doc(smoke_run, tmp_path):
+    doc = tmp_path / "docs" / "RESULTS.md"
+    doc.parent.mkdir()
+    doc.write_text(
+        "# Results\n\nprose\n\n<!-- results:smoke:begin -->\nstale\n<!-- results:smoke:end -->\nafter\n"
+    )
+    to = tmp_path / "results" / "smoke"
+    result = run_cli("results", "--run", str(smoke_run), "--to", str(to), "--doc", str(doc))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((to / "report.json").read_text())
+    text = doc.read_text()
+    assert "stale" not in text and text.startswith("# Results\n\nprose") and text.endswith("after\n")
+    accuracy = 100 * report["student"]["mean"]["accuracy"]
+    assert f"| Student (KD) | {accuracy:.2f} ± " in text
+    assert "](../results/smoke/confusion_student.png)" in text
+    assert "McNemar" in text and "bootstrap 95 %" in text
+    for fold in (0, 1):
+        with open(to / "predictions" / f"fold_{fold}.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert rows and not any(row["path"].startswith("/") for row in rows)
+    epochs = [json.loads(line) for line in (to / "epochs.jsonl").read_text().splitlines()]
+    assert {(e["fold"], e["role"]) for e in epochs} == {
+        (f, r) for f in (0, 1) for r in ("teacher", "student", "student_no_kd")
+    }
+    # Without its markers the doc is refused, not appended to.
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    refused = run_cli("results", "--run", str(smoke_run), "--to", str(to), "--doc", str(bare))
+    assert refused.returncode == 2 and "results:smoke:begin" in refused.stderr
+    assert bare.read_text() == "no markers\n"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -55,7 +57,7 @@ def test_evaluated_weights_are_the_swa_average(tiny_samples, tmp_path):
         return focal_loss(logits, targets), logits
 
     run = StageRun(
-        role="teacher", stage=stage, model=model, spec=spec, class_names=CLASSES,
+        role="teacher", fold=0, stage=stage, model=model, spec=spec, class_names=CLASSES,
         train_samples=tiny_samples[:12], val_samples=tiny_samples[12:], loss_fn=loss_fn,
         param_groups=head_backbone_groups(model, stage), out_dir=tmp_path, context=init_distributed("cpu"),
         on_epoch_end=watch, progress=False,
@@ -95,7 +97,7 @@ def test_resume_continues_where_training_stopped(tiny_samples, tmp_path):
             return torch.nn.functional.cross_entropy(logits, targets), logits
 
         return StageRun(
-            role="student", stage=stage, model=model, spec=spec, class_names=CLASSES,
+            role="student", fold=2, stage=stage, model=model, spec=spec, class_names=CLASSES,
             train_samples=tiny_samples[:12], val_samples=tiny_samples[12:], loss_fn=loss_fn,
             param_groups=head_backbone_groups(model, stage), out_dir=tmp_path,
             context=init_distributed("cpu"), progress=False,
@@ -106,3 +108,16 @@ def test_resume_continues_where_training_stopped(tiny_samples, tmp_path):
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
     assert len(lines) == 3  # epoch 0 was not trained twice
+    assert [json.loads(line)["fold"] for line in lines] == [2, 2, 2]  # pooled logs say which fold
+
+
+def test_validation_accuracy_ties_go_to_the_lower_validation_loss():
+    from model_training.fit import _improved
+
+    stage = StageConfig(arch="test_efficientnet", monitor="val_accuracy")
+    assert _improved(stage, 0.988, 0.976, val_loss=0.3, best_val_loss=0.1)  # higher accuracy wins
+    assert _improved(stage, 0.988, 0.988, val_loss=0.18, best_val_loss=0.23)  # tie: lower loss wins
+    assert not _improved(stage, 0.988, 0.988, val_loss=0.25, best_val_loss=0.23)
+    assert not _improved(stage, 0.976, 0.988, val_loss=0.01, best_val_loss=0.23)
+    by_loss = StageConfig(arch="test_efficientnet", monitor="val_loss")
+    assert _improved(by_loss, 0.2, 0.3, val_loss=0.2, best_val_loss=0.3)
