@@ -24,10 +24,11 @@ COMMAND_MODULES = [
     "model_training.commands.teacher",
     "model_training.commands.distill",
     "model_training.commands.cv",
+    "model_training.commands.final",
+    "model_training.commands.results",
     "model_training.commands.export",
     "model_training.commands.evaluate",
     "model_training.commands.bench",
-    "model_training.commands.demo",
 ]
 
 EXIT_BAD_INPUT = 2

@@ -1,0 +1,61 @@
+"""`final`: the deployable teacher and student, trained on every patient but a held-back calibration
+slice, with a card of what they were trained on (see model_training/final.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from model_training.commands._training import add_config_arguments, setup, teardown
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.15, got {text!r}") from None
+    if not 0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"the held-back fraction must be in (0, 0.5), got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "final",
+        help="train the deployable teacher + student on all patients; writes bundles and a card",
+        description="Trains the config's teacher and then its student, distilled online, on every patient "
+        "of the data except a held-back slice (by patient, stratified) that calibrates them and holds their "
+        "golden images. Epochs: the config's, or those a cv run's report.json validated (--epochs-from). "
+        "Writes DIR/teacher/, DIR/student/ (verified bundles), DIR/card.json and DIR/MODEL_CARD.md. Does "
+        "nothing more when both bundles are complete; an interrupted run resumes.",
+    )
+    add_config_arguments(parser, fold=False)
+    parser.add_argument(
+        "--holdout",
+        type=_fraction,
+        default=0.15,
+        help="fraction of the patients held back for calibration (default 0.15)",
+    )
+    parser.add_argument(
+        "--epochs-from",
+        type=Path,
+        default=None,
+        metavar="REPORT_JSON",
+        help="a cv run's report.json: train each model for the median epochs its folds exported",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from model_training.final import run_final
+
+    config, context = setup(args)
+    try:
+        card = run_final(config, args.out, context, holdout=args.holdout, epochs_from=args.epochs_from)
+    finally:
+        teardown(context)
+    if card is not None:
+        for role, model in card["models"].items():
+            print(f"{role}: {model['bundle']} ({model['arch']}, {model['epochs']['epochs']} epochs)")
+        print(f"card: {args.out / 'MODEL_CARD.md'}")
+    return 0

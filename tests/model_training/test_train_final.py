@@ -1,0 +1,126 @@
+"""`final`: the deployable teacher and student on every patient but a held-back calibration slice."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdoct.bundle import load_bundle
+from kdoct.errors import ConfigError, LeakageError
+from model_training.config import load_config
+from model_training.final import chosen_epochs, read_final_split
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "model_training" / "configs" / "smoke.yaml"
+
+
+def run_cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "model_training", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+
+
+def _cv_report(path: Path) -> Path:
+    """A cv report's training record: the teacher exported its SWA average after 3 epochs in both
+    folds; the student's best checkpoints were at epochs 0 and 1 (0-based) of 2."""
+    report = {
+        "teacher": {"training": {"folds": [
+            {"fold": 0, "epochs_run": 3, "best_epoch": 2, "selected_weights": "swa"},
+            {"fold": 1, "epochs_run": 3, "best_epoch": 1, "selected_weights": "swa"},
+        ]}},
+        "student": {"training": {"folds": [
+            {"fold": 0, "epochs_run": 2, "best_epoch": 0, "selected_weights": "best_checkpoint"},
+            {"fold": 1, "epochs_run": 2, "best_epoch": 0, "selected_weights": "best_checkpoint"},
+        ]}},
+    }  # fmt: skip
+    path.write_text(json.dumps(report))
+    return path
+
+
+@pytest.fixture(scope="module")
+def final_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("final")
+    report = _cv_report(root / "report.json")
+    out = root / "run"
+    result = run_cli(
+        "final", "--config", str(SMOKE), "--out", str(out), "--holdout", "0.25", "--epochs-from", str(report)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "card:" in result.stdout
+    return out
+
+
+def test_final_trains_on_every_patient_but_a_held_back_slice(final_run):
+    split = read_final_split(final_run / "split.csv")
+    with open(final_run / "manifest.csv", newline="") as handle:
+        everyone = {row["patient_id"] for row in csv.DictReader(handle)}
+    trained = {s.patient_id for s in split["train"]}
+    held_back = {s.patient_id for s in split["val"]}
+    assert trained | held_back == everyone and not trained & held_back
+    assert len(held_back) == 4  # a quarter of the smoke data's 16 patients
+    card = json.loads((final_run / "card.json").read_text())
+    assert card["data"]["training"]["patients"] == len(trained)
+    assert card["data"]["held_back"]["images"] == len(split["val"])
+    for role in ("teacher", "student"):
+        bundle = load_bundle(final_run / role)
+        provenance = bundle.manifest["provenance"]
+        assert provenance["fold"] is None
+        assert bundle.manifest["calibration"]["fitted_on"] == "validation"
+        assert card["models"][role]["sha256"] == bundle.sha256
+        # Golden images come from the held-back slice, never from the training patients.
+        checkpoint = torch.load(final_run / "work" / role / "final.pt", map_location="cpu", weights_only=True)
+        assert checkpoint["golden_paths"] and set(checkpoint["golden_paths"]) <= {
+            s.path for s in split["val"]
+        }
+    assert "Final model card" in (final_run / "MODEL_CARD.md").read_text()
+
+
+def test_final_epochs_come_from_the_cv_report_and_are_recorded(final_run):
+    card = json.loads((final_run / "card.json").read_text())
+    assert card["models"]["teacher"]["epochs"]["epochs"] == 3  # every epoch of the SWA folds
+    assert card["models"]["student"]["epochs"]["epochs"] == 1  # best epoch 0 -> 1 epoch
+    assert card["models"]["student"]["epochs"]["per_fold"] == [1, 1]
+    teacher = load_bundle(final_run / "teacher").manifest["provenance"]["training"]
+    student = load_bundle(final_run / "student").manifest["provenance"]["training"]
+    assert teacher["epochs_run"] == 3 and teacher["selected_weights"] == "swa"
+    assert student["epochs_run"] == 1 and not student["stopped_early"]
+    # The held-back slice calibrates; it does not also pick the weights.
+    assert student["selected_weights"] == "last_epoch"
+
+
+def test_final_is_instant_once_its_bundles_are_complete(final_run):
+    before = (final_run / "student" / "bundle.json").read_bytes()
+    result = run_cli("final", "--config", str(SMOKE), "--out", str(final_run), "--holdout", "0.25")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (final_run / "student" / "bundle.json").read_bytes() == before
+
+
+def test_a_split_with_a_patient_on_both_sides_is_refused(final_run):
+    with open(final_run / "split.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    patient = rows[1][2]
+    scans = [row for row in rows[1:] if row[2] == patient]
+    assert len(scans) >= 2  # the smoke data has 3 B-scans per patient
+    scans[0][-1], scans[1][-1] = "train", "val"
+    leaky = final_run / "leaky-split.csv"  # beside the original, so its relative paths still resolve
+    with open(leaky, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    with pytest.raises(LeakageError, match=f"patient {patient}"):
+        read_final_split(leaky)
+
+
+def test_epochs_from_a_file_that_is_not_a_cv_report_is_refused(tmp_path):
+    bogus = tmp_path / "report.json"
+    bogus.write_text("{}")
+    with pytest.raises(ConfigError, match="not a cv report.json"):
+        chosen_epochs(load_config(SMOKE).teacher, "teacher", bogus)
+    assert chosen_epochs(load_config(SMOKE).teacher, "teacher", None) == {"epochs": 3, "source": "config"}
