@@ -1,5 +1,5 @@
-# kdoct: `make run` serves the demo model on http://127.0.0.1:8000; `make test` runs the suite.
-# Both set everything up on a fresh machine (virtual environment, packages, demo bundles).
+# kdoct: `make run` serves the default model on http://127.0.0.1:8000; `make test` runs the suite.
+# Both set everything up on a fresh machine (virtual environment, packages, the default model).
 
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
-DEMO_DIR ?= var/demo
+MODEL_DIR ?= var/default-model
 PYTEST_ARGS ?=
 
 .PHONY: install run test lint format bench clean
@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The demo bundles are trained once on synthetic OCT (model_training/configs/demo.yaml) and reused.
+# The default bundles are trained once on the real B-scans in data/oct2017-sample and reused.
 run: install
-	PY=$(PY) DEMO_DIR=$(DEMO_DIR) HOST=$(HOST) PORT=$(PORT) scripts/run-demo.sh
+	PY=$(PY) MODEL_DIR=$(MODEL_DIR) HOST=$(HOST) PORT=$(PORT) scripts/run-local.sh
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
