@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from model_training.calibration import expected_calibration_error
+from model_training.calibration import calibrated_ece_floor, expected_calibration_error
 from model_training.metrics import aggregate, compute_metrics, read_predictions
 from model_training.statistics import clustered_bootstrap_ci, mcnemar_exact, ovr_macro_auc
 
@@ -206,6 +206,12 @@ def build_report(
             labels_pooled, probabilities_pooled, patients_pooled, class_names, bootstrap_resamples
         )
         report[model]["training"] = _training_record(out_dir, folds, model)
+        fold_floors = [calibrated_ece_floor(probabilities) for probabilities in pooled[model][1]]
+        report[model]["ece_floor"] = {
+            "folds": fold_floors,
+            "mean": float(np.mean(fold_floors)),
+            "pooled": calibrated_ece_floor(probabilities_pooled),
+        }
     report["mcnemar"] = {
         f"{a}_vs_{b}": mcnemar_exact(
             labels_pooled,
@@ -239,10 +245,12 @@ def report_markdown(report: dict[str, Any], figures: Sequence[str] = (), level: 
         f"{title} Cross-validation report ({len(folds)} of the folds, held-out test patients only)",
         "",
         "Mean ± sample std over folds (no ± for a single fold), in %. Every figure is computed from the "
-        "folds' predictions.csv.",
+        "folds' predictions.csv. ECE floor: the ECE that a perfectly calibrated model giving the same "
+        "probabilities would show on the same test images (labels drawn from those probabilities, mean of "
+        "500 draws): what that many images can resolve.",
         "",
-        "| model | accuracy | sensitivity | specificity | macro F1 | AUC | ECE | params (M) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | accuracy | sensitivity | specificity | macro F1 | AUC | ECE | ECE floor | params (M) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for model in per_model:
         mean, std = report[model]["mean"], report[model]["std"]
@@ -254,6 +262,7 @@ def report_markdown(report: dict[str, Any], figures: Sequence[str] = (), level: 
             _percent(mean["macro_f1"], std["macro_f1"]),
             _percent(mean["auc"], std["auc"]),
             _percent(mean["ece"], std["ece"]),
+            _percent(report[model]["ece_floor"]["mean"], None),
             f"{params / 1e6:.2f}" if params else "n/a",
         ]
         lines.append(f"| {MODEL_TITLES.get(model, model)} | " + " | ".join(cells) + " |")
@@ -279,12 +288,14 @@ def report_markdown(report: dict[str, Any], figures: Sequence[str] = (), level: 
         "",
         f"{section} Pooled over folds, with patient-clustered bootstrap 95 % intervals (%)",
         "",
-        "| model | accuracy | macro F1 | AUC | ECE | folds exported as SWA average | folds stopped early |",
-        "|---|---|---|---|---|---|---|",
+        "| model | accuracy | macro F1 | AUC | ECE | ECE floor | folds exported as SWA average | "
+        "folds stopped early |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for model in per_model:
         pooled, intervals = report[model]["pooled"], report[model]["bootstrap_95"]
         cells = [_interval(pooled[key], intervals[key]) for key in BOOTSTRAP_METRICS]
+        cells.append(_percent(report[model]["ece_floor"]["pooled"], None))
         training = report[model]["training"]
         counted = len(training["folds"])
         cells += [f"{training['swa_folds']} of {counted}", f"{training['stopped_early_folds']} of {counted}"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_training.calibration import expected_calibration_error, fit_temperature
+from model_training.calibration import calibrated_ece_floor, expected_calibration_error, fit_temperature
 
 
 def test_ece_by_hand():
@@ -14,6 +14,22 @@ def test_ece_by_hand():
     labels = np.array([0, 0, 0, 0])
     expected = 3 / 4 * abs(2 / 3 - 0.95) + 1 / 4 * abs(1.0 - 0.55)
     assert expected_calibration_error(probabilities, labels) == pytest.approx(expected)
+
+
+def test_ece_floor_of_a_calibrated_model_is_the_binomial_mean_deviation():
+    # Four answers at confidence 0.6, right with probability 0.6 each: one bin, so the ECE is
+    # |X/4 - 0.6| with X ~ Binomial(4, 0.6), whose mean is worked out by hand: 0.20736.
+    probabilities = np.tile([0.6, 0.4], (4, 1))
+    assert calibrated_ece_floor(probabilities, draws=5000) == pytest.approx(0.20736, abs=0.008)
+
+
+def test_ece_floor_falls_with_more_images_and_vanishes_for_certain_answers():
+    rng = np.random.default_rng(1)
+    raw = rng.dirichlet([1.0, 1.0, 1.0], size=10_000)
+    few, many = calibrated_ece_floor(raw[:100], draws=200), calibrated_ece_floor(raw, draws=20)
+    assert few > 3 * many > 0
+    certain = np.tile([0.9999, 0.00005, 0.00005], (100, 1))
+    assert calibrated_ece_floor(certain, draws=200) < 0.001
 
 
 def _overconfident(temperature: float, count: int, seed: int = 0):

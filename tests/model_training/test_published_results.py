@@ -39,7 +39,7 @@ def rebuilt(committed, tmp_path_factory) -> dict:
 def test_every_reported_figure_follows_from_the_committed_predictions(committed, rebuilt):
     assert rebuilt["models"] == committed["models"] == ["teacher", "student", "student_no_kd"]
     for model in committed["models"]:
-        for part in ("folds", "mean", "std", "pooled", "bootstrap_95"):
+        for part in ("folds", "mean", "std", "pooled", "bootstrap_95", "ece_floor"):
             assert rebuilt[model][part] == pytest.approx(committed[model][part], abs=1e-12), (model, part)
     assert rebuilt["mcnemar"] == committed["mcnemar"]
 

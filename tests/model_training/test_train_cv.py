@@ -233,6 +233,9 @@ def test_report_has_intervals_mcnemar_and_the_training_record(smoke_run):
         assert [f["fold"] for f in training["folds"]] == [0, 1]
         swa = sum(f["selected_weights"] == "swa" for f in training["folds"])
         assert training["swa_folds"] == swa
+        floor = report[model]["ece_floor"]
+        assert len(floor["folds"]) == 2 and floor["mean"] == pytest.approx(np.mean(floor["folds"]))
+        assert 0 < floor["pooled"] < 1
     # The smoke teacher averages its last epoch (SWA from epoch 2 of 3); the students have no SWA.
     assert report["teacher"]["training"]["swa_folds"] == 2
     assert report["student"]["training"]["swa_folds"] == 0
