@@ -36,11 +36,28 @@ def rebuilt(committed, tmp_path_factory) -> dict:
     return build_report(run, committed["folds"], committed["class_names"])
 
 
+def _assert_same_figures(rebuilt, committed, where: str) -> None:
+    """Nested dicts and lists equal, numbers to 1e-12 (JSON round-trips floats exactly, but summation
+    order may differ across numpy builds)."""
+    if isinstance(committed, dict):
+        assert sorted(rebuilt) == sorted(committed), where
+        for key in committed:
+            _assert_same_figures(rebuilt[key], committed[key], f"{where}.{key}")
+    elif isinstance(committed, list):
+        assert len(rebuilt) == len(committed), where
+        for index, (mine, theirs) in enumerate(zip(rebuilt, committed, strict=True)):
+            _assert_same_figures(mine, theirs, f"{where}[{index}]")
+    elif isinstance(committed, float):
+        assert rebuilt == pytest.approx(committed, abs=1e-12), where
+    else:
+        assert rebuilt == committed, where
+
+
 def test_every_reported_figure_follows_from_the_committed_predictions(committed, rebuilt):
     assert rebuilt["models"] == committed["models"] == ["teacher", "student", "student_no_kd"]
     for model in committed["models"]:
         for part in ("folds", "mean", "std", "pooled", "bootstrap_95", "ece_floor"):
-            assert rebuilt[model][part] == pytest.approx(committed[model][part], abs=1e-12), (model, part)
+            _assert_same_figures(rebuilt[model][part], committed[model][part], f"{model}.{part}")
     assert rebuilt["mcnemar"] == committed["mcnemar"]
 
 
