@@ -22,7 +22,7 @@ Model: $MODEL_DIR/student (card: $MODEL_DIR/MODEL_CARD.md)
 Local API key (also in var/local-api-key):
     $key
 Try it:
-    curl -H "Authorization: Bearer $key" -F file=@data/oct2017-sample/CNV/CNV-103044-1.jpeg http://$HOST:$PORT/classify
+    curl -H "Authorization: Bearer $key" -F file=@data/oct2017-sample/CNV/CNV-2116022-1.jpeg http://$HOST:$PORT/classify
 
 MSG
 export KDOCT_STUDENT_BUNDLE="$MODEL_DIR/student" KDOCT_TEACHER_BUNDLE="$MODEL_DIR/teacher"
