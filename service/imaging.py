@@ -5,6 +5,12 @@ file name or content type) against an allow-list; the header is parsed lazily an
 frame count and volume size are checked before a single pixel is decoded; only then are pixels
 decoded, with truncation an error. DICOM is read with pydicom (`force=False`, no DICOMDIR); the
 dataset never leaves `_decode_dicom`, so patient tags cannot reach answers, logs or metrics.
+
+DICOM memory is bounded by the upload, never by what its data claims: the file meta is read first and
+the transfer syntax allow-listed; a deflated data set is inflated in steps against its own header
+(service.dicom_inflate); no element but the pixel data may exceed DICOM_ELEMENT_BYTES; encapsulated
+frames are counted and their codestream headers checked against Rows x Columns before any is decoded,
+and frames are decoded one at a time, never more than NumberOfFrames.
 """
 
 from __future__ import annotations
@@ -17,8 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from PIL import Image, ImageFile, UnidentifiedImageError
+from pydicom import uid
+from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
+from pydicom.pixels import get_decoder, iter_pixels
 
+from service.dicom_inflate import DicomTooLarge, MalformedDicom, inflate_data_set
 from service.problems import Problem
 
 __all__ = ["DecodedUpload", "ImageLimits", "ImageRejected", "decode_upload", "sniff_format"]
@@ -43,6 +55,29 @@ _KNOWN_OTHER_FORMATS = {
     b"\x1f\x8b": "gzip",
 }
 ACCEPTED = "PNG, JPEG, TIFF, BMP or DICOM"
+# Real OCT headers are kilobytes; vendors' private elements (thumbnails, scan patterns) stay well below.
+DICOM_ELEMENT_BYTES = 4 << 20
+DICOM_HEADER_BYTES = 16 << 20
+_NATIVE_SYNTAXES = (
+    uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRLittleEndian,
+    uid.DeflatedExplicitVRLittleEndian,
+)
+# Encapsulated syntaxes are accepted only where this installation can decode them.
+_ENCAPSULATED_SYNTAXES = tuple(
+    syntax
+    for syntax in (
+        uid.JPEGBaseline8Bit,
+        uid.JPEGExtended12Bit,
+        uid.JPEG2000Lossless,
+        uid.JPEG2000,
+        uid.RLELossless,
+    )
+    if get_decoder(syntax).is_available
+)
+TRANSFER_SYNTAXES = _NATIVE_SYNTAXES + _ENCAPSULATED_SYNTAXES
+# The first bytes of one frame's codestream: JPEG SOI, JPEG 2000 codestream (SOC SIZ), JP2 signature box.
+_FRAME_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
 
 
 class ImageRejected(Problem):
@@ -169,16 +204,90 @@ def _decode_raster(data: bytes, kind: str, limits: ImageLimits, digest: str) -> 
         return DecodedUpload(format=kind, frames=[image], width=width, height=height, input_sha256=digest)
 
 
+def _read_dicom(data: bytes, limits: ImageLimits) -> pydicom.Dataset:
+    """The data set, read within the memory bounds of the module docstring."""
+    stream = io.BytesIO(data)
+    stream.seek(132)  # preamble and DICM, checked by sniff_format
+    meta = read_dataset(
+        stream, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag.group != 2
+    )
+    syntax = str(meta.get("TransferSyntaxUID", "")).rstrip("\0 ")
+    if not syntax:
+        raise _invalid("the DICOM file meta information has no TransferSyntaxUID")
+    if syntax not in TRANSFER_SYNTAXES:
+        raise ImageRejected(
+            "unsupported-media-type",
+            f"DICOM transfer syntax {syntax} is not accepted: send one of {', '.join(TRANSFER_SYNTAXES)}",
+            reason="unsupported_media_type",
+        )
+    if syntax != uid.DeflatedExplicitVRLittleEndian:
+        return pydicom.dcmread(io.BytesIO(data), force=False)
+    body = inflate_data_set(
+        data[stream.tell() :],
+        lambda columns, rows, frames: _check_size(columns, rows, frames, limits),
+        header_bytes=DICOM_HEADER_BYTES,
+        element_bytes=DICOM_ELEMENT_BYTES,
+    )
+    dataset = read_dataset(io.BytesIO(body), is_implicit_VR=False, is_little_endian=True)
+    dataset.file_meta = FileMetaDataset(meta)
+    return dataset
+
+
+def _check_elements(dataset: pydicom.Dataset) -> None:
+    """Convert every element now and refuse oversized ones. pydicom converts values on first access:
+    a corrupt value (an unknown VR, say) would raise later, outside the caller's try, as a 500."""
+    for _element in dataset.file_meta.iterall():
+        pass
+    for element in dataset.iterall():
+        value = element.value
+        if element.tag != 0x7FE00010 and isinstance(value, (bytes, str)) and len(value) > DICOM_ELEMENT_BYTES:
+            raise _bomb(
+                f"DICOM element {element.tag} holds {len(value)} bytes, over the limit of "
+                f"{DICOM_ELEMENT_BYTES} for an element other than the pixel data"
+            )
+
+
+def _check_encapsulated(pixel_data: bytes, frames: int, rows: int, columns: int, syntax: str) -> None:
+    """Frame count and each frame's codestream size against the header, before any frame is decoded:
+    a decoder sizes its output from the codestream, not from Rows x Columns."""
+    stream = io.BytesIO(pixel_data)
+    offsets = parse_basic_offsets(stream)
+    if offsets and len(offsets) != frames:
+        raise _invalid(f"the DICOM offset table lists {len(offsets)} frames; NumberOfFrames says {frames}")
+    fragments = list(generate_fragments(stream))
+    if syntax == uid.RLELossless:
+        starts = len(fragments)  # one fragment per frame (PS3.5 Annex G)
+    else:
+        starts = sum(1 for fragment in fragments if fragment.startswith(_FRAME_STARTS))
+    if starts > frames:
+        raise _invalid(f"the DICOM pixel data holds {starts} frames; NumberOfFrames says {frames}")
+    if syntax == uid.RLELossless:
+        return  # RLE output is sized from Rows x Columns by pydicom itself
+    for index, frame in enumerate(generate_frames(pixel_data, number_of_frames=frames)):
+        if index >= frames:
+            break
+        try:
+            with Image.open(io.BytesIO(frame)) as codestream:  # lazy: reads the header, not the pixels
+                size = codestream.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _bomb(f"DICOM frame {index} is too large to decode safely") from None
+        if size != (columns, rows):
+            raise _invalid(
+                f"DICOM frame {index} is {size[0]}x{size[1]}; the header promises {columns}x{rows}"
+            )
+
+
 def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUpload:
     # Messages here name DICOM attributes, never their values: a value may identify the patient.
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=False)
-        # pydicom converts element values on first access: a corrupt value (an unknown VR, say) would
-        # raise later, outside this try, as a 500. Convert every element now (found by tests/hostile).
-        for _element in dataset.file_meta.iterall():
-            pass
-        for _element in dataset.iterall():
-            pass
+        dataset = _read_dicom(data, limits)
+        _check_elements(dataset)
+    except ImageRejected:
+        raise
+    except DicomTooLarge as exc:
+        raise _bomb(str(exc)) from None
+    except MalformedDicom as exc:
+        raise _invalid(str(exc)) from None
     except InvalidDicomError:
         raise _invalid("the DICOM file is not valid (no DICM preamble or file meta information)") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt files
@@ -214,20 +323,28 @@ def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUploa
         )
     if samples == 3 and (frames > 1 or bits_allocated != 8):
         raise _invalid("colour DICOM is accepted only as a single 8-bit frame; volumes must be grayscale")
+    syntax = str(dataset.file_meta.TransferSyntaxUID)
+    expected = (rows, columns) if samples == 1 else (rows, columns, samples)
+    images = []
     try:
-        pixels = dataset.pixel_array
+        if uid.UID(syntax).is_encapsulated:
+            _check_encapsulated(dataset.PixelData, frames, rows, columns, syntax)
+        # One frame at a time, and never more than NumberOfFrames, whatever the pixel data holds.
+        for index, frame in enumerate(iter_pixels(dataset, allow_excess_frames=False)):
+            if index >= frames:
+                break
+            if frame.shape != expected:
+                raise _invalid(f"DICOM frame {index} has shape {frame.shape}; the header promises {expected}")
+            images.append(_dicom_frame(frame, samples, bits_stored, signed, photometric))
+    except ImageRejected:
+        raise
     except Exception as exc:  # noqa: BLE001 - missing codecs, short pixel data, bad encapsulation
-        syntax = getattr(dataset.file_meta, "TransferSyntaxUID", "unknown")
         raise _invalid(
             f"the DICOM pixel data cannot be decoded (transfer syntax {syntax}, {type(exc).__name__})"
         ) from None
     del dataset
-    if frames == 1:
-        pixels = pixels[None]
-    expected = (frames, rows, columns) if samples == 1 else (frames, rows, columns, samples)
-    if pixels.shape != expected:
-        raise _invalid(f"the DICOM pixel data has shape {pixels.shape}, its header promises {expected}")
-    images = [_dicom_frame(frame, samples, bits_stored, signed, photometric) for frame in pixels]
+    if len(images) != frames:
+        raise _invalid(f"the DICOM pixel data holds {len(images)} frames; NumberOfFrames says {frames}")
     is_volume = frames > 1
     volume_id = hashlib.sha256(b"kdoct-volume\0" + digest.encode()).hexdigest()[:32] if is_volume else None
     return DecodedUpload(

@@ -20,12 +20,16 @@ from service_fixtures import build_bundles  # noqa: E402
 MAX_UPLOAD_BYTES = 8 << 20
 
 
+def _status_bytes(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process, from /proc (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    return _status_bytes(pid, "VmRSS")
 
 
 class HostileServer:
@@ -40,6 +44,14 @@ class HostileServer:
 
     def rss(self) -> int:
         return rss_bytes(self.process.pid)
+
+    def reset_peak(self) -> None:
+        """Restart the peak-RSS count (VmHWM) at the current RSS: a spike that is freed again before
+        the request ends leaves RSS unchanged, but not the peak."""
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+
+    def peak(self) -> int:
+        return _status_bytes(self.process.pid, "VmHWM")
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

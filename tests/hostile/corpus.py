@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["Case", "Scan", "build_corpus", "dicom_bytes", "png_chunk"]
+__all__ = ["Case", "Scan", "build_corpus", "deflated_dicom", "dicom_bytes", "jpeg_dicom", "png_chunk"]
 
 OK = frozenset({200})
 TOO_LARGE = frozenset({413})
@@ -172,6 +172,63 @@ def dicom_bytes(
     return data
 
 
+def _body_offset(dicom: bytes) -> int:
+    """Where the data set starts: after the file meta, whose group length is its first element."""
+    return 132 + 12 + struct.unpack_from("<I", dicom, 140)[0]
+
+
+def _private_element(length: int) -> tuple[bytes, bytes]:
+    """A private creator and the head of a private OB element of `length` bytes, in group 7FDF (just
+    before the pixel data), explicit VR little endian."""
+    creator = struct.pack("<HH", 0x7FDF, 0x0010) + b"LO" + struct.pack("<H", 6) + b"KDOCT "
+    head = struct.pack("<HH", 0x7FDF, 0x1000) + b"OB\x00\x00" + struct.pack("<I", length)
+    return creator, head
+
+
+def deflated_dicom(frames: np.ndarray, *, private_zeros: int = 0, trailing_zeros: int = 0) -> bytes:
+    """A Deflated Explicit VR Little Endian OCT DICOM, optionally with a private element of
+    `private_zeros` zero bytes before the pixel data or `trailing_zeros` zero bytes after it, deflated in
+    1 MiB steps (a 1 GiB element deflates to about 1 MB, as in the reported bomb)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    native = dicom_bytes(frames)
+    body = native[_body_offset(native) :]
+    pixel = body.rfind(b"\xe0\x7f\x10\x00")
+    deflated = dicom_bytes(frames, transfer_syntax=DeflatedExplicitVRLittleEndian)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    parts = [compressor.compress(body[:pixel])]
+    if private_zeros:
+        parts.append(compressor.compress(b"".join(_private_element(private_zeros))))
+        parts += [compressor.compress(zeros) for _ in range(private_zeros >> 20)]
+    parts.append(compressor.compress(body[pixel:]))
+    parts += [compressor.compress(zeros) for _ in range(trailing_zeros >> 20)]
+    parts.append(compressor.flush())
+    return deflated[: _body_offset(deflated)] + b"".join(parts)
+
+
+def _native_with_private(frames: np.ndarray, length: int) -> bytes:
+    """An Explicit VR Little Endian OCT DICOM with a private OB element of `length` zero bytes."""
+    native = dicom_bytes(frames)
+    pixel = native.rfind(b"\xe0\x7f\x10\x00")
+    creator, head = _private_element(length)
+    return native[:pixel] + creator + head + bytes(length) + native[pixel:]
+
+
+def jpeg_dicom(frames: list[bytes], number_of_frames: int, offset_table: bool = False) -> bytes:
+    """A JPEG Baseline OCT DICOM of 64x64 frames whose pixel data holds `frames` (one fragment each)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    shape = np.zeros((number_of_frames, 64, 64), dtype=np.uint8)
+    return dicom_bytes(
+        shape,
+        transfer_syntax=JPEGBaseline8Bit,
+        pixel_data=encapsulate(frames, has_bot=offset_table),
+        number_of_frames=number_of_frames,
+    )
+
+
 def _multipart_head(length: int | None) -> bytes:
     lines = [
         "POST /classify HTTP/1.1",
@@ -293,6 +350,44 @@ def build_corpus() -> list[Case]:
             lambda s: dicom_bytes(
                 s.frames[:1], transfer_syntax="1.2.840.10008.1.2.4.50", pixel_data=b"\xfe\xff\x00\xe0" * 8
             ),
+        ),
+        # DICOM whose memory would be chosen by the upload (issue 12): refused before it is spent.
+        _file("dicom-deflated-valid", OK, lambda s: deflated_dicom(s.frames), "scan.dcm"),
+        _file(
+            "dicom-deflate-bomb-1-gib-private",
+            TOO_LARGE,
+            lambda s: deflated_dicom(s.frames, private_zeros=1 << 30),
+        ),
+        _file(
+            "dicom-deflate-bomb-512-mib-trailer",
+            TOO_LARGE,
+            lambda s: deflated_dicom(s.frames, trailing_zeros=512 << 20),
+        ),
+        _file("dicom-6-mib-private-element", TOO_LARGE, lambda s: _native_with_private(s.frames, 6 << 20)),
+        _file(
+            "dicom-jpeg-200-frames-number-of-frames-2",
+            INVALID,
+            lambda s: jpeg_dicom([_encode(s.small, "JPEG")] * 200, number_of_frames=2),
+        ),
+        _file(
+            "dicom-jpeg-offset-table-200-frames-number-of-frames-2",
+            INVALID,
+            lambda s: jpeg_dicom([_encode(s.small, "JPEG")] * 200, number_of_frames=2, offset_table=True),
+        ),
+        _file(
+            "dicom-jpeg-frame-65000x65000-header-64x64",
+            INVALID | TOO_LARGE,
+            lambda s: jpeg_dicom(
+                [_jpeg_with_size(_encode(s.small, "JPEG"), 65_000, 65_000)], number_of_frames=1
+            ),
+        ),
+        _file(
+            "dicom-jpeg-valid", OK, lambda s: jpeg_dicom([_encode(s.small, "JPEG")] * 2, number_of_frames=2)
+        ),
+        _file(
+            "dicom-big-endian-syntax",
+            UNSUPPORTED,
+            lambda s: dicom_bytes(s.frames, transfer_syntax="1.2.840.10008.1.2.2"),
         ),
         # Malformed requests.
         Case(

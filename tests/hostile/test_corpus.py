@@ -16,6 +16,9 @@ from corpus import Case, Scan, build_corpus
 
 # Bombs are refused from their headers and bodies are capped at 8 MiB: nothing should grow by more.
 RSS_GROWTH_LIMIT = 200 << 20
+# No single upload may make the server's peak RSS jump by more, even for a moment (issue 12: a 1 MB
+# deflated DICOM used to take it up by 2 GiB).
+PEAK_GROWTH_LIMIT = 300 << 20
 RESULTS: dict[str, dict] = {}
 
 
@@ -75,6 +78,8 @@ def _send_raw(port: int, case: Case, scan: Scan) -> int:
 @pytest.mark.parametrize("case", CORPUS, ids=[case.name for case in CORPUS])
 def test_hostile_upload_gets_a_precise_answer(hostile_server, baseline_rss, scan, case: Case) -> None:
     request = case.build(scan) if case.build is not None else None
+    hostile_server.reset_peak()
+    rss_before = hostile_server.rss()
     started = time.perf_counter()
     if request is None:
         status, content_type, detail = _send_raw(hostile_server.port, case, scan), None, ""
@@ -87,12 +92,15 @@ def test_hostile_upload_gets_a_precise_answer(hostile_server, baseline_rss, scan
         "expected": sorted(case.expected),
         "ms": round((time.perf_counter() - started) * 1000, 1),
         "detail": str(detail)[:160],
+        "peak_growth_mb": round((hostile_server.peak() - rss_before) / 2**20, 1),
     }
     assert status < 500, f"{case.name}: {status} {detail}\n{hostile_server.log_tail()}"
     assert status in case.expected, f"{case.name}: {status} not in {sorted(case.expected)}: {detail}"
     if 400 <= status < 500 and content_type is not None and status not in (400,):
         assert content_type.startswith("application/problem+json"), f"{case.name}: {content_type}"
         assert detail, f"{case.name}: a rejection must say what was wrong"
+    peak_growth = hostile_server.peak() - rss_before
+    assert peak_growth < PEAK_GROWTH_LIMIT, f"{case.name}: peak RSS rose by {peak_growth / 2**20:.0f} MiB"
 
 
 def test_server_survives_the_corpus(hostile_server, baseline_rss, scan_path, artifacts_dir) -> None:

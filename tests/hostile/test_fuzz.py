@@ -12,7 +12,7 @@ from collections import Counter
 
 import numpy as np
 import schemathesis
-from corpus import dicom_bytes  # noqa: I001 - the corpus is a sibling module, not a package
+from corpus import deflated_dicom, dicom_bytes, jpeg_dicom  # noqa: I001 - the corpus is a sibling module, not a package
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -39,6 +39,11 @@ def _seed_files() -> dict[str, bytes]:
     Image.fromarray(gray.astype(np.uint16) * 257).save(buffer, format="PNG")
     seeds["png16"] = buffer.getvalue()
     seeds["dicom"] = dicom_bytes(np.stack([gray, gray]))
+    # Mutations of these reach the bounded inflater and the encapsulated-frame checks.
+    seeds["dicom-deflated"] = deflated_dicom(np.stack([gray, gray]))
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(buffer, format="JPEG")
+    seeds["dicom-jpeg"] = jpeg_dicom([buffer.getvalue()] * 2, number_of_frames=2)
     return seeds
 
 

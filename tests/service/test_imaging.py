@@ -196,3 +196,59 @@ def test_dicom_whose_frame_count_lies_is_refused(jpeg_paths, number_of_frames):
     with pytest.raises(ImageRejected) as info:
         decode_upload(buffer.getvalue(), ImageLimits())
     assert info.value.status == 422
+
+
+def _deflated(dicom: bytes, *, nested_bytes: int = 0, undefined_lengths: bool = True) -> bytes:
+    """`dicom` re-saved as Deflated Explicit VR Little Endian, optionally with a sequence whose item holds a
+    private element of `nested_bytes` (sequence and item of undefined length, as scanners write them)."""
+    import io
+
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom))
+    if nested_bytes:
+        item = Dataset()
+        item.add_new(0x00091010, "LO", "KDOCT")
+        item.add_new(0x00091011, "OB", bytes(nested_bytes))
+        dataset.ReferencedImageSequence = Sequence([item])
+        dataset["ReferencedImageSequence"].is_undefined_length = undefined_lengths
+        item.is_undefined_length_sequence_item = undefined_lengths
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_deflated_dicom_decodes_to_the_same_frames_as_native(sample_jpegs):
+    frames = [jpeg_gray(path) for path in sample_jpegs["CNV"][:2]]
+    native = make_dicom(frames)
+    for deflated in (_deflated(native), _deflated(native, nested_bytes=1024, undefined_lengths=True)):
+        assert len(deflated) < len(native) * 0.8  # it really is deflated (speckle compresses poorly)
+        upload = decode_upload(deflated, LIMITS)
+        assert upload.is_volume and len(upload.frames) == 2
+        for image, frame in zip(upload.frames, frames, strict=True):
+            assert np.array_equal(np.asarray(image), frame)
+
+
+@pytest.mark.parametrize("undefined_lengths", [True, False])
+def test_deflated_dicom_with_a_huge_element_inside_a_sequence_is_refused_before_inflating(undefined_lengths):
+    frames = [np.zeros((32, 32), dtype=np.uint8)]
+    problem = rejected(
+        _deflated(make_dicom(frames), nested_bytes=5 << 20, undefined_lengths=undefined_lengths)
+    )
+    assert problem.status == 413
+    # Undefined lengths are walked into, so the element itself is named; a sequence of defined length is
+    # refused as a whole by its own declared length.
+    named = "(0009,1011) declares 5242880 bytes" if undefined_lengths else "(0008,1140) declares"
+    assert named in problem.detail, problem.detail
+
+
+def test_truncated_or_corrupt_deflated_dicom_is_422():
+    deflated = _deflated(make_dicom([np.full((32, 32), 7, dtype=np.uint8)]))
+    assert rejected(deflated[: len(deflated) - 200]).status == 422
+    corrupt = bytearray(deflated)
+    corrupt[-100:-90] = b"\xff" * 10
+    assert rejected(bytes(corrupt)).status == 422
