@@ -157,6 +157,9 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         auth_enabled=settings.auth == "enabled",
         queue_size=settings.writer_queue_size,
         batch_size=settings.writer_batch_size,
+        statement_timeout_s=settings.db_statement_timeout_s,
+        lock_timeout_s=settings.db_lock_timeout_s,
+        record_deadline_s=settings.record_deadline_s,
     )
     app.state.records = records
     app.state.authenticator = records.authenticator

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     spool_dir: Path = Path("var/spool")
     writer_queue_size: int = Field(1024, ge=1, le=1_000_000)
     writer_batch_size: int = Field(256, ge=1, le=10_000)
+    # A stalled database (a held lock, a hung server) is an outage, not a hang: one statement may run
+    # or wait for a lock this long (PostgreSQL), and an answer waits at most record_deadline_s for its
+    # record to commit; past that the record goes to the fsync'd spool and the answer goes out.
+    db_statement_timeout_s: float = Field(5.0, gt=0.0, le=3600.0)
+    db_lock_timeout_s: float = Field(2.0, gt=0.0, le=3600.0)
+    record_deadline_s: float = Field(5.0, gt=0.0, le=3600.0)
     # API keys (`python -m service apikey create`). disabled: local SQLite demo only, logged loudly;
     # refused with PostgreSQL and on non-loopback hosts.
     auth: Literal["enabled", "disabled"] = "enabled"

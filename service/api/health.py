@@ -41,4 +41,5 @@ async def ready(request: Request) -> HealthResponse:
     models = {"student": classifier.student.loaded.identity()}
     if classifier.teacher is not None:
         models["teacher"] = classifier.teacher.loaded.identity()
-    return HealthResponse(status="ready", models=models)
+    records = "spool" if getattr(state.sink, "degraded", False) else "database"
+    return HealthResponse(status="ready", models=models, records=records)

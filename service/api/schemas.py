@@ -147,6 +147,12 @@ class ModelsResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: str = Field(examples=["ready"])
     models: dict[str, ModelIdentity] | None = None
+    records: str | None = Field(
+        None,
+        description="where records go now: database, or spool while the database is down or stalled "
+        "(degraded: answers still go out, each on record in the fsync'd spool)",
+        examples=["database"],
+    )
 
 
 class ProblemDetail(BaseModel):

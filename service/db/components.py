@@ -43,6 +43,9 @@ def build_records(
     auth_enabled: bool = True,
     queue_size: int = 1024,
     batch_size: int = 256,
+    statement_timeout_s: float | None = None,
+    lock_timeout_s: float | None = None,
+    record_deadline_s: float | None = None,
 ) -> Records:
     if not auth_enabled:
         if is_postgresql(database_url):
@@ -53,10 +56,15 @@ def build_records(
         log.warning(
             "AUTHENTICATION IS DISABLED (KDOCT_AUTH=disabled): anyone who reaches this port may use it"
         )
-    engine = make_engine(database_url)
+    engine = make_engine(database_url, statement_timeout_s=statement_timeout_s, lock_timeout_s=lock_timeout_s)
     sessions = make_sessionmaker(engine)
     writer = DurableWriter(
-        engine, Path(spool_dir), queue_size=queue_size, batch_size=batch_size, observer=MetricsObserver()
+        engine,
+        Path(spool_dir),
+        queue_size=queue_size,
+        batch_size=batch_size,
+        record_deadline_s=record_deadline_s,
+        observer=MetricsObserver(),
     )
     authenticator = Authenticator(
         sessions if auth_enabled else None,

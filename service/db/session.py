@@ -64,11 +64,27 @@ def is_postgresql(url: str | URL) -> bool:
     return normalise_url(url).get_backend_name() == "postgresql"
 
 
-def make_engine(url: str | URL, **kwargs) -> Engine:
+def make_engine(
+    url: str | URL,
+    *,
+    statement_timeout_s: float | None = None,
+    lock_timeout_s: float | None = None,
+    **kwargs,
+) -> Engine:
+    """`statement_timeout_s` / `lock_timeout_s` (PostgreSQL) bound how long one statement may run or
+    wait for a lock: the service sets them so that a stalled database fails fast into the spool instead
+    of holding requests; CLI commands (audits, migrations) leave them unbounded."""
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, **kwargs)
     connect_args = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S, **kwargs.pop("connect_args", {})}
+    options = [
+        f"-c {name}={round(seconds * 1000)}"
+        for name, seconds in (("statement_timeout", statement_timeout_s), ("lock_timeout", lock_timeout_s))
+        if seconds is not None
+    ]
+    if options:
+        connect_args["options"] = " ".join(options)
     # hide_parameters: error messages must never carry row values into logs.
     return create_engine(
         parsed, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args, **kwargs

@@ -10,6 +10,12 @@ worker thread so the event loop never waits on the database. After a failed inse
 straight away and only retries the database every ``retry_interval_s``, so an outage does not add a
 connect timeout to every request. Once the database answers again the spool is replayed, one file
 per step between batches. ``stop()`` drains the queue.
+
+A stalled database (a lock held on the table, a server that accepts but never answers) is bounded
+twice: the service's connections carry statement and lock timeouts, and a request whose rows are not
+committed within ``record_deadline_s`` spools them itself (a spool file of its own, fsync'd) and is
+answered. The writer may still commit the same rows later, or spool them again; replay skips ids
+already stored, so the database ends with each row exactly once.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,12 +74,19 @@ class DurableWriter:
         batch_size: int = 256,
         retry_interval_s: float = 2.0,
         rescan_interval_s: float = 30.0,
+        record_deadline_s: float | None = None,
         observer: WriterObserver | None = None,
     ) -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("writer queue_size and batch_size must be at least 1")
         self.engine = engine
         self.spool = Spool(spool_dir)
+        # Rows of requests past their deadline, spooled from request threads: a file of its own, so
+        # the writer thread and these never write one file at once.
+        self._overdue_spool = Spool(spool_dir)
+        self._overdue_lock = threading.Lock()
+        self.record_deadline_s = record_deadline_s
+        self._overdue_since: float | None = None
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.retry_interval_s = retry_interval_s
@@ -114,7 +128,38 @@ class DurableWriter:
         rows = [row_from_record(record) for record in records]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((rows, done))
-        await done
+        if self.record_deadline_s is None:
+            await done
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self.record_deadline_s)
+        except TimeoutError:
+            await asyncio.to_thread(self._spool_overdue, rows)
+
+    def _spool_overdue(self, rows: list[dict[str, Any]]) -> None:
+        """The database missed this request's deadline: put its rows on the spool (fsync'd) so that it
+        can be answered. OSError (no spool either) propagates: the request gets its 503."""
+        try:
+            with self._overdue_lock:
+                self._overdue_spool.append(rows)
+        except OSError as exc:
+            raise RecordUnavailable(
+                "prediction could not be put on record (database stalled, spool unavailable)"
+            ) from exc
+        if self._overdue_since is None:
+            self._overdue_since = time.monotonic()
+            log.warning(
+                "database did not commit a record within %.1f s; spooling overdue records to %s",
+                self.record_deadline_s,
+                self.spool_dir,
+            )
+        self._spool_pending = True
+        self.observer.spool_backlog(self.spool.backlog())
+
+    @property
+    def degraded(self) -> bool:
+        """Records are going to the spool, not the database (it is down or stalled)."""
+        return self._db_down_since is not None or self._overdue_since is not None
 
     async def stop(self) -> None:
         """Write everything already queued, then stop."""
@@ -126,6 +171,11 @@ class DurableWriter:
         await self._task
         self._task = None
         await asyncio.to_thread(self.spool.release)
+        await asyncio.to_thread(self._release_overdue)
+
+    def _release_overdue(self) -> None:
+        with self._overdue_lock:
+            self._overdue_spool.release()
 
     # Readiness ------------------------------------------------------------------------------
 
@@ -216,6 +266,9 @@ class DurableWriter:
         if self._db_down_since is not None:
             log.warning("database back after %.1f s", time.monotonic() - self._db_down_since)
             self._db_down_since = None
+        if self._overdue_since is not None:
+            log.warning("database committing again after %.1f s", time.monotonic() - self._overdue_since)
+            self._overdue_since = None
         return True
 
     def _maintain(self) -> None:
@@ -232,8 +285,9 @@ class DurableWriter:
             self._replay_one()
 
     def _replay_one(self) -> None:
-        """Replay one spool file into the database (our own active file is released first)."""
+        """Replay one spool file into the database (our own active files are released first)."""
         self.spool.release()
+        self._release_overdue()
         try:
             with self.spool.claim_one() as claimed:
                 if claimed is None:

@@ -296,3 +296,67 @@ def test_postgresql_outage_loses_and_duplicates_no_answered_prediction(outage_se
     assert verified.returncode == 0, verified.stdout
     backlog = metric_samples(httpx.get(f"{server.url}/metrics").text, "kdoct_spool_backlog")
     assert backlog[""] == 0.0
+
+
+# Safety bound, not a timing test: the service answers within its record deadline (5 s by default)
+# plus inference; a hang would last the whole 20 s of the lock.
+STALL_ANSWER_BOUND_S = 12.0
+
+
+def test_a_lock_held_on_predictions_for_20_s_delays_no_answer_and_loses_or_doubles_no_record(
+    pg_server, uploads
+):
+    """ACCESS EXCLUSIVE on the predictions table for 20 s under load: every answer arrives within its
+    deadline (statement/lock timeouts and the record deadline send records to the spool), readiness
+    says the records go to the spool meanwhile, and after release the table holds each answer once."""
+    _wait_for_ready_workers(pg_server.metrics_dir, 2)
+    before = stored(pg_server.database_url)
+    answered: dict[str, str] = {}
+    latencies: list[float] = []
+    readiness: list[tuple[int, str | None]] = []
+
+    async def load(until: float) -> None:
+        limits = httpx.Limits(max_connections=4, max_keepalive_connections=0)
+        async with httpx.AsyncClient(
+            base_url=pg_server.url, headers=pg_server.auth(), timeout=60, limits=limits
+        ) as client:
+
+            async def sender(offset: int) -> None:
+                index = offset
+                while time.monotonic() < until:
+                    data = uploads[index % len(uploads)]
+                    index += 4
+                    started = time.monotonic()
+                    response = await client.post("/classify", files={"file": ("scan", data)})
+                    latencies.append(time.monotonic() - started)
+                    assert response.status_code == 200, response.text
+                    answered[response.json()["prediction_id"]] = hashlib.sha256(data).hexdigest()
+
+            async def prober() -> None:
+                while time.monotonic() < until:
+                    await asyncio.sleep(1.0)
+                    response = await client.get("/health/ready")
+                    readiness.append((response.status_code, response.json().get("records")))
+
+            await asyncio.gather(*(sender(i) for i in range(4)), prober())
+
+    with psycopg.connect(_libpq(pg_server.database_url)) as locker:
+        locker.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")  # held until the rollback
+        try:
+            asyncio.run(load(time.monotonic() + 20))
+        finally:
+            locker.rollback()
+
+    assert latencies and max(latencies) < STALL_ANSWER_BOUND_S, f"slowest answer {max(latencies):.1f} s"
+    assert all(status == 200 for status, _ in readiness), readiness
+    assert "spool" in {records for _, records in readiness}, readiness
+    deadline = time.monotonic() + 60
+    while list(pg_server.spool_dir.glob("spool-*.jsonl")) or len(stored(pg_server.database_url)) < len(
+        before
+    ) + len(answered):
+        assert time.monotonic() < deadline, f"spool not drained: {list(pg_server.spool_dir.iterdir())}"
+        time.sleep(0.25)
+    rows = stored(pg_server.database_url)
+    assert {row_id: sha for row_id, sha in rows.items() if row_id not in before} == answered
+    verified = pg_server.cli("audit", "verify")
+    assert verified.returncode == 0, verified.stdout
