@@ -6,7 +6,9 @@
 #   anything else     executed as given (a shell, python -m model_training ..., torchrun ...)
 # The service's settings (KDOCT_*) pass through; serve gives uvicorn KDOCT_HOST (0.0.0.0 here: the
 # container's port is the boundary), KDOCT_PORT (8000) and KDOCT_WORKERS (2). The entrypoint's own:
-#   KDOCT_DB_WAIT_SECONDS (60), KDOCT_ALEMBIC_CONFIG (/app/alembic.ini), PROMETHEUS_MULTIPROC_DIR.
+#   KDOCT_DB_WAIT_SECONDS (60), KDOCT_ALEMBIC_CONFIG (/app/alembic.ini), PROMETHEUS_MULTIPROC_DIR,
+#   KDOCT_MIGRATION_DATABASE_URL: the tables' owner, for migrations and the CLI; the server itself
+#   connects with KDOCT_DATABASE_URL, a role that may only read and append (docs/SECURITY.md).
 set -eu
 
 # docker compose cannot leave a variable out, only set it empty; an empty optional setting means
@@ -24,9 +26,20 @@ one_off() {
     (unset PROMETHEUS_MULTIPROC_DIR && "$@")
 }
 
+# Migrations and the CLI run as the owner when one is configured (else as KDOCT_DATABASE_URL).
+# A subshell: the owner's URL must never stay behind in the shell that goes on to exec the server.
+as_owner() {
+    (
+        # shellcheck disable=SC2030 # local to the subshell on purpose
+        KDOCT_DATABASE_URL="${KDOCT_MIGRATION_DATABASE_URL:-${KDOCT_DATABASE_URL:-}}"
+        export KDOCT_DATABASE_URL
+        "$@"
+    )
+}
+
 wait_and_migrate() {
-    python "$here/wait_for_db.py" --timeout "${KDOCT_DB_WAIT_SECONDS:-60}"
-    one_off alembic -c "${KDOCT_ALEMBIC_CONFIG:-/app/alembic.ini}" upgrade head
+    as_owner python "$here/wait_for_db.py" --timeout "${KDOCT_DB_WAIT_SECONDS:-60}"
+    as_owner one_off alembic -c "${KDOCT_ALEMBIC_CONFIG:-/app/alembic.ini}" upgrade head
 }
 
 reset_metrics_dir() {
@@ -58,7 +71,7 @@ case "$command" in
     db | apikey | audit)
         wait_and_migrate
         unset PROMETHEUS_MULTIPROC_DIR
-        exec python -m service "$command" "$@"
+        as_owner python -m service "$command" "$@"
         ;;
     *)
         exec "$command" "$@"

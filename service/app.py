@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 
 from kdoct.errors import ConfigError, KdoctError
 from service import metrics
@@ -23,6 +24,7 @@ from service.api import metrics as metrics_api
 from service.config import Settings, get_settings
 from service.db import migrate
 from service.db.components import build_records
+from service.db.roles import audit_log_rewrite_powers
 from service.db.session import is_postgresql
 from service.explain import Explainer
 from service.imaging import ImageLimits
@@ -84,6 +86,25 @@ def _serve(loaded: LoadedModel, settings: Settings) -> ServedModel:
 
 
 @asynccontextmanager
+def _check_database_role(engine, mode: str) -> None:
+    """Log (or refuse, KDOCT_DB_ROLE_CHECK=refuse) a database role that could rewrite the records. A
+    database that is down now is not checked: the service starts on its spool (docs/RECORDS.md)."""
+    try:
+        powers = audit_log_rewrite_powers(engine)
+    except SQLAlchemyError as exc:
+        log.warning("database role not checked (database unreachable: %s)", type(exc).__name__)
+        return
+    if not powers:
+        return
+    message = (
+        f"the service's database role could rewrite the audit log ({', '.join(powers)}): log in as a "
+        f"member of kdoct_runtime instead (docs/SECURITY.md)"
+    )
+    if mode == "refuse":
+        raise ConfigError(message + "; refusing to start (KDOCT_DB_ROLE_CHECK=refuse)")
+    log.error("%s", message)
+
+
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     sink: PredictionSink = app.state.sink
@@ -111,6 +132,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The embedded SQLite store migrates itself; PostgreSQL is migrated by the deployment
         # (`python -m service db upgrade` in docker/entrypoint.sh) before replicas start.
         await asyncio.to_thread(migrate.upgrade, settings.database_url)
+    else:
+        await asyncio.to_thread(_check_database_role, app.state.records.engine, settings.db_role_check)
     await sink.start()
     for item in served:
         item.batcher.start()

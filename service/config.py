@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     db_statement_timeout_s: float = Field(5.0, gt=0.0, le=3600.0)
     db_lock_timeout_s: float = Field(2.0, gt=0.0, le=3600.0)
     record_deadline_s: float = Field(5.0, gt=0.0, le=3600.0)
+    # PostgreSQL: what to do when the service's role could rewrite the records (owner, superuser, or
+    # UPDATE/DELETE/TRUNCATE on them): log an error, or refuse to start (docker compose sets refuse).
+    db_role_check: Literal["warn", "refuse"] = "warn"
     # API keys (`python -m service apikey create`). disabled: local SQLite demo only, logged loudly;
     # refused with PostgreSQL and on non-loopback hosts.
     auth: Literal["enabled", "disabled"] = "enabled"

@@ -232,3 +232,25 @@ def throwaway_database() -> Iterator[str]:
         pytest.fail(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({error}): the live deploy test needs it")
     yield url
     drop_database(name, POSTGRES_ADMIN_URL)
+
+
+@pytest.fixture(scope="module")
+def runtime_database_url(throwaway_database: str) -> Iterator[str]:
+    """throwaway_database as the API's runtime login role sees it, created as
+    docker/postgres/10-kdoct-runtime-role.sh does (a member of kdoct_runtime; trust auth here)."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    role = f"kdoct_app_{uuid.uuid4().hex[:8]}"
+    admin_url = throwaway_database.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'kdoct_runtime') "
+            "THEN CREATE ROLE kdoct_runtime NOLOGIN; END IF; END $$"
+        )
+        admin.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE kdoct_runtime')
+    yield make_url(throwaway_database).set(username=role, password=None).render_as_string(hide_password=False)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP ROLE IF EXISTS "{role}"')

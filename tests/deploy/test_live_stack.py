@@ -57,7 +57,9 @@ def _get_ok(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def service_env(live_bundles, throwaway_database, repo_root: Path, tmp_path_factory) -> dict[str, str]:
+def service_env(
+    live_bundles, throwaway_database, runtime_database_url, repo_root: Path, tmp_path_factory
+) -> dict[str, str]:
     work = tmp_path_factory.mktemp("deploy-service")
     # A previous run's metric file: the entrypoint must wipe it, or /metrics would sum it in.
     (work / "metrics").mkdir()
@@ -69,7 +71,11 @@ def service_env(live_bundles, throwaway_database, repo_root: Path, tmp_path_fact
         # `python` and `alembic` of this virtual environment, as on the image's PATH.
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         PYTHONUNBUFFERED="1",
-        KDOCT_DATABASE_URL=throwaway_database,
+        # As in docker-compose.yml: the server as the read-and-append role (refusing anything more
+        # privileged), migrations and the CLI as the owner.
+        KDOCT_DATABASE_URL=runtime_database_url,
+        KDOCT_MIGRATION_DATABASE_URL=throwaway_database,
+        KDOCT_DB_ROLE_CHECK="refuse",
         KDOCT_STUDENT_BUNDLE=str(live_bundles["student"]),
         KDOCT_TEACHER_BUNDLE=str(live_bundles["teacher"]),
         KDOCT_SECOND_OPINION="",  # as compose passes an unset choice: the entrypoint must drop it

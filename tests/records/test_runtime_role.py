@@ -1,0 +1,180 @@
+"""The audit log the application cannot rewrite (issue 12): on real PostgreSQL, a login role in
+kdoct_runtime does the service's work (append predictions and feedback, read them and the keys) and
+is refused every way of rewriting the records; feedback is append-only even for the owner; the
+service notices a privileged role; `db downgrade` below the protection asks for a flag."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from sqlalchemy import insert, text
+from sqlalchemy.engine import make_url
+
+from service.db.chain import append_predictions
+from service.db.models import Feedback
+from service.db.roles import audit_log_rewrite_powers
+from service.db.session import make_engine
+
+FEEDBACK = Feedback.__table__
+
+# Each is something a compromised service could do to its own history; 42501 = insufficient_privilege.
+REWRITES = [
+    "UPDATE predictions SET label = 'normal'",
+    "DELETE FROM predictions",
+    "TRUNCATE predictions",
+    "ALTER TABLE predictions DISABLE TRIGGER ALL",
+    "ALTER TABLE predictions DISABLE TRIGGER predictions_no_update_delete",
+    "DROP TRIGGER predictions_no_update_delete ON predictions",
+    "UPDATE feedback SET label = 'normal'",
+    "DELETE FROM feedback",
+    "TRUNCATE feedback",
+    "ALTER TABLE feedback DISABLE TRIGGER ALL",
+    "UPDATE api_clients SET revoked_at = NULL",
+    "INSERT INTO api_clients (name, key_hash, key_prefix, scopes, created_at) "
+    "VALUES ('intruder', repeat('0', 64), 'kdoct_x', '[\"admin\"]', now())",
+    "DROP TABLE predictions",
+]
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@pytest.fixture
+def runtime_url(pg_url: str):
+    """pg_url (migrated by its owner) as seen by a fresh login role that is a member of kdoct_runtime."""
+    role = f"kdoct_app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_libpq(pg_url), autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE kdoct_runtime')
+    url = make_url(pg_url).set(username=role, password=None).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(_libpq(pg_url), autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{role}"')
+
+
+def _seed(url: str, make_rows) -> str:
+    """Two chained predictions and one feedback row, written by the owner; the first prediction's id."""
+    engine = make_engine(url)
+    try:
+        rows = make_rows(2)
+        append_predictions(engine, rows, new_ids=True)
+        with engine.begin() as conn:
+            conn.execute(
+                insert(FEEDBACK).values(
+                    id=uuid.uuid4(), prediction_id=rows[0]["id"], label="cnv", created_at=datetime.now(UTC)
+                )
+            )
+        return str(rows[0]["id"])
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_runtime_role_does_the_services_work(pg_url, runtime_url, make_rows) -> None:
+    prediction_id = _seed(pg_url, make_rows)
+    engine = make_engine(runtime_url)
+    try:
+        assert append_predictions(engine, make_rows(3), new_ids=True) == 3  # chain lock, read, insert
+        with engine.begin() as conn:
+            conn.execute(
+                insert(FEEDBACK).values(
+                    id=uuid.uuid4(),
+                    prediction_id=uuid.UUID(prediction_id),
+                    label="dme",
+                    created_at=datetime.now(UTC),
+                )
+            )
+            assert conn.execute(text("SELECT count(*) FROM predictions")).scalar() == 5
+            assert conn.execute(text("SELECT count(*) FROM feedback")).scalar() == 2
+            conn.execute(text("SELECT name, key_hash, scopes, revoked_at FROM api_clients"))
+        assert audit_log_rewrite_powers(engine) == []
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("statement", REWRITES)
+def test_the_runtime_role_cannot_rewrite_the_records(pg_url, runtime_url, make_rows, statement) -> None:
+    _seed(pg_url, make_rows)
+    with psycopg.connect(_libpq(runtime_url)) as conn:
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute(statement)
+        assert refused.value.sqlstate == "42501", (statement, refused.value.sqlstate, str(refused.value))
+    with psycopg.connect(_libpq(pg_url)) as owner:
+        assert owner.execute("SELECT count(*) FROM predictions").fetchone()[0] == 2
+
+
+@pytest.mark.postgres
+def test_the_owner_is_reported_as_able_to_rewrite(pg_url) -> None:
+    engine = make_engine(pg_url)  # the test cluster's superuser, owner of the tables
+    try:
+        powers = audit_log_rewrite_powers(engine)
+    finally:
+        engine.dispose()
+    assert "owns predictions" in powers and "TRUNCATE on predictions" in powers
+
+
+def test_feedback_is_append_only_even_for_the_owner(db_url, make_rows) -> None:
+    prediction_id = _seed(db_url, make_rows)
+    engine = make_engine(db_url)
+    try:
+        for statement in ("UPDATE feedback SET label = 'normal'", "DELETE FROM feedback"):
+            with pytest.raises(Exception, match="feedback is append-only"), engine.begin() as conn:
+                conn.execute(text(statement))
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT prediction_id FROM feedback")).scalar() is not None
+    finally:
+        engine.dispose()
+    assert prediction_id
+
+
+def test_downgrade_below_the_protection_asks_for_a_flag(sqlite_url, repo_root) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "KDOCT_DATABASE_URL": sqlite_url}
+        return subprocess.run(
+            [sys.executable, "-m", "service", "db", *args],
+            capture_output=True,
+            text=True,
+            cwd=repo_root,
+            env=env,
+        )
+
+    refused = run("downgrade", "base")
+    assert refused.returncode == 2 and "--allow-records-downgrade" in refused.stderr
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert run("downgrade", "base", "--allow-records-downgrade").returncode == 0
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_service_refuses_the_owner_when_told_to_and_logs_it_otherwise(
+    pg_url, runtime_url, caplog
+) -> None:
+    from kdoct.errors import ConfigError
+    from service.app import _check_database_role
+
+    owner, runtime = make_engine(pg_url), make_engine(runtime_url)
+    try:
+        with pytest.raises(ConfigError, match="could rewrite the audit log"):
+            _check_database_role(owner, "refuse")
+        with caplog.at_level("ERROR", logger="service.app"):
+            _check_database_role(owner, "warn")
+        assert "could rewrite the audit log" in caplog.text
+        _check_database_role(runtime, "refuse")  # the runtime role passes
+    finally:
+        owner.dispose()
+        runtime.dispose()
