@@ -197,7 +197,12 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
     page.mount_static(app)
     known_paths = {getattr(route, "path", "") for route in app.routes}
     app.add_middleware(
-        RequestContextMiddleware, max_body_bytes=settings.max_upload_bytes, known_paths=known_paths
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_upload_bytes,
+        known_paths=known_paths,
+        # Keys are checked before a body is read (docs/SECURITY.md); with auth off there is nothing to check.
+        authenticate=records.authenticator.identify if settings.auth == "enabled" else None,
+        body_read_timeout_s=settings.body_read_timeout_s,
     )
     return app
 

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
 
     # Upload limits, enforced before any pixel is decoded.
     max_upload_bytes: int = Field(64 * MiB, ge=1024, le=2048 * MiB)
+    # Each read of a request body must arrive within this (408 otherwise): slow senders cannot hold
+    # connections open. And at most this many connections at once per worker (uvicorn answers 503).
+    body_read_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
+    limit_concurrency: int = Field(512, ge=1, le=100_000)
     max_image_pixels: int = Field(16_000_000, ge=64, le=500_000_000)
     max_frames: int = Field(256, ge=1, le=10_000)
     max_volume_pixels: int = Field(150_000_000, ge=64, le=4_000_000_000)

@@ -3,20 +3,27 @@
 RequestContextMiddleware gives every request an id (the client's X-Request-ID when it is sane, else
 a new one), echoes it, caps the request body before the app sees it (Starlette spools file parts to
 disk without any bound), and observes kdoct_request_duration_seconds by route template.
+
+Nothing expensive happens before authentication: a request with a body is authenticated from its
+Authorization header (`authenticate`) before a byte of the body is read, so an unauthenticated client
+cannot make the service buffer uploads; bodies are capped per route (feedback: 16 KiB) and each read
+of the body must arrive within `body_read_timeout_s` (a slow sender cannot hold a connection open).
+The route's own dependency then checks the key's scope (a cached lookup).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
-from service.problems import problem_response
+from service.problems import Problem, problem_response
 
 __all__ = ["REQUEST_ID_HEADER", "RequestContextMiddleware"]
 
@@ -25,13 +32,26 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+# Routes whose bodies are small JSON: no reason to accept megabytes there.
+FEEDBACK_BODY_BYTES = 16 << 10
+_SMALL_BODY_ROUTES = (re.compile(r"/predictions/[^/]+/feedback"),)
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, known_paths: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        known_paths: Collection[str] = (),
+        authenticate: Callable[[str | None], Awaitable[object]] | None = None,
+        body_read_timeout_s: float | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.known_paths = set(known_paths)
+        self.authenticate = authenticate
+        self.body_read_timeout_s = body_read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,6 +76,8 @@ class RequestContextMiddleware:
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
         try:
             if method in _BODY_METHODS:
+                if not await self._authenticated(scope, receive, send_with_id, headers, request_id):
+                    return
                 receive = await self._capped_body(scope, receive, send_with_id, headers, request_id)
                 if receive is None:
                     return
@@ -69,10 +91,40 @@ class RequestContextMiddleware:
                 time.perf_counter() - started
             )
 
+    async def _authenticated(
+        self, scope: Scope, receive: Receive, send: Send, headers: Headers, request_id: str
+    ) -> bool:
+        """Whether the request may have its body read; otherwise it has been answered (401/503) and
+        its connection is closed with the body unread. Routes without a body check keys themselves."""
+        if self.authenticate is None:
+            return True
+        authorization = headers.get("authorization", "")
+        scheme, _, token = authorization.partition(" ")
+        try:
+            await self.authenticate(token.strip() if scheme.lower() == "bearer" and token.strip() else None)
+        except Problem as problem:
+            headers_out = {**problem.headers, "Connection": "close"}
+            response = problem_response(
+                problem.slug,
+                problem.detail,
+                request_id=request_id,
+                instance=scope["path"],
+                headers=headers_out,
+            )
+            await response(scope, receive, send)
+            return False
+        return True
+
+    def _body_cap(self, scope: Scope) -> tuple[int, str]:
+        if _small_body(scope):
+            return FEEDBACK_BODY_BYTES, "for this route"
+        return self.max_body_bytes, "(KDOCT_MAX_UPLOAD_BYTES)"
+
     async def _capped_body(
         self, scope: Scope, receive: Receive, send: Send, headers: Headers, request_id: str
     ) -> Receive | None:
         """Read the body up to the cap and return a receive that replays it; None when answered already."""
+        cap, which = self._body_cap(scope)
         declared = headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -80,18 +132,23 @@ class RequestContextMiddleware:
                     scope, receive, send, "bad-request", "invalid Content-Length header", request_id
                 )
                 return None
-            if int(declared) > self.max_body_bytes:
-                await self._too_large(scope, receive, send, request_id)
+            if int(declared) > cap:
+                await self._too_large(scope, receive, send, request_id, cap, which)
                 return None
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_read_timeout_s)
+            except TimeoutError:
+                detail = f"the request body did not arrive within {self.body_read_timeout_s:g} s"
+                await self._refuse(scope, receive, send, "request-timeout", detail, request_id)
+                return None
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
-                await self._too_large(scope, receive, send, request_id)
+            if size > cap:
+                await self._too_large(scope, receive, send, request_id, cap, which)
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -108,18 +165,24 @@ class RequestContextMiddleware:
 
         return replay
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _too_large(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, cap: int, which: str
+    ) -> None:
         metrics.REJECTED_REQUESTS.labels(reason="too_large").inc()
-        detail = f"the request body exceeds {self.max_body_bytes} bytes (KDOCT_MAX_UPLOAD_BYTES)"
+        detail = f"the request body exceeds {cap} bytes {which}"
         await self._refuse(scope, receive, send, "payload-too-large", detail, request_id)
 
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, slug: str, detail: str, request_id: str
     ) -> None:
-        if slug == "bad-request":
+        if slug in ("bad-request", "request-timeout"):
             metrics.REJECTED_REQUESTS.labels(reason="bad_request").inc()
         # The rest of the body is not read: close the connection rather than drain it.
         response = problem_response(
             slug, detail, request_id=request_id, instance=scope["path"], headers={"Connection": "close"}
         )
         await response(scope, receive, send)
+
+
+def _small_body(scope: Scope) -> bool:
+    return any(route.fullmatch(scope["path"]) for route in _SMALL_BODY_ROUTES)

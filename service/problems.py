@@ -35,6 +35,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
     "payload-too-large": (413, "Upload too large"),
+    "request-timeout": (408, "Request timeout"),
     "decompression-bomb": (413, "Image too large to decode"),
     "unsupported-media-type": (415, "Unsupported media type"),
     "invalid-image": (422, "Invalid image"),

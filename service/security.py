@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 _SHOWN_PREFIX_CHARS = len(KEY_PREFIX) + 6
 _CACHE_MAX_ENTRIES = 10_000
+NEGATIVE_TTL_S = 2.0
+_NEGATIVE_MAX_ENTRIES = 10_000
 # auto_error=False: a missing key is our 401 problem+json, not FastAPI's plain 403. Declaring the
 # scheme also gives /docs its "Authorize" button.
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer kdoct_...`")
@@ -168,7 +170,18 @@ class Authenticator:
         self.cache_ttl_s = cache_ttl_s
         self.on_failure = on_failure or (lambda reason: None)
         self._cache: dict[str, tuple[float, Client | str]] = {}
+        # Unknown keys, remembered briefly so that a flood of one bad key costs one lookup per
+        # NEGATIVE_TTL_S, in a bounded map (cleared when full) so that guessing cannot fill memory.
+        self._unknown: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    async def identify(self, key: str | None) -> Client:
+        """The key's Client, whatever its scopes (the middleware's check before a body is read)."""
+        try:
+            return await self._client(key)
+        except AuthError as exc:
+            self.on_failure(exc.auth_reason)
+            raise
 
     async def authenticate(self, key: str | None, scope: str) -> Client:
         """``key`` is the bearer token, None when the request carried none."""
@@ -191,18 +204,26 @@ class Authenticator:
         key_hash = hash_key(key)
         now = time.monotonic()
         cached = self._cache.get(key_hash)
+        unknown_since = self._unknown.get(key_hash)
         if cached is not None and now - cached[0] <= self.cache_ttl_s:
             found = cached[1]
+        elif unknown_since is not None and now - unknown_since <= NEGATIVE_TTL_S:
+            found = "invalid"
         else:
             try:
                 found = await run_in_threadpool(self._lookup, key_hash)
             except SQLAlchemyError as exc:
                 found = self._during_outage(cached, exc)
-            if found != "invalid":  # unknown keys are not cached: guessing must not fill memory
-                with self._lock:
+            with self._lock:
+                if found == "invalid":
+                    if len(self._unknown) >= _NEGATIVE_MAX_ENTRIES:
+                        self._unknown.clear()
+                    self._unknown[key_hash] = now
+                else:
                     if len(self._cache) >= _CACHE_MAX_ENTRIES:
                         self._cache.clear()
                     self._cache[key_hash] = (now, found)
+                    self._unknown.pop(key_hash, None)
         if found == "revoked":
             raise AuthError("revoked", "this API key has been revoked")
         if not isinstance(found, Client):

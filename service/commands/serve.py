@@ -53,6 +53,7 @@ def serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
+        limit_concurrency=settings.limit_concurrency,
         access_log=False,
     )
     return 0

@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -360,3 +363,65 @@ def test_a_lock_held_on_predictions_for_20_s_delays_no_answer_and_loses_or_doubl
     assert {row_id: sha for row_id, sha in rows.items() if row_id not in before} == answered
     verified = pg_server.cli("audit", "verify")
     assert verified.returncode == 0, verified.stdout
+
+
+def _rss_of_processes_in(workdir: Path) -> int:
+    """Resident memory of every process running in workdir (the server and its workers)."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if Path(os.readlink(proc / "cwd")) != workdir:
+                continue
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        total += next(
+            int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")
+        )
+    return total
+
+
+def _unauthenticated_upload_status(port: int, authorization: str) -> int:
+    """Declare a 60 MiB multipart upload, send none of it, and return the status the server answers."""
+    head = (
+        "POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: multipart/form-data; boundary=kdoct\r\n"
+        f"Content-Length: {60 << 20}\r\n{authorization}\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n" not in answer:
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_a_thousand_unauthenticated_60_mib_uploads_are_refused_before_their_bodies(pg_server) -> None:
+    """Each declares 60 MiB (under the 64 MiB upload cap) and sends no body: the service can only
+    answer them if it authenticates from the headers. Safety bounds, not timings: a server that waited
+    for the bodies would time every request out (10 s each)."""
+    port = int(pg_server.url.rsplit(":", 1)[1])
+    workdir = pg_server.spool_dir.parent
+    before = _rss_of_processes_in(workdir)
+    authorizations = [
+        "",
+        "Authorization: Bearer kdoct_not-a-key\r\n",
+        "Authorization: Basic dXNlcjpwYXNz\r\n",
+    ]
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(
+            pool.map(lambda i: _unauthenticated_upload_status(port, authorizations[i % 3]), range(1000))
+        )
+    elapsed = time.monotonic() - started
+    assert statuses == [401] * 1000, sorted(set(statuses))
+    assert elapsed < 120, f"1,000 refusals took {elapsed:.0f} s"
+    growth = _rss_of_processes_in(workdir) - before
+    assert growth < 100 << 20, f"the server grew by {growth >> 20} MiB"
+    # And a real client is still served.
+    assert httpx.get(f"{pg_server.url}/health/live", timeout=10).status_code == 200

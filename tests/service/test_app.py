@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
@@ -158,7 +159,7 @@ def test_unknown_route_is_problem_json(client):
 
 
 def test_health_and_models(client, bundles):
-    assert client.get("/health/live").json() == {"status": "live", "models": None}
+    assert client.get("/health/live").json() == {"status": "live", "models": None, "records": None}
     ready = client.get("/health/ready").json()
     assert ready["status"] == "ready" and set(ready["models"]) == {"student", "teacher"}
     models = client.get("/models").json()
@@ -247,3 +248,12 @@ def test_openapi_documents_every_endpoint_and_error(client):
     classify = schema["paths"]["/classify"]["post"]
     assert {"200", "413", "415", "422", "503"} <= set(classify["responses"])
     assert "multipart/form-data" in classify["requestBody"]["content"]
+
+
+def test_feedback_bodies_are_capped_at_16_kib_before_they_are_read(client):
+    url = f"/predictions/{uuid.uuid4()}/feedback"
+    big = {"label": "cnv", "note": "x" * (20 << 10)}
+    body = assert_problem(client.post(url, json=big), 413, "payload-too-large")
+    assert "16384 bytes" in body["detail"]
+    # Under the cap the route itself answers (no such prediction here).
+    assert client.post(url, json={"label": "cnv", "note": "x" * 1000}).status_code == 404
