@@ -43,6 +43,10 @@ def _onnx_cuda_available() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
+# The prefix of every placeholder secret in .env.example; the service refuses to run with one.
+PLACEHOLDER_SECRET = "change-me"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KDOCT_", env_file=".env", extra="ignore", frozen=True)
 
@@ -167,6 +171,12 @@ class Settings(BaseSettings):
             problems.append(
                 f"KDOCT_HOST={self.host} exposes the service beyond this machine while KDOCT_AUTH=disabled: "
                 f"bind to 127.0.0.1 or enable authentication"
+            )
+        if PLACEHOLDER_SECRET in self.database_url:
+            # .env.example's passwords are public: a deployment that kept one is open to anyone.
+            problems.append(
+                f"KDOCT_DATABASE_URL holds a '{PLACEHOLDER_SECRET}...' placeholder password from "
+                f".env.example: set a real secret (e.g. `openssl rand -hex 24`)"
             )
         same = (
             self.teacher_bundle is not None and self.student_bundle.resolve() == self.teacher_bundle.resolve()

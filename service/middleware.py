@@ -70,7 +70,13 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                response_headers = MutableHeaders(scope=message)
+                response_headers.append(REQUEST_ID_HEADER, request_id)
+                # Answers are about patients: no cache (browser, proxy) may keep them, and no browser may
+                # sniff them into another type. The page's static assets may be cached.
+                if not scope["path"].startswith("/static/"):
+                    response_headers["Cache-Control"] = "no-store"
+                response_headers["X-Content-Type-Options"] = "nosniff"
             await send(message)
 
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"

@@ -257,3 +257,13 @@ def test_feedback_bodies_are_capped_at_16_kib_before_they_are_read(client):
     assert "16384 bytes" in body["detail"]
     # Under the cap the route itself answers (no such prediction here).
     assert client.post(url, json={"label": "cnv", "note": "x" * 1000}).status_code == 404
+
+
+def test_answers_are_never_cached_nor_sniffed(client, jpeg_paths):
+    for response in (
+        post(client, jpeg_paths[0].read_bytes()),
+        client.get("/health/live"),
+        client.get("/nope"),
+    ):
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["x-content-type-options"] == "nosniff"

@@ -46,6 +46,10 @@ def test_settings_are_read_from_dot_env(make_settings, bundles):
         ({"second_opinion_threshold": 1.5}, "KDOCT_SECOND_OPINION_THRESHOLD"),
         ({"runtime": "tensorflow"}, "KDOCT_RUNTIME"),
         ({"max_upload_bytes": 10}, "KDOCT_MAX_UPLOAD_BYTES"),
+        (
+            {"auth": "enabled", "database_url": "postgresql://kdoct_app:change-me-runtime@db:5432/kdoct"},
+            "placeholder password from .env.example",
+        ),
     ],
 )
 def test_unsafe_or_contradictory_settings_are_refused(make_settings, overrides, message):
