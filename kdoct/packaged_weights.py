@@ -9,7 +9,6 @@ model exactly: the same number of tensors, every name known, every shape equal, 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdoct.bundle import sha256_file
 from kdoct.errors import ModelInitError
 
 __all__ = [
@@ -94,14 +94,6 @@ def packaged_weights_path(arch: str) -> Path:
     return Path(str(path))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _block_positions(model: nn.Module) -> list[tuple[int, int, bool]]:
     """(stage, index, expanded) of every block of a timm EfficientNet, in forward order."""
     positions = []
@@ -166,7 +158,7 @@ def load_packaged_state_dict(
     path = packaged_weights_path(arch) if path is None else Path(path)
     if entry is None:  # pragma: no cover - packaged_weights_path refused it already
         raise ModelInitError(f"no package ships weights for {arch!r}")
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != entry.sha256:
         raise ModelInitError(
             f"{path}: sha256 {actual[:16]}… is not the pinned {entry.sha256[:16]}… of {entry.distribution}: "

@@ -254,11 +254,10 @@ def _check_encapsulated(pixel_data: bytes, frames: int, rows: int, columns: int,
     offsets = parse_basic_offsets(stream)
     if offsets and len(offsets) != frames:
         raise _invalid(f"the DICOM offset table lists {len(offsets)} frames; NumberOfFrames says {frames}")
-    fragments = list(generate_fragments(stream))
-    if syntax == uid.RLELossless:
-        starts = len(fragments)  # one fragment per frame (PS3.5 Annex G)
-    else:
-        starts = sum(1 for fragment in fragments if fragment.startswith(_FRAME_STARTS))
+    # Counted as they stream past: no copy of the fragments is kept. RLE has one fragment per frame
+    # (PS3.5 Annex G); the other codecs' frames begin with their codestream's start marker.
+    rle = syntax == uid.RLELossless
+    starts = sum(1 for fragment in generate_fragments(stream) if rle or fragment.startswith(_FRAME_STARTS))
     if starts > frames:
         raise _invalid(f"the DICOM pixel data holds {starts} frames; NumberOfFrames says {frames}")
     if syntax == uid.RLELossless:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
+from training_cli import SMOKE, run_cli
 
 from kdoct.bundle import load_bundle
 from kdoct.errors import BundleError
@@ -26,17 +24,7 @@ from model_training.distributed import init_distributed
 from model_training.experiment import prepare_folds
 from model_training.metrics import compute_metrics, read_predictions
 
-REPO = Path(__file__).resolve().parents[2]
-SMOKE = REPO / "model_training" / "configs" / "smoke.yaml"
 CLASSES = ("normal", "drusen", "cnv")
-
-
-def run_cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "model_training", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

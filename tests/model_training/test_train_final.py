@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from training_cli import SMOKE, run_cli
 
 from kdoct.bundle import load_bundle
 from kdoct.errors import ConfigError, LeakageError
 from model_training.config import load_config
 from model_training.final import chosen_epochs, read_final_split
-
-REPO = Path(__file__).resolve().parents[2]
-SMOKE = REPO / "model_training" / "configs" / "smoke.yaml"
-
-
-def run_cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "model_training", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env,
-    )  # fmt: skip
 
 
 def _cv_report(path: Path) -> Path:
