@@ -21,8 +21,10 @@ from kdoct.errors import ConfigError, KdoctError
 from service import metrics
 from service.api import classify, health, models, page, predictions
 from service.api import metrics as metrics_api
+from service.audit_key import load_audit_key
 from service.config import Settings, get_settings
 from service.db import migrate
+from service.db.anchor import ChainAnchor
 from service.db.components import build_records
 from service.db.roles import audit_log_rewrite_powers
 from service.db.session import is_postgresql
@@ -32,6 +34,7 @@ from service.inference.batcher import Batcher
 from service.inference.classifier import Classifier, ServedModel
 from service.inference.loaded_model import LoadedModel, load_model
 from service.inference.runtime import cpu_count
+from service.logs import configure_logging
 from service.middleware import RequestContextMiddleware
 from service.problems import install_problem_handlers
 from service.records import PredictionSink
@@ -85,7 +88,6 @@ def _serve(loaded: LoadedModel, settings: Settings) -> ServedModel:
     return ServedModel(loaded=loaded, batcher=batcher)
 
 
-@asynccontextmanager
 def _check_database_role(engine, mode: str) -> None:
     """Log (or refuse, KDOCT_DB_ROLE_CHECK=refuse) a database role that could rewrite the records. A
     database that is down now is not checked: the service starts on its spool (docs/RECORDS.md)."""
@@ -105,6 +107,7 @@ def _check_database_role(engine, mode: str) -> None:
     log.error("%s", message)
 
 
+@asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     sink: PredictionSink = app.state.sink
@@ -135,6 +138,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     else:
         await asyncio.to_thread(_check_database_role, app.state.records.engine, settings.db_role_check)
     await sink.start()
+    await app.state.anchor.start()
     for item in served:
         item.batcher.start()
         identity = item.loaded.identity()
@@ -152,6 +156,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             metrics.MODEL_READY.labels(role=item.loaded.role).set(0)
         await asyncio.gather(*(item.batcher.stop(settings.drain_timeout_s) for item in served))
         await sink.stop()
+        await app.state.anchor.stop()  # after the writer drained: its last append is checkpointed
         await asyncio.to_thread(app.state.records.engine.dispose)
         pool.shutdown(wait=False, cancel_futures=True)
         app.state.explainer.close()
@@ -173,6 +178,10 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         lifespan=_lifespan,
     )
     app.state.settings = settings
+    app.state.audit_key = load_audit_key(settings.audit_key_file)
+    app.state.anchor = ChainAnchor(
+        app.state.audit_key, settings.anchor_file, interval_s=settings.anchor_interval_s
+    )
     # Engine and writer connect lazily: building them here touches no database.
     records = build_records(
         settings.database_url,
@@ -183,6 +192,7 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         statement_timeout_s=settings.db_statement_timeout_s,
         lock_timeout_s=settings.db_lock_timeout_s,
         record_deadline_s=settings.record_deadline_s,
+        on_append=app.state.anchor.note,
     )
     app.state.records = records
     app.state.authenticator = records.authenticator
@@ -209,4 +219,6 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
 
 def create_app_from_env() -> FastAPI:
     """The uvicorn factory (`service.app:create_app_from_env`): settings from KDOCT_* and .env."""
-    return create_app(get_settings())
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -16,6 +16,8 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kdoct.errors import ConfigError
+from service.audit_key import DEFAULT_AUDIT_KEY_FILE
+from service.db.anchor import DEFAULT_ANCHOR_FILE
 
 __all__ = ["Settings", "get_settings", "is_loopback", "load_settings"]
 
@@ -104,6 +106,12 @@ class Settings(BaseSettings):
     # PostgreSQL: what to do when the service's role could rewrite the records (owner, superuser, or
     # UPDATE/DELETE/TRUNCATE on them): log an error, or refuse to start (docker compose sets refuse).
     db_role_check: Literal["warn", "refuse"] = "warn"
+    # The audit key, a secret the database never sees (service/audit_key.py): it keys the hash under
+    # which X-Request-ID is stored and signs the chain checkpoints; created on first start if missing.
+    # The checkpoints (service/db/anchor.py) go to anchor_file and the log every anchor_interval_s.
+    audit_key_file: Path = DEFAULT_AUDIT_KEY_FILE
+    anchor_file: Path = DEFAULT_ANCHOR_FILE
+    anchor_interval_s: float = Field(60.0, gt=0.0, le=86400.0)
     # API keys (`python -m service apikey create`). disabled: local SQLite demo only, logged loudly;
     # refused with PostgreSQL and on non-loopback hosts.
     auth: Literal["enabled", "disabled"] = "enabled"

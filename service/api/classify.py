@@ -118,7 +118,9 @@ async def classify(
         "inference": round(result.inference_ms, 3),
         "total": 0.0,
     }
-    records, body = _answer(classifier, upload, result, request_id, client_id, timing)
+    # Records keep only a keyed hash of the client's X-Request-ID: it may hold an identifier.
+    stored_request_id = request.app.state.audit_key.request_id_hash(request_id)
+    records, body = _answer(classifier, upload, result, request_id, stored_request_id, client_id, timing)
     if explain:
         await _add_explanations(request.app.state.explainer, classifier, upload, result, body)
     timing["total"] = round((time.perf_counter() - request.state.started) * 1000.0, 3)
@@ -143,14 +145,16 @@ def _answer(
     upload: DecodedUpload,
     result: Classification,
     request_id: str,
+    stored_request_id: str,
     client_id: str | None,
     timing: dict[str, float],
 ) -> tuple[list[PredictionRecord], dict[str, Any]]:
-    """The records to store and the JSON body; `timing` is shared so records get the final total."""
+    """The records to store and the JSON body; `timing` is shared so records get the final total.
+    The body echoes the client's request id; the records hold `stored_request_id`, its keyed hash."""
     student = classifier.student.loaded.identity()
     teacher = classifier.teacher.loaded.identity() if classifier.teacher and result.teacher_used else None
     common = {
-        "request_id": request_id,
+        "request_id": stored_request_id,
         "client_id": client_id,
         "model_name": student["name"],
         "model_version": student["version"],

@@ -2,6 +2,8 @@
 
 live: the process answers; no dependency is checked, so a database outage never restarts replicas.
 ready: the models are loaded, warmed up and golden-checked, and the record sink can take records.
+Both answer anyone, so they say ready or not and where records go, never which models (their names,
+versions and hashes are for key holders: GET /models).
 """
 
 from __future__ import annotations
@@ -37,9 +39,5 @@ async def ready(request: Request) -> HealthResponse:
         raise Problem(
             "not-ready", "prediction records cannot be stored right now", headers={"Retry-After": "5"}
         )
-    classifier = state.classifier
-    models = {"student": classifier.student.loaded.identity()}
-    if classifier.teacher is not None:
-        models["teacher"] = classifier.teacher.loaded.identity()
     records = "spool" if getattr(state.sink, "degraded", False) else "database"
-    return HealthResponse(status="ready", models=models, records=records)
+    return HealthResponse(status="ready", records=records)

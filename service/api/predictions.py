@@ -1,6 +1,7 @@
 """The query API over the prediction records: GET /predictions/{id}, GET /predictions (filters,
 cursor pages newest first), POST /predictions/{id}/feedback (the clinician's label). No update, no
-delete: predictions are append-only."""
+delete: predictions are append-only. Every prediction a GET answers with is first logged as read, by
+whom (service/db/queries.py: log_reads); a read that cannot be logged is not answered (503)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -26,7 +27,10 @@ router = APIRouter(prefix="/predictions", tags=["records"])
 class PredictionOut(BaseModel):
     id: uuid.UUID
     sequence: int
-    request_id: str
+    request_id: str = Field(
+        description="keyed hash (hmac-sha256:...) of the X-Request-ID the prediction was made under; "
+        "find a prediction by the id you sent with the `request_id` filter of GET /predictions"
+    )
     created_at: datetime
     client_id: str | None
     model_name: str
@@ -85,11 +89,23 @@ def _out(row: Prediction) -> PredictionOut:
     return PredictionOut.model_validate(row, from_attributes=True)
 
 
+def _stored_request_id(request: Request, request_id: str) -> str:
+    return request.app.state.audit_key.request_id_hash(request_id)
+
+
 @router.get("/{prediction_id}", response_model=PredictionOut, summary="One prediction record")
-async def get_prediction(prediction_id: uuid.UUID, sessions: SessionsDep, _: ReadClientDep) -> PredictionOut:
+async def get_prediction(
+    prediction_id: uuid.UUID, request: Request, sessions: SessionsDep, client: ReadClientDep
+) -> PredictionOut:
+    reader = _stored_request_id(request, request.state.request_id)
+
     def load():
         with sessions() as session:
-            return queries.get_prediction(session, prediction_id)
+            row = queries.get_prediction(session, prediction_id)
+            if row is not None:
+                route = "/predictions/{prediction_id}"
+                queries.log_reads(session, [row], client_id=client.id, request_id=reader, route=route)
+            return row
 
     row = await _query(load)
     if row is None:
@@ -99,21 +115,32 @@ async def get_prediction(prediction_id: uuid.UUID, sessions: SessionsDep, _: Rea
 
 @router.get("", response_model=PredictionPageOut, summary="Prediction records, newest first")
 async def list_predictions(
+    request: Request,
     sessions: SessionsDep,
-    _: ReadClientDep,
+    client: ReadClientDep,
     created_from: Annotated[datetime | None, Query(alias="from", description="inclusive, ISO 8601")] = None,
     created_to: Annotated[datetime | None, Query(alias="to", description="exclusive, ISO 8601")] = None,
     label: str | None = None,
     model_version: str | None = None,
     refer: bool | None = None,
+    request_id: Annotated[
+        str | None,
+        Query(max_length=128, description="the X-Request-ID a prediction was made under, as you sent it"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
     cursor: str | None = None,
 ) -> PredictionPageOut:
-    where = queries.PredictionFilter(created_from, created_to, label, model_version, refer)
+    stored = _stored_request_id(request, request_id) if request_id is not None else None
+    where = queries.PredictionFilter(created_from, created_to, label, model_version, refer, stored)
+    reader = _stored_request_id(request, request.state.request_id)
 
     def load():
         with sessions() as session:
-            return queries.list_predictions(session, where, limit=limit, cursor=cursor)
+            page = queries.list_predictions(session, where, limit=limit, cursor=cursor)
+            queries.log_reads(
+                session, page.items, client_id=client.id, request_id=reader, route="/predictions"
+            )
+            return page
 
     try:
         page = await _query(load)

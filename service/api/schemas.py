@@ -146,7 +146,6 @@ class ModelsResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str = Field(examples=["ready"])
-    models: dict[str, ModelIdentity] | None = None
     records: str | None = Field(
         None,
         description="where records go now: database, or spool while the database is down or stalled "

@@ -1,30 +1,83 @@
-"""`python -m service audit verify`: check the predictions hash chain."""
+"""`python -m service audit verify`: check the predictions hash chain and its checkpoints."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kdoct.errors import ConfigError
+from service.audit_key import DEFAULT_AUDIT_KEY_FILE, load_audit_key
 from service.commands._database import add_database_option, open_engine
+from service.db.anchor import DEFAULT_ANCHOR_FILE, read_checkpoints
 from service.db.audit import verify
+
+
+class _AuditFiles(BaseSettings):
+    """The service's KDOCT_AUDIT_KEY_FILE and KDOCT_ANCHOR_FILE, without the rest of its settings."""
+
+    model_config = SettingsConfigDict(env_prefix="KDOCT_", env_file=".env", extra="ignore")
+    audit_key_file: Path = DEFAULT_AUDIT_KEY_FILE
+    anchor_file: Path = DEFAULT_ANCHOR_FILE
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("audit", help="check the prediction records")
     commands = parser.add_subparsers(dest="audit_command", required=True)
-    check = commands.add_parser("verify", help="verify the hash chain; exit 1 at the first broken link")
+    check = commands.add_parser(
+        "verify",
+        help="verify the hash chain and the checkpoints of its head; exit 1 at the first broken link",
+    )
     add_database_option(check)
+    check.add_argument(
+        "--anchor-file", type=Path, default=None,
+        help=f"the service's chain checkpoints (default: KDOCT_ANCHOR_FILE, else {DEFAULT_ANCHOR_FILE})",
+    )  # fmt: skip
+    check.add_argument(
+        "--audit-key-file", type=Path, default=None,
+        help="the key that signed them, best a copy kept away from the service's host "
+        f"(default: KDOCT_AUDIT_KEY_FILE, else {DEFAULT_AUDIT_KEY_FILE})",
+    )  # fmt: skip
+    check.add_argument(
+        "--no-checkpoints", action="store_true",
+        help="check the chain only; a chain cut short at its end then goes unnoticed",
+    )  # fmt: skip
     check.set_defaults(handler=_verify)
 
 
 def _verify(args: argparse.Namespace) -> int:
+    checkpoints, problems = [], []
+    if not args.no_checkpoints:
+        files = _AuditFiles()
+        anchor_file = args.anchor_file or files.anchor_file
+        key_file = args.audit_key_file or files.audit_key_file
+        try:
+            key = load_audit_key(key_file, create=False)
+        except ConfigError as exc:
+            sys.exit(f"error: {exc}; pass --audit-key-file, or --no-checkpoints to check the chain only")
+        try:
+            found = read_checkpoints(anchor_file, key)
+        except FileNotFoundError:
+            sys.exit(
+                f"error: no checkpoint file {anchor_file}: pass --anchor-file (KDOCT_ANCHOR_FILE of the "
+                f"service), or --no-checkpoints to check the chain only"
+            )
+        except OSError as exc:
+            sys.exit(f"error: checkpoint file {anchor_file} cannot be read: {exc}")
+        checkpoints, problems = found.checkpoints, found.problems
+        for problem in problems:
+            print(f"BAD CHECKPOINT {anchor_file} {problem}")
     with open_engine(args) as engine:
-        report = verify(engine)
+        report = verify(engine, checkpoints)
+    anchored = f", {report.checkpoints_checked} checkpoints matched" if not args.no_checkpoints else ""
     if report.ok:
-        print(f"ok: {report.rows_checked} prediction records, chain intact")
-        return 0
+        print(f"ok: {report.rows_checked} prediction records, chain intact{anchored}")
+        return 1 if problems else 0
     broken = report.broken
-    print(
-        f"BROKEN at sequence {broken.sequence} (prediction {broken.prediction_id}): {broken.reason}; "
-        f"{report.rows_checked} records before it are intact"
-    )
+    where = f"sequence {broken.sequence}"
+    if broken.prediction_id is not None:
+        where += f" (prediction {broken.prediction_id})"
+    print(f"BROKEN at {where}: {broken.reason}; {report.rows_checked} records before it are intact{anchored}")
     return 1

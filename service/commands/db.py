@@ -8,11 +8,11 @@ import sys
 from service.commands._database import add_database_option, database_url
 from service.db import migrate
 
-# Revisions at or above the one that completes the records' protection (append-only triggers on both
-# tables, the runtime role's grants): downgrading to these keeps it. Relative targets ("-1") and
-# anything older need the flag.
-PROTECTED_REVISION = "0003"
-_SAFE_DOWNGRADE_TARGETS = {"0003", "head"}
+# Revisions at or above the newest one that holds records or their protection (0003: append-only
+# triggers on both tables and the runtime role's grants; 0004: the read log): downgrading to these
+# loses nothing. Relative targets ("-1") and anything older need the flag.
+PROTECTED_REVISION = "0004"
+_SAFE_DOWNGRADE_TARGETS = {"0004", "head"}
 
 
 def register(subparsers) -> None:
@@ -29,8 +29,8 @@ def register(subparsers) -> None:
     downgrade.add_argument(
         "--allow-records-downgrade",
         action="store_true",
-        help=f"needed to go below {PROTECTED_REVISION}: that removes the records' append-only protection and "
-        "runtime role grants, and 'base' drops the records themselves",
+        help=f"needed to go below {PROTECTED_REVISION}: that drops the read log, removes the records' "
+        "append-only protection and runtime role grants, and 'base' drops the records themselves",
     )
     add_database_option(downgrade)
     downgrade.set_defaults(handler=_downgrade)
@@ -44,8 +44,9 @@ def _upgrade(args: argparse.Namespace) -> int:
 def _downgrade(args: argparse.Namespace) -> int:
     if args.revision not in _SAFE_DOWNGRADE_TARGETS and not args.allow_records_downgrade:
         print(
-            f"error: downgrading to {args.revision!r} goes below revision {PROTECTED_REVISION}: it removes "
-            "the append-only protection of the prediction records (and 'base' drops them). Back the database "
+            f"error: downgrading to {args.revision!r} goes below revision {PROTECTED_REVISION}: it drops "
+            "the read log or removes the append-only protection of the prediction records (and 'base' drops "
+            "them). Back the database "
             "up, then pass --allow-records-downgrade if you mean it.",
             file=sys.stderr,
         )

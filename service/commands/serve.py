@@ -26,6 +26,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from kdoct.errors import ConfigError
     from service.config import load_settings
+    from service.logs import configure_logging
 
     # Workers build their own settings from the environment: put the command-line overrides there.
     for name in ("host", "port", "workers"):
@@ -40,9 +41,7 @@ def serve(args: argparse.Namespace) -> int:
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several processes share /metrics through files; set before any worker imports prometheus_client.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kdoct-prometheus-")
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     url = f"http://{settings.host}:{settings.port}"
     log.info("serving on %s (API docs: %s/docs)", url, url)
     uvicorn.run(

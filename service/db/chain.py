@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, text
@@ -22,7 +23,7 @@ from sqlalchemy import Connection, Engine, insert, select, text
 from service.db.models import Prediction
 from service.db.rows import canonical_bytes
 
-__all__ = ["CHAIN_LOCK_KEY", "GENESIS_HASH", "append_predictions", "link_hash"]
+__all__ = ["CHAIN_LOCK_KEY", "GENESIS_HASH", "Appended", "ChainLink", "append_predictions", "link_hash"]
 
 GENESIS_HASH = "0" * 64
 # Any fixed 64-bit number; it names "the predictions chain" among advisory locks.
@@ -32,19 +33,34 @@ _ID_LOOKUP_CHUNK = 500
 predictions = Prediction.__table__
 
 
+@dataclass(frozen=True, order=True)
+class ChainLink:
+    """One position of the chain: what a checkpoint anchors (service/db/anchor.py)."""
+
+    sequence: int
+    row_hash: str
+
+
+@dataclass(frozen=True)
+class Appended:
+    count: int  # rows inserted (ids already stored are skipped)
+    head: ChainLink | None  # the last row inserted; None when nothing was
+
+
 def link_hash(prev_hash: str, row: dict[str, Any]) -> str:
     return hashlib.sha256(prev_hash.encode() + b"\n" + canonical_bytes(row)).hexdigest()
 
 
-def append_predictions(engine: Engine, rows: Sequence[dict[str, Any]], *, new_ids: bool = False) -> int:
+def append_predictions(engine: Engine, rows: Sequence[dict[str, Any]], *, new_ids: bool = False) -> Appended:
     """Chain and insert ``rows`` in one transaction; rows whose id is already stored are skipped.
-    Returns how many rows were inserted. Raises SQLAlchemy errors when the database is unreachable.
+    Returns how many rows were inserted and the link of the last one. Raises SQLAlchemy errors when
+    the database is unreachable.
 
     ``new_ids=True`` is the caller's promise that no row's id can be stored yet (ids generated for
     requests being answered now, never a replay): the lookup of stored ids is skipped. A replay (the
     spool) must leave it False, so that rows a lost commit acknowledgement spooled are not doubled."""
     if not rows:
-        return 0
+        return Appended(0, None)
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
@@ -53,7 +69,7 @@ def append_predictions(engine: Engine, rows: Sequence[dict[str, Any]], *, new_id
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
             fresh = _unique(rows) if new_ids else _without_stored(conn, rows)
             if not fresh:
-                return 0
+                return Appended(0, None)
             last = conn.execute(
                 select(predictions.c.sequence, predictions.c.row_hash)
                 .order_by(predictions.c.sequence.desc())
@@ -67,7 +83,7 @@ def append_predictions(engine: Engine, rows: Sequence[dict[str, Any]], *, new_id
                 linked["row_hash"] = prev_hash = link_hash(prev_hash, linked)
                 chained.append(linked)
             conn.execute(insert(predictions), chained)
-            return len(chained)
+            return Appended(len(chained), ChainLink(sequence, prev_hash))
 
 
 def _unique(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kdoct.errors import ConfigError
 from service import metrics
+from service.db.chain import ChainLink
 from service.db.observer import MetricsObserver
 from service.db.session import is_postgresql, make_engine, make_sessionmaker
 from service.db.writer import DurableWriter
@@ -46,6 +48,7 @@ def build_records(
     statement_timeout_s: float | None = None,
     lock_timeout_s: float | None = None,
     record_deadline_s: float | None = None,
+    on_append: Callable[[ChainLink], None] | None = None,
 ) -> Records:
     if not auth_enabled:
         if is_postgresql(database_url):
@@ -65,6 +68,7 @@ def build_records(
         batch_size=batch_size,
         record_deadline_s=record_deadline_s,
         observer=MetricsObserver(),
+        on_append=on_append,
     )
     authenticator = Authenticator(
         sessions if auth_enabled else None,

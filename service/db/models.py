@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiClient", "Base", "Feedback", "Prediction"]
+__all__ = ["ApiClient", "Base", "Feedback", "Prediction", "PredictionRead"]
 
 SHA256_HEX = 64
 
@@ -50,7 +50,10 @@ class Prediction(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     # Chain position: gives the audit a stable order that does not depend on clocks or uuids.
     sequence: Mapped[int] = mapped_column(BigInteger, unique=True)
-    request_id: Mapped[str] = mapped_column(String(128))
+    # "hmac-sha256:<hex>" of the client's X-Request-ID under the audit key (service/audit_key.py), never
+    # the value sent: a client may put an identifier there. Rows written before revision 0004 hold the
+    # value as sent. Indexed for GET /predictions?request_id=... (hashed by the service).
+    request_id: Mapped[str] = mapped_column(String(128), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The API client's name (names are never reused: revoked clients keep their row). None when auth
     # is disabled for the local demo.
@@ -111,3 +114,20 @@ class Feedback(Base):
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     client_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class PredictionRead(Base):
+    """Who read which prediction: one row per prediction in each answer of the query API, written
+    before the answer goes out (no read without its row). Append-only like the predictions."""
+
+    __tablename__ = "prediction_reads"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    prediction_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("predictions.id"), index=True)
+    read_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # The API client's name; None when auth is disabled for the local demo.
+    client_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The reading request's X-Request-ID, keyed-hashed like predictions.request_id.
+    request_id: Mapped[str] = mapped_column(String(128))
+    # The route template that answered: one prediction, or a page of the list.
+    route: Mapped[str] = mapped_column(String(64))

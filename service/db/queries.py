@@ -1,4 +1,5 @@
-"""Reading predictions and recording feedback: what the query API runs.
+"""Reading predictions and recording feedback: what the query API runs. Every read names its reader:
+the predictions an answer carries are logged in prediction_reads in the same transaction.
 
 Listing is newest first by chain sequence, which is unique and never changes, so cursor pages
 neither skip nor repeat rows while new predictions arrive. The cursor is opaque to clients.
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db.models import Feedback, Prediction
+from service.db.models import Feedback, Prediction, PredictionRead
 from service.db.rows import utc
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "decode_cursor",
     "get_prediction",
     "list_predictions",
+    "log_reads",
 ]
 
 MAX_PAGE = 500
@@ -37,6 +39,7 @@ class PredictionFilter:
     label: str | None = None
     model_version: str | None = None
     refer: bool | None = None
+    request_id: str | None = None  # as stored: the keyed hash of the client's id
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,34 @@ def list_predictions(
         query = query.where(Prediction.model_version == where.model_version)
     if where.refer is not None:
         query = query.where(Prediction.refer.is_(where.refer))
+    if where.request_id is not None:
+        query = query.where(Prediction.request_id == where.request_id)
     rows = list(session.scalars(query))
     more = len(rows) > limit
     items = rows[:limit]
     return PredictionPage(items=items, next_cursor=encode_cursor(items[-1].sequence) if more else None)
+
+
+def log_reads(
+    session: Session, predictions: list[Prediction], *, client_id: str | None, request_id: str, route: str
+) -> None:
+    """Record that ``client_id`` is about to be shown ``predictions``, and commit: the caller answers
+    only after this returns, so no prediction leaves the service without its read on record."""
+    if not predictions:
+        return
+    now = datetime.now(UTC)
+    session.add_all(
+        PredictionRead(
+            id=uuid.uuid4(),
+            prediction_id=prediction.id,
+            read_at=now,
+            client_id=client_id,
+            request_id=request_id,
+            route=route,
+        )
+        for prediction in predictions
+    )
+    session.commit()
 
 
 def add_feedback(

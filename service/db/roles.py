@@ -1,6 +1,6 @@
 """Whether the service's database role could rewrite the audit log.
 
-On PostgreSQL the service should log in as a member of `kdoct_runtime` (alembic/versions/0003):
+On PostgreSQL the service should log in as a member of `kdoct_runtime` (alembic/versions/0003, 0004):
 SELECT and INSERT only. A role that owns the records tables or is a superuser can UPDATE, DELETE or
 TRUNCATE them, ALTER them or DISABLE their append-only triggers, so a compromised service could
 rewrite its own history; `KDOCT_DB_ROLE_CHECK=refuse` makes that a start-up error.
@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 
 __all__ = ["RECORD_TABLES", "audit_log_rewrite_powers"]
 
-RECORD_TABLES = ("predictions", "feedback")
+RECORD_TABLES = ("predictions", "feedback", "prediction_reads")
 _REWRITES = ("UPDATE", "DELETE", "TRUNCATE")
 
 

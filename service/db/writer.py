@@ -25,14 +25,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.db.chain import append_predictions
+from service.db.chain import ChainLink, append_predictions
 from service.db.rows import row_from_record
 from service.db.spool import Spool
 from service.records import PredictionRecord, RecordUnavailable
@@ -76,6 +76,7 @@ class DurableWriter:
         rescan_interval_s: float = 30.0,
         record_deadline_s: float | None = None,
         observer: WriterObserver | None = None,
+        on_append: Callable[[ChainLink], None] | None = None,
     ) -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("writer queue_size and batch_size must be at least 1")
@@ -92,6 +93,8 @@ class DurableWriter:
         self.retry_interval_s = retry_interval_s
         self.rescan_interval_s = rescan_interval_s
         self.observer: WriterObserver = observer or _NoObserver()
+        # Told the newest link after every committed append (the chain checkpoints, service/db/anchor.py).
+        self.on_append = on_append
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._db_down_since: float | None = None
@@ -255,7 +258,7 @@ class DurableWriter:
         started = time.perf_counter()
         try:
             # Live rows carry ids generated for this request: nothing to look up. Replays (below) do.
-            append_predictions(self.engine, rows, new_ids=True)
+            appended = append_predictions(self.engine, rows, new_ids=True)
         except SQLAlchemyError as exc:
             self.observer.db_failure()
             if self._db_down_since is None:
@@ -263,6 +266,7 @@ class DurableWriter:
                 log.warning("database write failed (%s); spooling records to %s", _brief(exc), self.spool_dir)
             return False
         self.observer.db_write(time.perf_counter() - started, len(rows))
+        self._appended(appended.head)
         if self._db_down_since is not None:
             log.warning("database back after %.1f s", time.monotonic() - self._db_down_since)
             self._db_down_since = None
@@ -270,6 +274,10 @@ class DurableWriter:
             log.warning("database committing again after %.1f s", time.monotonic() - self._overdue_since)
             self._overdue_since = None
         return True
+
+    def _appended(self, head: ChainLink | None) -> None:
+        if head is not None and self.on_append is not None:
+            self.on_append(head)
 
     def _maintain(self) -> None:
         """On idle: probe a down database, replay spool files, notice files other processes left."""
@@ -295,7 +303,8 @@ class DurableWriter:
                     return
                 started = time.perf_counter()
                 for start in range(0, len(claimed.rows), _REPLAY_CHUNK):
-                    append_predictions(self.engine, claimed.rows[start : start + _REPLAY_CHUNK])
+                    appended = append_predictions(self.engine, claimed.rows[start : start + _REPLAY_CHUNK])
+                    self._appended(appended.head)
                 claimed.remove()
                 self.observer.db_write(time.perf_counter() - started, len(claimed.rows))
                 log.info("replayed %d spooled records from %s", len(claimed.rows), claimed.path.name)

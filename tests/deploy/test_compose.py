@@ -94,6 +94,11 @@ def test_api_services_mount_bundles_read_only_and_keep_the_spool(compose_config:
         mounts = {mount["target"]: mount for mount in map(_volume, service["volumes"])}
         assert mounts["/bundles"]["read_only"], f"{name}: bundles must be mounted read-only"
         assert mounts["/var/lib/kdoct/spool"]["type"] == "volume", f"{name}: the spool needs a named volume"
+        # The audit key must survive restarts and must never sit where the database's owner can read it.
+        audit = mounts["/var/lib/kdoct/audit"]
+        assert audit["type"] == "volume" and not audit.get("read_only"), name
+        postgres_volumes = {_volume(v)["source"] for v in compose_config["services"]["postgres"]["volumes"]}
+        assert audit["source"] not in postgres_volumes, f"{name}: the audit key shares PostgreSQL's volume"
         environment = service["environment"]
         assert environment["KDOCT_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert environment["KDOCT_STUDENT_BUNDLE"].startswith("/bundles/")

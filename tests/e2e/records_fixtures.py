@@ -40,18 +40,27 @@ class RecordsServer:
     metrics_dir: Path
     keys: Keys
     repo_root: Path
+    audit_key_file: Path
+    anchor_file: Path
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return service_cli(*args, database_url=self.database_url, cwd=self.repo_root)
+        """The CLI as the operator of this server runs it: same database, audit key and checkpoints."""
+        return service_cli(
+            *args,
+            database_url=self.database_url,
+            cwd=self.repo_root,
+            KDOCT_AUDIT_KEY_FILE=str(self.audit_key_file),
+            KDOCT_ANCHOR_FILE=str(self.anchor_file),
+        )
 
     def auth(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.keys.clinic}"}
 
 
-def service_cli(*args: str, database_url: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`python -m service ARGS` as an operator runs it, with KDOCT_DATABASE_URL set."""
+def service_cli(*args: str, database_url: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess:
+    """`python -m service ARGS` as an operator runs it, with KDOCT_DATABASE_URL (and `settings`) set."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
-    env["KDOCT_DATABASE_URL"] = database_url
+    env.update(settings, KDOCT_DATABASE_URL=database_url)
     return subprocess.run(
         [sys.executable, "-m", "service", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60
     )
@@ -85,6 +94,7 @@ def serve(
 ) -> Iterator[RecordsServer]:
     log_path = workdir / "server.log"
     spool_dir, metrics_dir = workdir / "spool", workdir / "prometheus"
+    audit_key_file, anchor_file = workdir / "audit" / "audit.key", workdir / "audit" / "anchors.jsonl"
     metrics_dir.mkdir()
     env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
     env.update(
@@ -93,6 +103,10 @@ def serve(
         KDOCT_SECOND_OPINION="never",
         KDOCT_DATABASE_URL=database_url,
         KDOCT_SPOOL_DIR=str(spool_dir),
+        KDOCT_AUDIT_KEY_FILE=str(audit_key_file),
+        KDOCT_ANCHOR_FILE=str(anchor_file),
+        # Often enough that a test sees checkpoints without waiting for shutdown.
+        KDOCT_ANCHOR_INTERVAL_S="1",
         KDOCT_AUTH="enabled",
         KDOCT_MAX_BATCH_SIZE="8",
         KDOCT_MAX_BATCH_WAIT_MS="5",
@@ -113,7 +127,17 @@ def serve(
         stop_timeout_s=30,
         args=("--workers", str(workers)),
     ) as service:
-        yield RecordsServer(service.url, database_url, log_path, spool_dir, metrics_dir, keys, repo_root)
+        yield RecordsServer(
+            service.url,
+            database_url,
+            log_path,
+            spool_dir,
+            metrics_dir,
+            keys,
+            repo_root,
+            audit_key_file,
+            anchor_file,
+        )
 
 
 @pytest.fixture(scope="module")

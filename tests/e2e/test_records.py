@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import records_fixtures
 from prometheus_client.mmap_dict import MmapedDict
+from psycopg.types.json import Json
 from records_fixtures import RecordsServer, create_key
 
 from service.problems import PROBLEM_MEDIA_TYPE
@@ -36,8 +37,10 @@ def uploads(sample_jpegs) -> list[bytes]:
     return [path.read_bytes() for paths in sample_jpegs.values() for path in paths[:8]]
 
 
-def classify(server: RecordsServer, data: bytes, key: str | None = None, **params) -> httpx.Response:
-    headers = server.auth(key) if key != "" else {}
+def classify(
+    server: RecordsServer, data: bytes, key: str | None = None, headers: dict | None = None, **params
+) -> httpx.Response:
+    headers = {**(server.auth(key) if key != "" else {}), **(headers or {})}
     return httpx.post(
         f"{server.url}/classify", files={"file": ("scan", data)}, params=params, headers=headers, timeout=60
     )
@@ -172,6 +175,98 @@ def test_predictions_are_append_only_and_audit_verify_catches_a_row_altered_behi
         finally:
             alter(confidence)  # the module's other tests share this database
     assert pg_server.cli("audit", "verify").returncode == 0
+
+
+def _checkpoints(server: RecordsServer) -> list[dict]:
+    if not server.anchor_file.exists():
+        return []
+    return [json.loads(line) for line in server.anchor_file.read_text().splitlines() if line.strip()]
+
+
+def test_the_servers_checkpoints_catch_a_truncated_tail(pg_server, uploads):
+    response = classify(pg_server, uploads[1])
+    assert response.status_code == 200
+    prediction_id = response.json()["prediction_id"]
+    with psycopg.connect(_libpq(pg_server.database_url), autocommit=True) as conn:
+        sequence = conn.execute(
+            "SELECT sequence FROM predictions WHERE id = %s", (prediction_id,)
+        ).fetchone()[0]
+    # The worker that wrote the row checkpoints it within its interval (1 s here).
+    deadline = time.monotonic() + 15
+    while not any(line["sequence"] >= sequence for line in _checkpoints(pg_server)):
+        assert time.monotonic() < deadline, f"no checkpoint of sequence {sequence}: {_checkpoints(pg_server)}"
+        time.sleep(0.2)
+    assert pg_server.cli("audit", "verify").returncode == 0
+    # The same lines go to the log (to be shipped off the host), from each of the two workers.
+    logged = [
+        json.loads(line.split("chain checkpoint ", 1)[1])
+        for line in pg_server.log.read_text().splitlines()
+        if "kdoct.anchor: chain checkpoint {" in line
+    ]
+    assert logged and all(line in _checkpoints(pg_server) for line in logged)
+
+    # A superuser removes the newest rows behind the triggers' back: the chain alone still verifies.
+    with psycopg.connect(_libpq(pg_server.database_url), autocommit=True) as conn:
+        columns = [row[0] for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'predictions' "
+            "ORDER BY ordinal_position"
+        )]  # fmt: skip
+        tail = conn.execute("SELECT * FROM predictions WHERE sequence >= %s", (sequence,)).fetchall()
+        conn.execute("ALTER TABLE predictions DISABLE TRIGGER USER")
+        conn.execute("DELETE FROM predictions WHERE sequence >= %s", (sequence,))
+        try:
+            assert pg_server.cli("audit", "verify", "--no-checkpoints").returncode == 0
+            truncated = pg_server.cli("audit", "verify")
+            assert truncated.returncode == 1, truncated.stdout
+            assert "truncated" in truncated.stdout and f"chain ends at {sequence - 1}" in truncated.stdout
+        finally:  # the module's other tests share this database
+            placeholders = ", ".join(["%s"] * len(columns))
+            for row in tail:
+                conn.execute(
+                    f"INSERT INTO predictions ({', '.join(columns)}) VALUES ({placeholders})",
+                    [Json(value) if isinstance(value, dict) else value for value in row],
+                )
+            conn.execute("ALTER TABLE predictions ENABLE TRIGGER USER")
+    assert pg_server.cli("audit", "verify").returncode == 0
+
+
+def test_request_ids_are_stored_keyed_and_every_read_is_logged_with_its_reader(pg_server, uploads):
+    mrn = f"MRN-{uuid.uuid4().int % 10**10:010d}"  # what a careless integrator might send
+    response = classify(pg_server, uploads[2], headers={"X-Request-ID": mrn})
+    assert response.status_code == 200 and response.headers["X-Request-ID"] == mrn
+    prediction_id = response.json()["prediction_id"]
+
+    with psycopg.connect(_libpq(pg_server.database_url)) as conn:
+        stored_id = conn.execute(
+            "SELECT request_id FROM predictions WHERE id = %s", (prediction_id,)
+        ).fetchone()[0]
+        assert stored_id.startswith("hmac-sha256:") and len(stored_id) == len("hmac-sha256:") + 64
+        for table in ("predictions", "prediction_reads", "feedback"):
+            leaked = conn.execute(f"SELECT count(*) FROM {table} t WHERE t::text LIKE %s", (f"%{mrn[4:]}%",))
+            assert leaked.fetchone()[0] == 0, table
+
+    reader = pg_server.auth(pg_server.keys.reader)
+    found = httpx.get(f"{pg_server.url}/predictions", params={"request_id": mrn}, headers=reader).json()
+    assert [item["id"] for item in found["items"]] == [prediction_id]
+    assert found["items"][0]["request_id"] == stored_id
+    other = httpx.get(f"{pg_server.url}/predictions", params={"request_id": mrn + "0"}, headers=reader)
+    assert other.status_code == 200 and other.json()["items"] == []
+    one = httpx.get(
+        f"{pg_server.url}/predictions/{prediction_id}", headers={**reader, "X-Request-ID": "audit-1"}
+    )
+    assert one.status_code == 200
+
+    with psycopg.connect(_libpq(pg_server.database_url)) as conn:
+        reads = conn.execute(
+            "SELECT client_id, route, request_id FROM prediction_reads WHERE prediction_id = %s "
+            "ORDER BY read_at",
+            (prediction_id,),
+        ).fetchall()
+    assert [(client, route) for client, route, _ in reads] == [
+        ("reader", "/predictions"),
+        ("reader", "/predictions/{prediction_id}"),
+    ]
+    assert all(request_id.startswith("hmac-sha256:") for _, _, request_id in reads)
 
 
 def test_missing_wrong_unscoped_and_revoked_keys_are_refused_and_never_logged(pg_server, uploads):

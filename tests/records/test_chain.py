@@ -24,8 +24,8 @@ def _sequences(engine: Engine) -> list[int]:
 
 def test_append_chains_rows_in_order(engine: Engine, record_factory) -> None:
     rows = [row_from_record(record_factory()) for _ in range(5)]
-    assert append_predictions(engine, rows[:2]) == 2
-    assert append_predictions(engine, rows[2:]) == 3
+    assert append_predictions(engine, rows[:2]).count == 2
+    assert append_predictions(engine, rows[2:]).count == 3
     with Session(engine) as session:
         stored = session.scalars(select(Prediction).order_by(Prediction.sequence)).all()
     assert [p.id for p in stored] == [r["id"] for r in rows]
@@ -40,7 +40,7 @@ def test_append_chains_rows_in_order(engine: Engine, record_factory) -> None:
 def test_reappending_stored_rows_inserts_nothing(engine: Engine, record_factory) -> None:
     rows = [row_from_record(record_factory()) for _ in range(3)]
     append_predictions(engine, rows[:2])
-    assert append_predictions(engine, rows + rows) == 1
+    assert append_predictions(engine, rows + rows).count == 1
     assert _sequences(engine) == [1, 2, 3]
     assert verify(engine).ok
 

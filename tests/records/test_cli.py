@@ -9,19 +9,23 @@ from pathlib import Path
 
 from sqlalchemy import text
 
+from service.audit_key import load_audit_key
+from service.db.anchor import ChainAnchor
 from service.db.chain import append_predictions
 from service.db.session import make_engine
 
 
-def _service(*args: str, cwd: Path, url: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KDOCT_DATABASE_URL": url}
+def _service(*args: str, cwd: Path, url: str, **settings: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KDOCT_DATABASE_URL": url, **settings}
     return subprocess.run(
         [sys.executable, "-m", "service", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60
     )
 
 
 def test_operator_workflow(pg_fresh_url: str, tmp_path: Path, repo_root: Path, make_rows) -> None:
-    run = lambda *args: _service(*args, cwd=repo_root, url=pg_fresh_url)  # noqa: E731
+    key_path, anchors = tmp_path / "audit.key", tmp_path / "anchors.jsonl"
+    files = {"KDOCT_AUDIT_KEY_FILE": str(key_path), "KDOCT_ANCHOR_FILE": str(anchors)}
+    run = lambda *args: _service(*args, cwd=repo_root, url=pg_fresh_url, **files)  # noqa: E731
 
     assert run("db", "upgrade").returncode == 0
 
@@ -45,16 +49,36 @@ def test_operator_workflow(pg_fresh_url: str, tmp_path: Path, repo_root: Path, m
     assert key_file.stat().st_mode & 0o077 == 0
 
     engine = make_engine(pg_fresh_url)
-    append_predictions(engine, make_rows(4))
+    anchor = ChainAnchor(load_audit_key(key_path), anchors)  # what the service does on its schedule
+    anchor.note(append_predictions(engine, make_rows(4)).head)
+    anchor.checkpoint()
     intact = run("audit", "verify")
-    assert intact.returncode == 0 and "ok: 4" in intact.stdout
+    assert intact.returncode == 0 and "ok: 4 prediction records, chain intact, 1 checkpoints" in intact.stdout
+
+    # The newest row removed behind the triggers' back: the chain alone still verifies, its checkpoint not.
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE predictions DISABLE TRIGGER USER"))
+        conn.execute(text("DELETE FROM predictions WHERE sequence = 4"))
+        conn.execute(text("ALTER TABLE predictions ENABLE TRIGGER USER"))
+    assert run("audit", "verify", "--no-checkpoints").returncode == 0
+    truncated = run("audit", "verify")
+    assert (
+        truncated.returncode == 1
+        and "truncated" in truncated.stdout
+        and "chain ends at 3" in truncated.stdout
+    )
+
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE predictions DISABLE TRIGGER USER"))
         conn.execute(text("UPDATE predictions SET label = 'cnv' WHERE sequence = 3"))
         conn.execute(text("ALTER TABLE predictions ENABLE TRIGGER USER"))
     engine.dispose()
-    broken = run("audit", "verify")
+    broken = run("audit", "verify", "--no-checkpoints")
     assert broken.returncode == 1 and "sequence 3" in broken.stdout
+
+    key_path.unlink()  # verify never makes up a key: without it, it says so
+    keyless = run("audit", "verify")
+    assert keyless.returncode != 0 and "audit key file" in keyless.stderr and not key_path.exists()
 
 
 def test_missing_schema_says_to_upgrade(tmp_path: Path, repo_root: Path) -> None:

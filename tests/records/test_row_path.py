@@ -23,9 +23,9 @@ def test_row_from_record_matches_the_asdict_form_with_numpy_values_made_plain(re
 
 def test_live_appends_skip_the_lookup_and_a_replay_of_them_is_still_idempotent(engine, record_factory):
     rows = [row_from_record(record_factory()) for _ in range(3)]
-    assert append_predictions(engine, rows[:2], new_ids=True) == 2
-    assert append_predictions(engine, rows[2:], new_ids=True) == 1
+    assert append_predictions(engine, rows[:2], new_ids=True).count == 2
+    assert append_predictions(engine, rows[2:], new_ids=True).count == 1
     # A commit whose acknowledgement was lost is spooled and replayed: nothing is doubled.
-    assert append_predictions(engine, rows) == 0
+    assert append_predictions(engine, rows).count == 0
     report = verify(engine)
     assert report.ok and report.rows_checked == 3

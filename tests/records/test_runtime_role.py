@@ -17,11 +17,12 @@ from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 
 from service.db.chain import append_predictions
-from service.db.models import Feedback
+from service.db.models import Feedback, PredictionRead
 from service.db.roles import audit_log_rewrite_powers
 from service.db.session import make_engine
 
 FEEDBACK = Feedback.__table__
+READS = PredictionRead.__table__
 
 # Each is something a compromised service could do to its own history; 42501 = insufficient_privilege.
 REWRITES = [
@@ -35,6 +36,10 @@ REWRITES = [
     "DELETE FROM feedback",
     "TRUNCATE feedback",
     "ALTER TABLE feedback DISABLE TRIGGER ALL",
+    "UPDATE prediction_reads SET client_id = 'someone-else'",
+    "DELETE FROM prediction_reads",
+    "TRUNCATE prediction_reads",
+    "ALTER TABLE prediction_reads DISABLE TRIGGER ALL",
     "UPDATE api_clients SET revoked_at = NULL",
     "INSERT INTO api_clients (name, key_hash, key_prefix, scopes, created_at) "
     "VALUES ('intruder', repeat('0', 64), 'kdoct_x', '[\"admin\"]', now())",
@@ -60,8 +65,20 @@ def runtime_url(pg_url: str):
             admin.execute(f'DROP ROLE "{role}"')
 
 
+def _read_row(prediction_id) -> dict:
+    return {
+        "id": uuid.uuid4(),
+        "prediction_id": prediction_id,
+        "read_at": datetime.now(UTC),
+        "client_id": "ward-7",
+        "request_id": "hmac-sha256:" + "0" * 64,
+        "route": "/predictions/{prediction_id}",
+    }
+
+
 def _seed(url: str, make_rows) -> str:
-    """Two chained predictions and one feedback row, written by the owner; the first prediction's id."""
+    """Two chained predictions, one feedback row and one read-log row, written by the owner; the first
+    prediction's id."""
     engine = make_engine(url)
     try:
         rows = make_rows(2)
@@ -72,6 +89,7 @@ def _seed(url: str, make_rows) -> str:
                     id=uuid.uuid4(), prediction_id=rows[0]["id"], label="cnv", created_at=datetime.now(UTC)
                 )
             )
+            conn.execute(insert(READS).values(**_read_row(rows[0]["id"])))
         return str(rows[0]["id"])
     finally:
         engine.dispose()
@@ -82,7 +100,7 @@ def test_the_runtime_role_does_the_services_work(pg_url, runtime_url, make_rows)
     prediction_id = _seed(pg_url, make_rows)
     engine = make_engine(runtime_url)
     try:
-        assert append_predictions(engine, make_rows(3), new_ids=True) == 3  # chain lock, read, insert
+        assert append_predictions(engine, make_rows(3), new_ids=True).count == 3  # chain lock, read, insert
         with engine.begin() as conn:
             conn.execute(
                 insert(FEEDBACK).values(
@@ -94,6 +112,8 @@ def test_the_runtime_role_does_the_services_work(pg_url, runtime_url, make_rows)
             )
             assert conn.execute(text("SELECT count(*) FROM predictions")).scalar() == 5
             assert conn.execute(text("SELECT count(*) FROM feedback")).scalar() == 2
+            conn.execute(insert(READS).values(**_read_row(uuid.UUID(prediction_id))))
+            assert conn.execute(text("SELECT count(*) FROM prediction_reads")).scalar() == 2
             conn.execute(text("SELECT name, key_hash, scopes, revoked_at FROM api_clients"))
         assert audit_log_rewrite_powers(engine) == []
     finally:
@@ -122,15 +142,20 @@ def test_the_owner_is_reported_as_able_to_rewrite(pg_url) -> None:
     assert "owns predictions" in powers and "TRUNCATE on predictions" in powers
 
 
-def test_feedback_is_append_only_even_for_the_owner(db_url, make_rows) -> None:
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [("feedback", "feedback is append-only"), ("prediction_reads", "reads are append-only")],
+)
+def test_feedback_and_reads_are_append_only_even_for_the_owner(db_url, make_rows, table, message) -> None:
     prediction_id = _seed(db_url, make_rows)
     engine = make_engine(db_url)
     try:
-        for statement in ("UPDATE feedback SET label = 'normal'", "DELETE FROM feedback"):
-            with pytest.raises(Exception, match="feedback is append-only"), engine.begin() as conn:
+        for statement in (f"UPDATE {table} SET client_id = 'someone-else'", f"DELETE FROM {table}"):
+            with pytest.raises(Exception, match=message), engine.begin() as conn:
                 conn.execute(text(statement))
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT prediction_id FROM feedback")).scalar() is not None
+            assert conn.execute(text(f"SELECT client_id FROM {table}")).scalar() != "someone-else"
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1
     finally:
         engine.dispose()
     assert prediction_id
@@ -147,12 +172,13 @@ def test_downgrade_below_the_protection_asks_for_a_flag(sqlite_url, repo_root) -
             env=env,
         )
 
-    refused = run("downgrade", "base")
-    assert refused.returncode == 2 and "--allow-records-downgrade" in refused.stderr
+    for target in ("base", "0003", "-1"):
+        refused = run("downgrade", target)
+        assert refused.returncode == 2 and "--allow-records-downgrade" in refused.stderr
     engine = make_engine(sqlite_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
         assert run("downgrade", "base", "--allow-records-downgrade").returncode == 0
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0

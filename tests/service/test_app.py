@@ -65,9 +65,12 @@ def test_every_answer_is_recorded_before_it_is_sent(make_settings, jpeg_paths):
     with TestClient(create_app(make_settings(second_opinion="never"), sink=sink)) as client:
         data = jpeg_paths[1].read_bytes()
         body = post(client, data).json()
+        key = client.app.state.audit_key
     record = sink.get(body["prediction_id"])
     assert record is not None and record.input_sha256 == body["input"]["sha256"]
-    assert record.request_id == body["request_id"] and record.probabilities == body["probabilities"]
+    # The answer echoes the request id; the record keeps only its keyed hash.
+    assert record.request_id == key.request_id_hash(body["request_id"]) != body["request_id"]
+    assert record.probabilities == body["probabilities"]
     assert record.timing_ms["total"] > 0 and record.client_id is None
 
 
@@ -159,12 +162,15 @@ def test_unknown_route_is_problem_json(client):
 
 
 def test_health_and_models(client, bundles):
-    assert client.get("/health/live").json() == {"status": "live", "models": None, "records": None}
-    ready = client.get("/health/ready").json()
-    assert ready["status"] == "ready" and set(ready["models"]) == {"student", "teacher"}
+    assert client.get("/health/live").json() == {"status": "live", "records": None}
+    # Readiness answers anyone: ready or not, never which models (no name, version or hash).
+    ready = client.get("/health/ready")
+    assert ready.json() == {"status": "ready", "records": "database"}
+    student_sha256 = load_bundle(bundles["student"]).sha256
+    assert student_sha256 not in ready.text
     models = client.get("/models").json()
     roles = {model["role"]: model for model in models["models"]}
-    assert roles["student"]["sha256"] == load_bundle(bundles["student"]).sha256
+    assert roles["student"]["sha256"] == student_sha256
     assert roles["student"]["calibration"] == {"temperature": STUDENT_TEMPERATURE}
     assert roles["student"]["runtime"]["name"] == "onnx" and roles["student"]["golden_max_difference"] <= 1e-4
     assert roles["teacher"]["class_names"] == ["normal", "drusen", "cnv"]
