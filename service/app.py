@@ -155,8 +155,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for item in served:
             metrics.MODEL_READY.labels(role=item.loaded.role).set(0)
         await asyncio.gather(*(item.batcher.stop(settings.drain_timeout_s) for item in served))
-        await sink.stop()
-        await app.state.anchor.stop()  # after the writer drained: its last append is checkpointed
+        try:
+            await sink.stop()
+        finally:
+            await app.state.anchor.stop()  # after the writer drained: its last append is checkpointed
         await asyncio.to_thread(app.state.records.engine.dispose)
         pool.shutdown(wait=False, cancel_futures=True)
         app.state.explainer.close()

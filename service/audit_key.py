@@ -20,6 +20,7 @@ import hmac
 import logging
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from kdoct.errors import ConfigError
@@ -89,8 +90,9 @@ def load_audit_key(path: Path, *, create: bool = True) -> AuditKey:
 
 def _create(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # A random name, not the pid: replicas in containers sharing the volume can have the same pids.
+    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = Path(name)
     try:
         with os.fdopen(descriptor, "w", encoding="ascii") as handle:
             handle.write(secrets.token_hex(AUDIT_KEY_BYTES) + "\n")

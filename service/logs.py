@@ -8,7 +8,9 @@ __all__ = ["configure_logging"]
 
 
 def configure_logging(level: str) -> None:
-    """The service's log lines (the chain checkpoints among them) on stderr at ``level``. Runs in the
-    serving process and again in each uvicorn worker, which starts without a handler of its own; a
-    no-op where logging is already configured (tests, an embedding application)."""
+    """The service's log lines on stderr at ``level``. Runs in the serving process and again in each
+    uvicorn worker, which starts without a handler of its own; a no-op where logging is already
+    configured (tests, an embedding application). The chain checkpoints (logger kdoct.anchor) are
+    logged at every level: their copy in the log is what survives an edited checkpoint file."""
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kdoct.anchor").setLevel(logging.INFO)

@@ -184,8 +184,11 @@ class ChainAnchor:
             await asyncio.to_thread(self._checkpoint_logged)
 
     def _checkpoint_logged(self) -> None:
+        # Never let a failure end the schedule: the records are safe in the database, only the
+        # protection of the chain's end waits for the next try.
         try:
             self.checkpoint()
         except OSError as exc:
-            # The records are safe in the database; only the tail's protection waits for the next try.
             log.error("chain checkpoint could not be written to %s: %s", self.path, exc)
+        except Exception:
+            log.exception("chain checkpoint failed")

@@ -94,6 +94,14 @@ def list_predictions(
     return PredictionPage(items=items, next_cursor=encode_cursor(items[-1].sequence) if more else None)
 
 
+def _end_read(session: Session) -> None:
+    """End the read transaction before writing. SQLite (WAL) cannot turn a read transaction into a
+    write once another connection has committed since it began (the record writer does so all the
+    time): it fails at once with "database is locked" instead of waiting. A fresh transaction that
+    starts with the write waits its turn. What was read stays valid: records are append-only."""
+    session.commit()
+
+
 def log_reads(
     session: Session, predictions: list[Prediction], *, client_id: str | None, request_id: str, route: str
 ) -> None:
@@ -101,6 +109,7 @@ def log_reads(
     only after this returns, so no prediction leaves the service without its read on record."""
     if not predictions:
         return
+    _end_read(session)
     now = datetime.now(UTC)
     session.add_all(
         PredictionRead(
@@ -128,6 +137,7 @@ def add_feedback(
         raise ValueError(
             f"unknown label {label!r}: this prediction's model knows {', '.join(prediction.probabilities)}"
         )
+    _end_read(session)
     feedback = Feedback(
         id=uuid.uuid4(),
         prediction_id=prediction_id,

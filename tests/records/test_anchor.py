@@ -121,3 +121,27 @@ def test_a_file_without_a_key_is_refused(tmp_path: Path, content: str) -> None:
         load_audit_key(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_audit_key(tmp_path / "missing.key", create=False)
+
+
+def test_checkpoint_lines_reach_the_log_at_every_log_level(tmp_path: Path) -> None:
+    """The log's copy of each checkpoint is what survives an edited anchor file: a quiet log level
+    (warning, error) must not drop it."""
+    script = (
+        "import sys; from pathlib import Path; from service.logs import configure_logging; "
+        "from service.audit_key import AuditKey; from service.db.anchor import ChainAnchor; "
+        "from service.db.chain import ChainLink; configure_logging('error'); "
+        "anchor = ChainAnchor(AuditKey.generate(), Path(sys.argv[1])); "
+        "anchor.note(ChainLink(3, 'c' * 64)); anchor.checkpoint()"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "anchors.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    logged = [line for line in run.stderr.splitlines() if "kdoct.anchor: chain checkpoint " in line]
+    assert len(logged) == 1
+    assert json.loads(logged[0].split("chain checkpoint ", 1)[1]) == json.loads(
+        (tmp_path / "anchors.jsonl").read_text()
+    )

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from service.db.chain import append_predictions
-from service.db.queries import PredictionFilter, add_feedback, get_prediction, list_predictions
+from service.db.models import Feedback, PredictionRead
+from service.db.queries import PredictionFilter, add_feedback, get_prediction, list_predictions, log_reads
 from service.db.rows import row_from_record
 from service.db.session import make_sessionmaker
 
@@ -72,3 +73,23 @@ def test_feedback_label_must_be_one_of_the_models_classes(engine: Engine, record
         with pytest.raises(ValueError, match=r"unknown label 'glaucoma'.*cnv"):
             add_feedback(session, record.id, "glaucoma", None, None)
         assert add_feedback(session, record.id, "cnv", None, None) is not None
+
+
+def test_reads_and_feedback_are_written_while_the_writer_appends(engine: Engine, make_rows) -> None:
+    """The record writer commits between a request's read and its write (on SQLite in WAL mode a read
+    transaction overtaken by a commit cannot write: "database is locked" at once); neither the read
+    log nor feedback may fail for that."""
+    append_predictions(engine, make_rows(2))
+    sessions = make_sessionmaker(engine)
+    with sessions() as session:
+        page = list_predictions(session, PredictionFilter())
+        append_predictions(engine, make_rows(1))  # the writer, on its own connection
+        log_reads(session, page.items, client_id="ward-7", request_id="hmac-sha256:ab", route="/predictions")
+    with sessions() as session:
+        prediction = get_prediction(session, page.items[0].id)
+        append_predictions(engine, make_rows(1))
+        feedback = add_feedback(session, prediction.id, prediction.label, None, "ward-7")
+    with sessions() as session:
+        reads = session.scalars(select(PredictionRead.prediction_id)).all()
+        assert sorted(reads) == sorted(item.id for item in page.items)
+        assert session.get(Feedback, feedback.id) is not None
