@@ -36,9 +36,10 @@ from service.inference.loaded_model import LoadedModel, load_model
 from service.inference.runtime import cpu_count
 from service.logs import configure_logging
 from service.middleware import RequestContextMiddleware
+from service.pipeline import ClassificationPipeline
 from service.problems import install_problem_handlers
 from service.records import PredictionSink
-from service.security import require_scope
+from service.security import Authenticator, require_scope
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -131,6 +132,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     # Grad-CAM runs on its own worker thread, built with the models and closed with them.
     app.state.explainer = Explainer()
+    app.state.pipeline = ClassificationPipeline(app.state.classifier, app.state.explainer)
     if not is_postgresql(settings.database_url):
         # The embedded SQLite store migrates itself; PostgreSQL is migrated by the deployment
         # (`python -m service db upgrade` in docker/entrypoint.sh) before replicas start.
@@ -197,7 +199,12 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         on_append=app.state.anchor.note,
     )
     app.state.records = records
-    app.state.authenticator = records.authenticator
+    auth_enabled = settings.auth == "enabled"
+    app.state.authenticator = Authenticator(
+        records.sessions if auth_enabled else None,
+        enabled=auth_enabled,
+        on_failure=lambda reason: metrics.AUTH_FAILURES.labels(reason=reason).inc(),
+    )
     app.state.sink = sink if sink is not None else records.writer
     app.state.ready = False
     app.state.classifier = None
@@ -213,7 +220,7 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         max_body_bytes=settings.max_upload_bytes,
         known_paths=known_paths,
         # Keys are checked before a body is read (docs/SECURITY.md); with auth off there is nothing to check.
-        authenticate=records.authenticator.identify if settings.auth == "enabled" else None,
+        authenticate=app.state.authenticator.identify if auth_enabled else None,
         body_read_timeout_s=settings.body_read_timeout_s,
     )
     return app

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kdoct.errors import ConfigError
 from service.audit_key import DEFAULT_AUDIT_KEY_FILE
 from service.db.anchor import DEFAULT_ANCHOR_FILE
+from service.db.session import DEFAULT_DATABASE_URL
 
 __all__ = ["Settings", "get_settings", "is_loopback", "load_settings"]
 
@@ -93,7 +94,7 @@ class Settings(BaseSettings):
 
     # Records: every answered prediction goes to this database (SQLite embedded, PostgreSQL in
     # production) through a durable writer; while the database is unreachable, to the spool directory.
-    database_url: str = "sqlite:///var/kdoct.db"
+    database_url: str = DEFAULT_DATABASE_URL
     spool_dir: Path = Path("var/spool")
     writer_queue_size: int = Field(1024, ge=1, le=1_000_000)
     writer_batch_size: int = Field(256, ge=1, le=10_000)

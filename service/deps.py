@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.inference.classifier import Classifier
+from service.pipeline import ClassificationPipeline
 from service.problems import Problem
 from service.records import PredictionSink
 from service.security import Client, require_scope
@@ -17,6 +18,7 @@ __all__ = [
     "ClassifierDep",
     "ClientDep",
     "FeedbackClientDep",
+    "PipelineDep",
     "ReadClientDep",
     "SessionsDep",
     "SettingsDep",
@@ -42,6 +44,15 @@ async def get_classifier(request: Request) -> Classifier:
     return classifier
 
 
+async def get_pipeline(request: Request) -> ClassificationPipeline:
+    pipeline = getattr(request.app.state, "pipeline", None)
+    if pipeline is None or not request.app.state.ready:
+        raise Problem(
+            "not-ready", "the models are not loaded yet", reason="not_ready", headers={"Retry-After": "5"}
+        )
+    return pipeline
+
+
 async def get_sink(request: Request) -> PredictionSink:
     return request.app.state.sink
 
@@ -61,6 +72,7 @@ async def get_sessions(request: Request) -> sessionmaker[Session]:
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
+PipelineDep = Annotated[ClassificationPipeline, Depends(get_pipeline)]
 SinkDep = Annotated[PredictionSink, Depends(get_sink)]
 ClientDep = Annotated[str | None, Depends(get_client)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]

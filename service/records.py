@@ -1,21 +1,27 @@
-"""Prediction records and the sink they go to before a prediction is answered.
+"""Prediction records: the one mapping from an answer to the rows kept of it, and the sink they go to
+before the answer goes out.
 
-The classify route builds one `PredictionRecord` per answered result (per frame, plus the volume
-result, for DICOM volumes) and awaits `PredictionSink.record` before it answers: a sink that cannot
-take the records raises `RecordUnavailable` and the client gets 503, never an answer without a
-record. `MemorySink` keeps the latest records in memory; the durable database sink (records issue)
-implements the same protocol.
+`prediction_rows` derives the rows from the answer itself (service/api/schemas.py ClassifyResponse):
+one per image, or one per frame of a DICOM plus one for the volume result, each with the values of
+a `predictions` row (service/db/models.py) except the chain's own columns. Never the image, never a
+patient identifier, never a heatmap, and the request id only as its keyed hash.
+
+The classify route awaits `PredictionSink.record(rows)` before it answers: a sink that cannot take
+them raises `RecordUnavailable` and the client gets 503, never an answer without a record.
+`MemorySink` keeps the latest rows in memory (tests, demos); service/db/writer.py is the durable one.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-__all__ = ["MemorySink", "PredictionRecord", "PredictionSink", "RecordUnavailable", "new_prediction_id"]
+if TYPE_CHECKING:
+    from service.api.schemas import ClassifyResponse, SecondOpinion
+
+__all__ = ["MemorySink", "PredictionSink", "RecordUnavailable", "new_prediction_id", "prediction_rows"]
 
 
 def new_prediction_id() -> uuid.UUID:
@@ -26,40 +32,67 @@ class RecordUnavailable(Exception):
     """The sink cannot store the records now; the request must fail (503) instead of answering."""
 
 
-@dataclass(frozen=True, slots=True)
-class PredictionRecord:
-    """What is kept of one prediction: never the image, never a patient identifier."""
+def _opinion(opinion: SecondOpinion | None) -> dict[str, Any] | None:
+    # The teacher's result as answered, without its heatmap: records never hold images.
+    return None if opinion is None else opinion.model_dump(exclude={"explanation"}, exclude_none=True)
 
-    id: uuid.UUID
-    request_id: str
-    model_name: str
-    model_version: str
-    model_sha256: str
-    input_sha256: str
-    format: str
-    width: int
-    height: int
-    probabilities: dict[str, float]
-    label: str
-    confidence: float
-    refer: bool
-    timing_ms: dict[str, float]
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    client_id: str | None = None
-    teacher_model_name: str | None = None
-    teacher_model_version: str | None = None
-    teacher_model_sha256: str | None = None
-    # DICOM only: the frame of a volume (None for the volume-level result and for plain images), and a
-    # hash of the uploaded volume (never a DICOM UID).
-    frame_index: int | None = None
-    volume_id: str | None = None
-    second_opinion: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["id"] = str(self.id)
-        data["created_at"] = self.created_at.isoformat()
-        return data
+def prediction_rows(
+    answer: ClassifyResponse,
+    *,
+    request_id_hash: str,
+    client_id: str | None,
+    created_at: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """The rows that put ``answer`` on record: its frames (DICOM), then its own result unless it is
+    one of them (a volume's result is; a single frame's is not)."""
+    frames = answer.frames or []
+    opinions = [frame.second_opinion for frame in frames] + [answer.second_opinion]
+    teacher = next((opinion.model for opinion in opinions if opinion is not None), None)
+    common = {
+        "request_id": request_id_hash,
+        "created_at": created_at or datetime.now(UTC),
+        "client_id": client_id,
+        "model_name": answer.model.name,
+        "model_version": answer.model.version,
+        "model_sha256": answer.model.sha256,
+        "teacher_model_name": teacher and teacher.name,
+        "teacher_model_version": teacher and teacher.version,
+        "teacher_model_sha256": teacher and teacher.sha256,
+        "input_sha256": answer.input.sha256,
+        "format": answer.input.format,
+        "width": answer.input.width,
+        "height": answer.input.height,
+        "volume_id": answer.volume_id,
+        "timing_ms": answer.timing_ms.model_dump(),
+    }
+    rows = [
+        {
+            **common,
+            "id": uuid.UUID(frame.prediction_id),
+            "frame_index": frame.frame_index,
+            "probabilities": dict(frame.probabilities),
+            "label": frame.label,
+            "confidence": frame.confidence,
+            "refer": frame.refer,
+            "second_opinion": _opinion(frame.second_opinion),
+        }
+        for frame in frames
+    ]
+    if answer.prediction_id not in {frame.prediction_id for frame in frames}:
+        rows.append(
+            {
+                **common,
+                "id": uuid.UUID(answer.prediction_id),
+                "frame_index": None,
+                "probabilities": dict(answer.probabilities),
+                "label": answer.label,
+                "confidence": answer.confidence,
+                "refer": answer.refer,
+                "second_opinion": _opinion(answer.second_opinion),
+            }
+        )
+    return rows
 
 
 @runtime_checkable
@@ -69,19 +102,20 @@ class PredictionSink(Protocol):
     async def stop(self) -> None:
         """Flush and close; called once at shutdown after the batchers have drained."""
 
-    async def record(self, records: list[PredictionRecord]) -> None:
-        """Store `records` durably (or in the sink's sense of it) or raise RecordUnavailable."""
+    async def record(self, rows: list[dict[str, Any]]) -> None:
+        """Store `rows` (prediction_rows) durably, or in the sink's sense of it, or raise
+        RecordUnavailable."""
 
     async def ready(self) -> bool:
         """Whether the sink can take records now (for /health/ready)."""
 
 
 class MemorySink:
-    """Keeps the last `capacity` records in memory: for tests and local demos, not an audit log."""
+    """Keeps the last `capacity` rows in memory: for tests and local demos, not an audit log."""
 
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
-        self._records: OrderedDict[uuid.UUID, PredictionRecord] = OrderedDict()
+        self._rows: OrderedDict[uuid.UUID, dict[str, Any]] = OrderedDict()
         self.accepting = True
 
     async def start(self) -> None:
@@ -90,23 +124,23 @@ class MemorySink:
     async def stop(self) -> None:
         self.accepting = False
 
-    async def record(self, records: list[PredictionRecord]) -> None:
+    async def record(self, rows: list[dict[str, Any]]) -> None:
         if not self.accepting:
             raise RecordUnavailable("the prediction record sink is stopped")
-        for record in records:
-            self._records[record.id] = record
-        while len(self._records) > self.capacity:
-            self._records.popitem(last=False)
+        for row in rows:
+            self._rows[row["id"]] = row
+        while len(self._rows) > self.capacity:
+            self._rows.popitem(last=False)
 
     async def ready(self) -> bool:
         return self.accepting
 
-    def get(self, prediction_id: uuid.UUID | str) -> PredictionRecord | None:
+    def get(self, prediction_id: uuid.UUID | str) -> dict[str, Any] | None:
         key = prediction_id if isinstance(prediction_id, uuid.UUID) else uuid.UUID(str(prediction_id))
-        return self._records.get(key)
+        return self._rows.get(key)
 
-    def all(self) -> list[PredictionRecord]:
-        return list(self._records.values())
+    def all(self) -> list[dict[str, Any]]:
+        return list(self._rows.values())
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._rows)

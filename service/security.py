@@ -1,9 +1,7 @@
 """API keys: ``Authorization: Bearer kdoct_...``.
 
-A key is 32 random bytes (url-safe base64) behind the prefix ``kdoct_``, so a leaked key is easy to
-recognise in logs or code scanners. Only its sha256 is stored: keys are high-entropy, so a fast hash
-is enough (a slow password hash would only add latency to every request). Keys are never logged;
-the ``key_prefix`` column (the first characters) tells keys apart in listings.
+Keys are made, revoked and rotated with the records (service/db/api_clients.py); this module checks
+them on requests. Keys are never logged.
 
 ``require_scope(scope)`` is the FastAPI dependency the routers use; it reads the ``Authenticator``
 from ``app.state.authenticator`` and answers 401 (missing, invalid or revoked key) or 403 (key without
@@ -13,46 +11,26 @@ unreachable, keys already cached keep their last known state; unknown keys get 5
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
-import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service.db.models import ApiClient
+from service.db.api_clients import KEY_PREFIX, SCOPES, client_by_key_hash, hash_key
 from service.problems import Problem
 
-__all__ = [
-    "KEY_PREFIX",
-    "SCOPES",
-    "AuthError",
-    "Authenticator",
-    "Client",
-    "create_client",
-    "generate_key",
-    "hash_key",
-    "list_clients",
-    "require_scope",
-    "revoke_client",
-    "rotate_key",
-]
+__all__ = ["ANONYMOUS", "AuthError", "Authenticator", "Client", "require_scope"]
 
-KEY_PREFIX = "kdoct_"
-SCOPES = ("classify", "read", "feedback", "admin")
 log = logging.getLogger(__name__)
 
-_SHOWN_PREFIX_CHARS = len(KEY_PREFIX) + 6
 _CACHE_MAX_ENTRIES = 10_000
 NEGATIVE_TTL_S = 2.0
 _NEGATIVE_MAX_ENTRIES = 10_000
@@ -84,71 +62,6 @@ class AuthError(Problem):
         headers = {} if forbidden else {"WWW-Authenticate": 'Bearer realm="kdoct"'}
         super().__init__("forbidden" if forbidden else "unauthorized", detail, headers=headers)
         self.auth_reason = auth_reason
-
-
-def generate_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _check_scopes(scopes: Iterable[str]) -> list[str]:
-    chosen = sorted(set(scopes))
-    unknown = [s for s in chosen if s not in SCOPES]
-    if unknown or not chosen:
-        raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(unknown) or 'none'}")
-    return chosen
-
-
-def create_client(session: Session, name: str, scopes: Iterable[str]) -> tuple[ApiClient, str]:
-    """A new client and its key; the key is returned once and never stored. Names are never reused,
-    so prediction rows keep naming one client."""
-    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ValueError(f"client name {name!r}: use 1-64 letters, digits, '-', '_' or '.'")
-    key = generate_key()
-    client = ApiClient(
-        name=name,
-        key_hash=hash_key(key),
-        key_prefix=key[:_SHOWN_PREFIX_CHARS],
-        scopes=_check_scopes(scopes),
-        created_at=datetime.now(UTC),
-    )
-    session.add(client)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise ValueError(f"an API client named {name!r} exists already (names are never reused)") from None
-    return client, key
-
-
-def revoke_client(session: Session, name: str) -> ApiClient:
-    client = session.scalars(select(ApiClient).where(ApiClient.name == name)).first()
-    if client is None:
-        raise LookupError(f"no API client named {name!r}")
-    if client.revoked_at is None:
-        client.revoked_at = datetime.now(UTC)
-        session.commit()
-    return client
-
-
-def rotate_key(session: Session, name: str) -> tuple[ApiClient, str]:
-    """A new key for an existing, unrevoked client; the old key stops working (within the cache TTL)."""
-    client = session.scalars(select(ApiClient).where(ApiClient.name == name)).first()
-    if client is None:
-        raise LookupError(f"no API client named {name!r}")
-    if client.revoked_at is not None:
-        raise ValueError(f"API client {name!r} is revoked; create a new client instead")
-    key = generate_key()
-    client.key_hash, client.key_prefix = hash_key(key), key[:_SHOWN_PREFIX_CHARS]
-    session.commit()
-    return client, key
-
-
-def list_clients(session: Session) -> list[ApiClient]:
-    return list(session.scalars(select(ApiClient).order_by(ApiClient.name)))
 
 
 class Authenticator:
@@ -250,7 +163,7 @@ class Authenticator:
     def _lookup(self, key_hash: str) -> Client | str:
         assert self.sessions is not None
         with self.sessions() as session:
-            row = session.scalars(select(ApiClient).where(ApiClient.key_hash == key_hash)).first()
+            row = client_by_key_hash(session, key_hash)
         # compare_digest: the lookup above is by hash, but the final check should not leak timing.
         if row is None or not hmac.compare_digest(row.key_hash, key_hash):
             return "invalid"

@@ -1,25 +1,21 @@
-"""POST /classify: one B-scan (PNG, JPEG, TIFF, BMP) or an OCT DICOM (single frame or a volume)."""
+"""POST /classify: one B-scan (PNG, JPEG, TIFF, BMP) or an OCT DICOM (single frame or a volume).
+
+The route asks the pipeline (service/pipeline.py) for the answer, puts the rows derived from it on
+record, and returns it; FastAPI serialises it against the ClassifyResponse schema."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
-from fastapi.responses import JSONResponse
 
 from service import metrics
 from service.api.schemas import ClassifyResponse, ProblemDetail
-from service.deps import ClassifierDep, ClientDep, SinkDep
-from service.explain import Explainer, ExplainerBusy
-from service.imaging import DecodedUpload
-from service.inference.batcher import BatcherClosed, InferenceError, QueueFull
-from service.inference.classifier import Classification, Classifier, Result
+from service.deps import ClientDep, PipelineDep, SinkDep
 from service.inference.second_opinion import Policy, outcome
 from service.problems import PROBLEM_MEDIA_TYPE, Problem
-from service.records import PredictionRecord, RecordUnavailable, new_prediction_id
+from service.records import PredictionSink, RecordUnavailable, prediction_rows
 
 __all__ = ["router"]
 
@@ -72,6 +68,9 @@ POLICY_DESCRIPTION = (
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
+    # Optional parts the answer does not carry (an explanation not asked for, a frame's
+    # frames_reviewed) are left out rather than sent as null.
+    response_model_exclude_unset=True,
     responses=ERROR_RESPONSES,
     summary="Classify an OCT B-scan or DICOM volume",
     description=(
@@ -82,13 +81,14 @@ POLICY_DESCRIPTION = (
 )
 async def classify(
     request: Request,
-    classifier: ClassifierDep,
+    pipeline: PipelineDep,
     sink: SinkDep,
     client_id: ClientDep,
     file: Annotated[UploadFile, File(description=FILE_DESCRIPTION)],
     second_opinion: Annotated[Policy | None, Query(description=POLICY_DESCRIPTION)] = None,
     explain: Annotated[bool, Query(description=EXPLAIN_DESCRIPTION)] = False,
-) -> JSONResponse:
+) -> ClassifyResponse:
+    classifier = pipeline.classifier
     policy = second_opinion or classifier.policy
     if policy == "always" and classifier.teacher is None:
         raise Problem(
@@ -96,173 +96,38 @@ async def classify(
             "second_opinion=always needs a teacher model, and this service has none (KDOCT_TEACHER_BUNDLE)",
             reason="bad_request",
         )
+    request_id, started = request.state.request_id, request.state.started
     data = await file.read()
-    loop = asyncio.get_running_loop()
-    decode_began = time.perf_counter()
-    upload, student_inputs = await loop.run_in_executor(classifier.pool, classifier.prepare, data)
-    decode_ms = (time.perf_counter() - decode_began) * 1000.0
-    try:
-        result = await classifier.classify(upload, student_inputs, policy)
-    except QueueFull as exc:
-        raise Problem("overloaded", str(exc), reason="queue_full", headers={"Retry-After": "1"}) from None
-    except BatcherClosed as exc:
-        raise Problem("not-ready", str(exc), reason="not_ready", headers={"Retry-After": "5"}) from None
-    except InferenceError as exc:
-        raise Problem(
-            "inference-failed", str(exc), reason="inference_failed", headers={"Retry-After": "1"}
-        ) from None
-    request_id = request.state.request_id
-    timing = {
-        "decode": round(decode_ms, 3),
-        "queue": round(result.queue_ms, 3),
-        "inference": round(result.inference_ms, 3),
-        "total": 0.0,
-    }
+    answer = await pipeline.run(data, policy=policy, explain=explain, request_id=request_id, started=started)
     # Records keep only a keyed hash of the client's X-Request-ID: it may hold an identifier.
-    stored_request_id = request.app.state.audit_key.request_id_hash(request_id)
-    records, body = _answer(classifier, upload, result, request_id, stored_request_id, client_id, timing)
-    if explain:
-        await _add_explanations(request.app.state.explainer, classifier, upload, result, body)
-    timing["total"] = round((time.perf_counter() - request.state.started) * 1000.0, 3)
+    request_id_hash = request.app.state.audit_key.request_id_hash(request_id)
+    await _put_on_record(sink, prediction_rows(answer, request_id_hash=request_id_hash, client_id=client_id))
+    _count(classifier.student.loaded.bundle.name, answer)
+    return answer
+
+
+async def _put_on_record(sink: PredictionSink, rows: list[dict]) -> None:
+    """Never answer a prediction that is not on record: any failure of the sink is a 503."""
     try:
-        await sink.record(records)
+        await sink.record(rows)
     except RecordUnavailable as exc:
         raise Problem(
             "record-unavailable", str(exc), reason="record_unavailable", headers={"Retry-After": "5"}
         ) from None
-    except Exception as exc:  # noqa: BLE001 - never answer a prediction that is not on record
+    except Exception as exc:  # noqa: BLE001
         log.error("prediction sink failed", exc_info=exc)
         raise Problem(
             "record-unavailable", "the prediction could not be recorded", reason="record_unavailable",
             headers={"Retry-After": "5"},
         ) from None  # fmt: skip
-    _count(classifier, body)
-    return JSONResponse(body)
 
 
-def _answer(
-    classifier: Classifier,
-    upload: DecodedUpload,
-    result: Classification,
-    request_id: str,
-    stored_request_id: str,
-    client_id: str | None,
-    timing: dict[str, float],
-) -> tuple[list[PredictionRecord], dict[str, Any]]:
-    """The records to store and the JSON body; `timing` is shared so records get the final total.
-    The body echoes the client's request id; the records hold `stored_request_id`, its keyed hash."""
-    student = classifier.student.loaded.identity()
-    teacher = classifier.teacher.loaded.identity() if classifier.teacher and result.teacher_used else None
-    common = {
-        "request_id": stored_request_id,
-        "client_id": client_id,
-        "model_name": student["name"],
-        "model_version": student["version"],
-        "model_sha256": student["sha256"],
-        "teacher_model_name": teacher and teacher["name"],
-        "teacher_model_version": teacher and teacher["version"],
-        "teacher_model_sha256": teacher and teacher["sha256"],
-        "input_sha256": upload.input_sha256,
-        "format": upload.format,
-        "width": upload.width,
-        "height": upload.height,
-        "volume_id": upload.volume_id,
-        "timing_ms": timing,
-    }
-
-    def record(item: Result, frame_index: int | None) -> PredictionRecord:
-        return PredictionRecord(
-            id=new_prediction_id(),
-            probabilities=item.probabilities,
-            label=item.label,
-            confidence=item.confidence,
-            refer=item.refer,
-            second_opinion=item.second_opinion,
-            frame_index=frame_index,
-            **common,
-        )
-
-    is_dicom = upload.format == "dicom"
-    frame_records = [record(item, index if is_dicom else None) for index, item in enumerate(result.frames)]
-    records = list(frame_records)
-    top, top_record = result.frames[0], frame_records[0]
-    if result.volume is not None:
-        top, top_record = result.volume, record(result.volume, None)
-        records.append(top_record)
-    frames = None
-    if is_dicom:
-        frames = [
-            {
-                "frame_index": index,
-                "prediction_id": str(frame_record.id),
-                "label": item.label,
-                "probabilities": item.probabilities,
-                "confidence": item.confidence,
-                "refer": item.refer,
-                "second_opinion": item.second_opinion,
-            }
-            for index, (item, frame_record) in enumerate(zip(result.frames, frame_records, strict=True))
-        ]
-    body = {
-        "prediction_id": str(top_record.id),
-        "request_id": request_id,
-        "model": student,
-        "label": top.label,
-        "probabilities": top.probabilities,
-        "confidence": top.confidence,
-        "refer": top.refer,
-        "second_opinion": top.second_opinion,
-        "frames": frames,
-        "volume_id": upload.volume_id,
-        "input": {
-            "format": upload.format,
-            "width": upload.width,
-            "height": upload.height,
-            "frames": len(upload.frames),
-            "sha256": upload.input_sha256,
-        },
-        "timing_ms": timing,
-    }
-    return records, body
-
-
-async def _add_explanations(
-    explainer: Explainer,
-    classifier: Classifier,
-    upload: DecodedUpload,
-    result: Classification,
-    body: dict[str, Any],
-) -> None:
-    """Grad-CAM for the answered label (and the teacher's), into `body` only: records never hold them."""
-    top = result.volume or result.frames[0]
-    # A volume is explained on the frame where its label is strongest: the frame that decided it.
-    frame_index = max(range(len(result.frames)), key=lambda i: result.frames[i].probabilities[top.label])
-    image = upload.frames[frame_index]
-    shown_index = frame_index if result.volume is not None else None
-    try:
-        student = await explainer.explain(classifier.student.loaded.bundle, image, top.label)
-        teacher = None
-        if top.second_opinion is not None and classifier.teacher is not None:
-            teacher_bundle = classifier.teacher.loaded.bundle
-            teacher = await explainer.explain(teacher_bundle, image, top.second_opinion["label"])
-    except ExplainerBusy as exc:
-        raise Problem("overloaded", str(exc), reason="queue_full", headers={"Retry-After": "1"}) from None
-    body["explanation"] = {**student.to_dict(), "frame_index": shown_index}
-    if teacher is not None:
-        # A copy: the opinion dict is also in the prediction records, which never hold heatmaps.
-        body["second_opinion"] = {
-            **body["second_opinion"],
-            "explanation": {**teacher.to_dict(), "frame_index": shown_index},
-        }
-
-
-def _count(classifier: Classifier, body: dict[str, Any]) -> None:
+def _count(model: str, answer: ClassifyResponse) -> None:
     """Metrics per answered request (a volume counts once, by its volume result)."""
-    model = classifier.student.loaded.bundle.name
-    metrics.PREDICTIONS.labels(model=model, label=body["label"]).inc()
-    metrics.PREDICTION_CONFIDENCE.labels(model=model).observe(body["confidence"])
-    if body["refer"]:
+    metrics.PREDICTIONS.labels(model=model, label=answer.label).inc()
+    metrics.PREDICTION_CONFIDENCE.labels(model=model).observe(answer.confidence)
+    if answer.refer:
         metrics.REFERRALS.labels(model=model).inc()
-    opinion = body["second_opinion"]
+    opinion = answer.second_opinion
     if opinion is not None:
-        metrics.SECOND_OPINIONS.labels(outcome=outcome(body["label"], opinion["label"])).inc()
+        metrics.SECOND_OPINIONS.labels(outcome=outcome(answer.label, opinion.label)).inc()

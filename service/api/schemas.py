@@ -42,6 +42,9 @@ class Explanation(BaseModel):
 
 
 class SecondOpinion(BaseModel):
+    # The pipeline adds the explanation after building the answer: assignments are validated too.
+    model_config = ConfigDict(validate_assignment=True)
+
     model: ModelIdentity
     label: str = Field(examples=["normal"])
     probabilities: dict[str, float] = Field(examples=[_PROBABILITIES])
@@ -72,6 +75,8 @@ class InputInfo(BaseModel):
 
 
 class Timing(BaseModel):
+    model_config = ConfigDict(validate_assignment=True)  # total is set when the answer is complete
+
     decode: float = Field(description="ms: waiting for and running decode and preprocessing")
     queue: float = Field(description="ms: waiting in the batch queue(s)")
     inference: float = Field(description="ms: runtime calls (student, plus teacher when asked)")
@@ -80,6 +85,7 @@ class Timing(BaseModel):
 
 class ClassifyResponse(BaseModel):
     model_config = ConfigDict(
+        validate_assignment=True,  # the explanation is added after the answer is built
         json_schema_extra={
             "examples": [
                 {
@@ -97,7 +103,7 @@ class ClassifyResponse(BaseModel):
                     "timing_ms": {"decode": 2.1, "queue": 0.1, "inference": 8.3, "total": 11.0},
                 }
             ]
-        }
+        },
     )
 
     prediction_id: str = Field(description="id of the recorded prediction (the volume result for volumes)")

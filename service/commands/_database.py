@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from service.db.session import database_url_from_env, make_engine
+from service.db.session import DEFAULT_DATABASE_URL, database_url_from_env, make_engine
 
 __all__ = ["add_database_option", "database_url", "open_engine"]
 
@@ -20,7 +20,7 @@ def add_database_option(parser: argparse.ArgumentParser) -> None:
         "--database-url",
         default=None,
         help="database URL (default: KDOCT_DATABASE_URL from the environment or .env, "
-        "else sqlite:///./var/kdoct.db)",
+        f"else {DEFAULT_DATABASE_URL})",
     )
 
 

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from service.commands._database import add_database_option, open_engine
+from service.db.api_clients import SCOPES, create_client, hash_key, list_clients, revoke_client, rotate_key
 from service.db.session import make_sessionmaker
-from service.security import SCOPES, create_client, hash_key, list_clients, revoke_client, rotate_key
 
 LOCAL_CLIENT = "local"
 DEFAULT_LOCAL_KEY_FILE = Path("var/local-api-key")

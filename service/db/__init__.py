@@ -1,10 +1,16 @@
-"""Records: the prediction audit log, API clients and clinician feedback.
+"""Records: the prediction audit log, API clients, clinician feedback and the read log.
 
 models.py   the tables (SQLAlchemy 2.0, typed)
 session.py  engine and session factory from a URL (SQLite embedded, PostgreSQL production)
+migrate.py  Alembic upgrade/downgrade under an exclusive lock
 chain.py    the hash chain over predictions and the serialised append
-rows.py     PredictionRecord -> row dict, and the JSON form used by the spool
+anchor.py   signed checkpoints of the chain's newest links, kept outside the database
+rows.py     row values -> normalised row dict, its canonical bytes, and the spool's JSON form
 spool.py    the local fsync'd JSONL spool used while the database is unreachable
 writer.py   DurableWriter: queue -> batches -> database or spool, replay when the database is back
-audit.py    verify the chain, report the first broken link
+observer.py the writer's metrics
+audit.py    verify the chain and its checkpoints, report the first broken link
+queries.py  what the query API reads and writes (each read logged)
+roles.py    could the connected role rewrite the records?
+components.py  the records side of the app, built in one place
 """

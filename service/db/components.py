@@ -1,5 +1,6 @@
 """The records side of the service, built in one place for the app's lifespan: engine, session
-factory, durable writer (the PredictionSink) and the API-key authenticator."""
+factory and durable writer (the PredictionSink). The API-key authenticator (service/security.py) is
+built by the app from the session factory: the records never depend on request handling."""
 
 from __future__ import annotations
 
@@ -13,12 +14,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from kdoct.errors import ConfigError
-from service import metrics
 from service.db.chain import ChainLink
 from service.db.observer import MetricsObserver
 from service.db.session import is_postgresql, make_engine, make_sessionmaker
 from service.db.writer import DurableWriter
-from service.security import Authenticator
 
 __all__ = ["Records", "build_records"]
 
@@ -30,7 +29,6 @@ class Records:
     engine: Engine
     sessions: sessionmaker[Session]
     writer: DurableWriter
-    authenticator: Authenticator
 
     async def close(self) -> None:
         """Drain the writer, then let go of the database."""
@@ -70,9 +68,4 @@ def build_records(
         observer=MetricsObserver(),
         on_append=on_append,
     )
-    authenticator = Authenticator(
-        sessions if auth_enabled else None,
-        enabled=auth_enabled,
-        on_failure=lambda reason: metrics.AUTH_FAILURES.labels(reason=reason).inc(),
-    )
-    return Records(engine=engine, sessions=sessions, writer=writer, authenticator=authenticator)
+    return Records(engine=engine, sessions=sessions, writer=writer)

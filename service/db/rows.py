@@ -1,5 +1,5 @@
-"""Prediction rows as plain dicts: built from the service's PredictionRecord, turned into JSON for the
-spool and back, and rendered canonically for the hash chain.
+"""Prediction rows as plain dicts: normalised from what service.records.prediction_rows derives from
+an answer, turned into JSON for the spool and back, and rendered canonically for the hash chain.
 
 The canonical form must give the same bytes before the insert and after reading the row back from
 either database, so it normalises what the databases change: datetimes to UTC ISO 8601 with
@@ -8,9 +8,9 @@ microseconds (SQLite returns them naive), uuids to their hyphenated text, JSON w
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +20,8 @@ __all__ = [
     "CHAINED_FIELDS",
     "PREDICTION_FIELDS",
     "canonical_bytes",
+    "normalise_row",
     "row_from_json",
-    "row_from_record",
     "row_to_json",
     "utc",
 ]
@@ -55,14 +55,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def row_from_record(record: Any) -> dict[str, Any]:
-    """A PredictionRecord (service/records.py) -> the values of one predictions row."""
-    if dataclasses.is_dataclass(record):
-        # Field by field, not dataclasses.asdict: asdict deep-copies every nested dict first, and
-        # _plain below copies them anyway (this runs once per answered prediction).
-        values = {name: getattr(record, name) for name in PREDICTION_FIELDS if hasattr(record, name)}
-    else:
-        values = dict(record)
+def normalise_row(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of one predictions row (service.records.prediction_rows), as the chain hashes them:
+    plain Python (no numpy scalars), a uuid id, an aware UTC time, copies of the nested dicts (the
+    answered values are never changed). Raises ValueError when a column is missing."""
     missing = [name for name in PREDICTION_FIELDS if name not in values]
     if missing:
         raise ValueError(f"prediction record lacks field(s) {', '.join(missing)}")

@@ -26,7 +26,8 @@ __all__ = [
     "normalise_url",
 ]
 
-DEFAULT_DATABASE_URL = "sqlite:///./var/kdoct.db"
+# The embedded default, relative to the working directory; the service's settings use it too.
+DEFAULT_DATABASE_URL = "sqlite:///var/kdoct.db"
 # A dead PostgreSQL must be noticed quickly so records go to the spool instead of waiting.
 POSTGRES_CONNECT_TIMEOUT_S = 3
 SQLITE_BUSY_TIMEOUT_S = 30

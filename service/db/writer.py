@@ -33,9 +33,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.db.chain import ChainLink, append_predictions
-from service.db.rows import row_from_record
+from service.db.rows import normalise_row
 from service.db.spool import Spool
-from service.records import PredictionRecord, RecordUnavailable
+from service.records import RecordUnavailable
 
 __all__ = ["DurableWriter", "RecordUnavailable", "WriterObserver"]
 
@@ -119,7 +119,7 @@ class DurableWriter:
             self.observer.spool_backlog(await asyncio.to_thread(self.spool.backlog))
         self._task = asyncio.create_task(self._run(), name="kdoct-record-writer")
 
-    async def record(self, records: Sequence[PredictionRecord]) -> None:
+    async def record(self, records: Sequence[dict[str, Any]]) -> None:
         if not records:
             return
         if self._queue is None or self._task is None or self._task.done() or self._stopping:
@@ -128,7 +128,7 @@ class DurableWriter:
         # than let waiting requests pile up. One slot beyond queue_size is kept for stop()'s marker.
         if self._queue.qsize() >= self.queue_size:
             raise RecordUnavailable("the record queue is full")
-        rows = [row_from_record(record) for record in records]
+        rows = [normalise_row(record) for record in records]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((rows, done))
         if self.record_deadline_s is None:

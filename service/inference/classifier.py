@@ -1,11 +1,11 @@
-"""The classification pipeline: decoded frames -> student (and, by policy, teacher) results."""
+"""Batch and predict: decoded frames -> student (and, by policy, teacher) results, as plain typed
+values; service/pipeline.py turns them into the answer."""
 
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from service.inference.loaded_model import LoadedModel
 from service.inference.second_opinion import Policy, frames_to_review, refer
 from service.inference.volume import aggregate_volume
 
-__all__ = ["Classification", "Classifier", "Result", "ServedModel", "preprocess_frames"]
+__all__ = ["Classification", "Classifier", "Opinion", "Result", "ServedModel", "preprocess_frames"]
 
 
 def preprocess_frames(frames: list, spec: PreprocessSpec) -> np.ndarray:
@@ -37,7 +37,19 @@ class ServedModel:
     batcher: Batcher
 
 
-@dataclass
+@dataclass(frozen=True)
+class Opinion:
+    """The teacher's result for a frame, an image or a volume."""
+
+    model: dict[str, str]  # the teacher's identity: name, version, sha256
+    label: str
+    probabilities: dict[str, float]
+    confidence: float
+    agrees: bool  # the teacher's label equals the student's
+    frames_reviewed: int | None = None  # volumes: how many frames the teacher saw
+
+
+@dataclass(frozen=True)
 class Result:
     """One answered result (a frame, an image, or a volume)."""
 
@@ -45,7 +57,7 @@ class Result:
     label: str
     confidence: float
     refer: bool
-    second_opinion: dict[str, Any] | None = None
+    second_opinion: Opinion | None = None
 
 
 @dataclass
@@ -124,7 +136,7 @@ class Classifier:
                     probabilities=_as_dict(names, probabilities[index]),
                     label=names[label],
                     confidence=float(confidences[index]),
-                    refer=refer(float(confidences[index]), self.threshold, opinion and opinion["agrees"]),
+                    refer=refer(float(confidences[index]), self.threshold, opinion and opinion.agrees),
                     second_opinion=opinion,
                 )
             )
@@ -137,17 +149,16 @@ class Classifier:
             teacher_used=bool(teacher_probabilities),
         )
 
-    def _opinion(self, probabilities: np.ndarray, student_label: str, **extra: Any) -> dict[str, Any]:
+    def _opinion(self, probabilities: np.ndarray, student_label: str) -> Opinion:
         teacher = self.teacher.loaded
         label = int(probabilities.argmax())
-        return {
-            "model": teacher.identity(),
-            "label": teacher.class_names[label],
-            "probabilities": _as_dict(teacher.class_names, probabilities),
-            "confidence": float(probabilities[label]),
-            "agrees": teacher.class_names[label] == student_label,
-            **extra,
-        }
+        return Opinion(
+            model=teacher.identity(),
+            label=teacher.class_names[label],
+            probabilities=_as_dict(teacher.class_names, probabilities),
+            confidence=float(probabilities[label]),
+            agrees=teacher.class_names[label] == student_label,
+        )
 
     def _volume(
         self, probabilities: np.ndarray, frames: list[Result], teacher_probabilities: dict[int, np.ndarray]
@@ -158,15 +169,19 @@ class Classifier:
         if teacher_probabilities:
             reviewed = np.stack(list(teacher_probabilities.values()))
             teacher_label, teacher_confidence, teacher_volume = aggregate_volume(reviewed, names)
-            opinion = self._opinion(teacher_volume, names[label], frames_reviewed=len(teacher_probabilities))
             # The volume opinion's label and confidence follow the same most-severe-frame rule.
-            opinion["label"] = names[teacher_label]
-            opinion["confidence"] = teacher_confidence
-            opinion["agrees"] = names[teacher_label] == names[label]
+            opinion = Opinion(
+                model=self.teacher.loaded.identity(),
+                label=names[teacher_label],
+                probabilities=_as_dict(names, teacher_volume),
+                confidence=teacher_confidence,
+                agrees=names[teacher_label] == names[label],
+                frames_reviewed=len(teacher_probabilities),
+            )
         return Result(
             probabilities=_as_dict(names, volume_probabilities),
             label=names[label],
             confidence=confidence,
-            refer=any(frame.refer for frame in frames) or bool(opinion and not opinion["agrees"]),
+            refer=any(frame.refer for frame in frames) or bool(opinion and not opinion.agrees),
             second_opinion=opinion,
         )

@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -15,10 +16,10 @@ from sqlalchemy import Engine
 from bench.pgcluster import ThrowawayCluster, create_database, drop_database
 from service.db.migrate import upgrade
 from service.db.session import make_engine
-from service.records import PredictionRecord
 
 
-def make_record(**overrides) -> PredictionRecord:
+def make_record(**overrides) -> dict[str, Any]:
+    """The values of one predictions row, as service.records.prediction_rows derives them."""
     payload = os.urandom(32)
     values = dict(
         id=uuid.uuid4(),
@@ -36,9 +37,16 @@ def make_record(**overrides) -> PredictionRecord:
         refer=False,
         timing_ms={"decode": 1.25, "queue": 0.1, "inference": 8.0, "total": 9.5},
         created_at=datetime.now(UTC),
+        client_id=None,
+        teacher_model_name=None,
+        teacher_model_version=None,
+        teacher_model_sha256=None,
+        frame_index=None,
+        volume_id=None,
+        second_opinion=None,
     )
     values.update(overrides)
-    return PredictionRecord(**values)
+    return values
 
 
 @pytest.fixture
@@ -49,9 +57,9 @@ def record_factory():
 @pytest.fixture
 def make_rows():
     """n prediction rows as the chain takes them."""
-    from service.db.rows import row_from_record
+    from service.db.rows import normalise_row
 
-    return lambda n: [row_from_record(make_record()) for _ in range(n)]
+    return lambda n: [normalise_row(make_record()) for _ in range(n)]
 
 
 @pytest.fixture

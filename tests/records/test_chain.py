@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from service.db.audit import verify
 from service.db.chain import GENESIS_HASH, append_predictions
 from service.db.models import Prediction
-from service.db.rows import row_from_record
+from service.db.rows import normalise_row
 from service.db.session import make_engine
 
 
@@ -23,7 +23,7 @@ def _sequences(engine: Engine) -> list[int]:
 
 
 def test_append_chains_rows_in_order(engine: Engine, record_factory) -> None:
-    rows = [row_from_record(record_factory()) for _ in range(5)]
+    rows = [normalise_row(record_factory()) for _ in range(5)]
     assert append_predictions(engine, rows[:2]).count == 2
     assert append_predictions(engine, rows[2:]).count == 3
     with Session(engine) as session:
@@ -38,7 +38,7 @@ def test_append_chains_rows_in_order(engine: Engine, record_factory) -> None:
 
 
 def test_reappending_stored_rows_inserts_nothing(engine: Engine, record_factory) -> None:
-    rows = [row_from_record(record_factory()) for _ in range(3)]
+    rows = [normalise_row(record_factory()) for _ in range(3)]
     append_predictions(engine, rows[:2])
     assert append_predictions(engine, rows + rows).count == 1
     assert _sequences(engine) == [1, 2, 3]
@@ -71,7 +71,7 @@ def test_concurrent_writer_processes_keep_the_chain(db_url: str, engine: Engine,
 
 @pytest.mark.parametrize("statement", ["UPDATE predictions SET label = 'cnv'", "DELETE FROM predictions"])
 def test_update_and_delete_are_refused(engine: Engine, record_factory, statement: str) -> None:
-    append_predictions(engine, [row_from_record(record_factory())])
+    append_predictions(engine, [normalise_row(record_factory())])
     with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
         conn.execute(text(statement))
     with engine.connect() as conn:
@@ -80,7 +80,7 @@ def test_update_and_delete_are_refused(engine: Engine, record_factory, statement
 
 def test_truncate_is_refused_on_postgresql(pg_url: str, record_factory) -> None:
     engine = make_engine(pg_url)
-    append_predictions(engine, [row_from_record(record_factory())])
+    append_predictions(engine, [normalise_row(record_factory())])
     with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
         conn.execute(text("TRUNCATE predictions CASCADE"))
     engine.dispose()

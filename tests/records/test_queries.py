@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 from service.db.chain import append_predictions
 from service.db.models import Feedback, PredictionRead
 from service.db.queries import PredictionFilter, add_feedback, get_prediction, list_predictions, log_reads
-from service.db.rows import row_from_record
+from service.db.rows import normalise_row
 from service.db.session import make_sessionmaker
 
 
@@ -24,7 +24,7 @@ def test_pages_cover_every_row_once_with_filters(engine: Engine, record_factory)
         )
         for i in range(12)
     ]
-    append_predictions(engine, [row_from_record(r) for r in records])
+    append_predictions(engine, [normalise_row(r) for r in records])
     with make_sessionmaker(engine)() as session:
         seen, cursor = [], None
         while True:
@@ -33,16 +33,16 @@ def test_pages_cover_every_row_once_with_filters(engine: Engine, record_factory)
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
-        assert seen == [r.id for r in reversed(records)]
+        assert seen == [r["id"] for r in reversed(records)]
 
         cnv = list_predictions(session, PredictionFilter(label="cnv"), limit=100).items
-        assert {p.id for p in cnv} == {r.id for r in records if r.label == "cnv"}
+        assert {p.id for p in cnv} == {r["id"] for r in records if r["label"] == "cnv"}
         window = PredictionFilter(
             created_from=start + timedelta(minutes=2), created_to=start + timedelta(minutes=5)
         )
-        assert [p.id for p in list_predictions(session, window).items] == [r.id for r in records[4:1:-1]]
+        assert [p.id for p in list_predictions(session, window).items] == [r["id"] for r in records[4:1:-1]]
         referred = list_predictions(session, PredictionFilter(refer=True, label="normal")).items
-        assert {p.id for p in referred} == {r.id for r in records if r.refer and r.label == "normal"}
+        assert {p.id for p in referred} == {r["id"] for r in records if r["refer"] and r["label"] == "normal"}
 
         with pytest.raises(ValueError, match="cursor"):
             list_predictions(session, PredictionFilter(), cursor="not-a-cursor")
@@ -50,12 +50,12 @@ def test_pages_cover_every_row_once_with_filters(engine: Engine, record_factory)
 
 def test_feedback_sits_beside_its_prediction(engine: Engine, record_factory) -> None:
     record = record_factory()
-    append_predictions(engine, [row_from_record(record)])
+    append_predictions(engine, [normalise_row(record)])
     with make_sessionmaker(engine)() as session:
-        feedback = add_feedback(session, record.id, "drusen", "small drusen nasally", "clinic-a")
-        assert feedback is not None and feedback.prediction_id == record.id
-        assert add_feedback(session, record_factory().id, "cnv", None, None) is None
-        assert get_prediction(session, record.id).label == record.label
+        feedback = add_feedback(session, record["id"], "drusen", "small drusen nasally", "clinic-a")
+        assert feedback is not None and feedback.prediction_id == record["id"]
+        assert add_feedback(session, record_factory()["id"], "cnv", None, None) is None
+        assert get_prediction(session, record["id"]).label == record["label"]
 
 
 def test_cursor_beyond_a_64_bit_sequence_is_refused_not_sent_to_the_database(engine: Engine) -> None:
@@ -68,11 +68,11 @@ def test_cursor_beyond_a_64_bit_sequence_is_refused_not_sent_to_the_database(eng
 
 def test_feedback_label_must_be_one_of_the_models_classes(engine: Engine, record_factory) -> None:
     record = record_factory()
-    append_predictions(engine, [row_from_record(record)])
+    append_predictions(engine, [normalise_row(record)])
     with make_sessionmaker(engine)() as session:
         with pytest.raises(ValueError, match=r"unknown label 'glaucoma'.*cnv"):
-            add_feedback(session, record.id, "glaucoma", None, None)
-        assert add_feedback(session, record.id, "cnv", None, None) is not None
+            add_feedback(session, record["id"], "glaucoma", None, None)
+        assert add_feedback(session, record["id"], "cnv", None, None) is not None
 
 
 def test_reads_and_feedback_are_written_while_the_writer_appends(engine: Engine, make_rows) -> None:

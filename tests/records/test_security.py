@@ -9,18 +9,11 @@ from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
+from service.db.api_clients import KEY_PREFIX, create_client, revoke_client, rotate_key
 from service.db.models import ApiClient
 from service.db.session import make_sessionmaker
 from service.problems import install_problem_handlers
-from service.security import (
-    KEY_PREFIX,
-    Authenticator,
-    Client,
-    create_client,
-    require_scope,
-    revoke_client,
-    rotate_key,
-)
+from service.security import Authenticator, Client, require_scope
 
 
 def test_keys_are_random_prefixed_and_stored_only_hashed(engine: Engine) -> None:

@@ -47,7 +47,7 @@ def test_records_are_committed_before_record_returns(engine: Engine, tmp_path: P
         await writer.stop()
 
     asyncio.run(scenario())
-    assert _stored(engine) == {str(r.id): r.input_sha256 for r in records}
+    assert _stored(engine) == {str(r["id"]): r["input_sha256"] for r in records}
     assert verify(engine).ok
     assert not Spool(tmp_path / "spool").has_files()
 
@@ -81,7 +81,7 @@ def test_unreachable_database_spools_then_replays_once(
         await writer.stop()
 
     asyncio.run(back_up())
-    assert _stored(engine) == {str(r.id): r.input_sha256 for r in records}
+    assert _stored(engine) == {str(r["id"]): r["input_sha256"] for r in records}
     assert verify(engine).ok
     engine.dispose()
 
@@ -164,7 +164,7 @@ def test_postgresql_outage_loses_and_duplicates_nothing(pg_cluster, tmp_path: Pa
             pg_cluster.start()
     stored = _stored(engine)
     assert len(stored) - before == len(answered) == 45
-    assert all(stored[str(r.id)] == r.input_sha256 for r in answered)
+    assert all(stored[str(r["id"])] == r["input_sha256"] for r in answered)
     assert verify(engine).ok
     engine.dispose()
 

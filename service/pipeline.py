@@ -1,0 +1,149 @@
+"""The classification pipeline, in one place:
+
+    decode → preprocess → batch → predict → postprocess → (explain) → encode
+
+- decode, preprocess: the upload's bytes to validated frames (service/imaging.py) and the student's
+  input batch (kdoct.preprocess), in the decode pool, off the event loop;
+- batch, predict: the student's micro-batcher, then the teacher's for the frames the second-opinion
+  policy sends it (service/inference/classifier.py), giving plain typed results;
+- postprocess: those results become the answer, the pydantic `ClassifyResponse` of the API schema
+  (service/api/schemas.py), validated as it is built;
+- explain (explain=true): Grad-CAM heatmaps added to the answer, never to the records;
+- encode: FastAPI serialises the answer against the same schema.
+
+The route records the rows derived from the answer (service.records.prediction_rows) before it
+returns it, so what is stored and what is answered cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from service.api.schemas import ClassifyResponse, Explanation, FrameResult, InputInfo, SecondOpinion, Timing
+from service.explain import Explainer, ExplainerBusy
+from service.imaging import DecodedUpload
+from service.inference.batcher import BatcherClosed, InferenceError, QueueFull
+from service.inference.classifier import Classification, Classifier, Opinion
+from service.inference.second_opinion import Policy
+from service.problems import Problem
+from service.records import new_prediction_id
+
+__all__ = ["ClassificationPipeline"]
+
+
+class ClassificationPipeline:
+    def __init__(self, classifier: Classifier, explainer: Explainer) -> None:
+        self.classifier = classifier
+        self.explainer = explainer
+
+    async def run(
+        self, data: bytes, *, policy: Policy, explain: bool, request_id: str, started: float
+    ) -> ClassifyResponse:
+        """The answer to one upload; ``started`` (perf_counter) is when the request arrived."""
+        classifier = self.classifier
+        decode_began = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        upload, student_inputs = await loop.run_in_executor(classifier.pool, classifier.prepare, data)
+        decode_ms = (time.perf_counter() - decode_began) * 1000.0
+        result = await self._predict(upload, student_inputs, policy)
+        answer = self._postprocess(upload, result, request_id, decode_ms)
+        if explain:
+            await self._explain(upload, result, answer)
+        answer.timing_ms.total = round((time.perf_counter() - started) * 1000.0, 3)
+        return answer
+
+    async def _predict(self, upload: DecodedUpload, student_inputs, policy: Policy) -> Classification:
+        try:
+            return await self.classifier.classify(upload, student_inputs, policy)
+        except QueueFull as exc:
+            raise Problem("overloaded", str(exc), reason="queue_full", headers={"Retry-After": "1"}) from None
+        except BatcherClosed as exc:
+            raise Problem("not-ready", str(exc), reason="not_ready", headers={"Retry-After": "5"}) from None
+        except InferenceError as exc:
+            raise Problem(
+                "inference-failed", str(exc), reason="inference_failed", headers={"Retry-After": "1"}
+            ) from None
+
+    def _postprocess(
+        self, upload: DecodedUpload, result: Classification, request_id: str, decode_ms: float
+    ) -> ClassifyResponse:
+        frames = None
+        if upload.format == "dicom":
+            frames = [
+                FrameResult(
+                    frame_index=index,
+                    prediction_id=str(new_prediction_id()),
+                    label=item.label,
+                    probabilities=item.probabilities,
+                    confidence=item.confidence,
+                    refer=item.refer,
+                    second_opinion=_second_opinion(item.second_opinion),
+                )
+                for index, item in enumerate(result.frames)
+            ]
+        top = result.volume or result.frames[0]
+        if result.volume is None and frames:
+            prediction_id = frames[0].prediction_id  # a single DICOM frame is its own answer
+        else:
+            prediction_id = str(new_prediction_id())
+        return ClassifyResponse(
+            prediction_id=prediction_id,
+            request_id=request_id,
+            model=self.classifier.student.loaded.identity(),
+            label=top.label,
+            probabilities=top.probabilities,
+            confidence=top.confidence,
+            refer=top.refer,
+            second_opinion=_second_opinion(top.second_opinion),
+            frames=frames,
+            volume_id=upload.volume_id,
+            input=InputInfo(
+                format=upload.format,
+                width=upload.width,
+                height=upload.height,
+                frames=len(upload.frames),
+                sha256=upload.input_sha256,
+            ),
+            timing_ms=Timing(
+                decode=round(decode_ms, 3),
+                queue=round(result.queue_ms, 3),
+                inference=round(result.inference_ms, 3),
+                total=0.0,  # set when the answer is complete
+            ),
+        )
+
+    async def _explain(self, upload: DecodedUpload, result: Classification, answer: ClassifyResponse) -> None:
+        """Grad-CAM for the answered label, and the teacher's when it ran."""
+        classifier = self.classifier
+        # A volume is explained on the frame where its label is strongest: the frame that decided it.
+        frames = result.frames
+        frame_index = max(range(len(frames)), key=lambda i: frames[i].probabilities[answer.label])
+        image = upload.frames[frame_index]
+        shown_index = frame_index if result.volume is not None else None
+        opinion = answer.second_opinion
+        try:
+            student = await self.explainer.explain(classifier.student.loaded.bundle, image, answer.label)
+            teacher = None
+            if opinion is not None and classifier.teacher is not None:
+                teacher = await self.explainer.explain(classifier.teacher.loaded.bundle, image, opinion.label)
+        except ExplainerBusy as exc:
+            raise Problem("overloaded", str(exc), reason="queue_full", headers={"Retry-After": "1"}) from None
+        answer.explanation = Explanation(**student.to_dict(), frame_index=shown_index)
+        if teacher is not None:
+            opinion.explanation = Explanation(**teacher.to_dict(), frame_index=shown_index)
+
+
+def _second_opinion(opinion: Opinion | None) -> SecondOpinion | None:
+    if opinion is None:
+        return None
+    values = {
+        "model": opinion.model,
+        "label": opinion.label,
+        "probabilities": opinion.probabilities,
+        "confidence": opinion.confidence,
+        "agrees": opinion.agrees,
+    }
+    if opinion.frames_reviewed is not None:  # volumes only: absent from a frame's answer
+        values["frames_reviewed"] = opinion.frames_reviewed
+    return SecondOpinion(**values)
