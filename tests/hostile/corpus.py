@@ -351,7 +351,7 @@ def build_corpus() -> list[Case]:
                 s.frames[:1], transfer_syntax="1.2.840.10008.1.2.4.50", pixel_data=b"\xfe\xff\x00\xe0" * 8
             ),
         ),
-        # DICOM whose memory would be chosen by the upload (issue 12): refused before it is spent.
+        # DICOM whose memory would be chosen by the upload: refused before it is spent.
         _file("dicom-deflated-valid", OK, lambda s: deflated_dicom(s.frames), "scan.dcm"),
         _file(
             "dicom-deflate-bomb-1-gib-private",

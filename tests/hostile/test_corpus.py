@@ -16,8 +16,8 @@ from corpus import Case, Scan, build_corpus
 
 # Bombs are refused from their headers and bodies are capped at 8 MiB: nothing should grow by more.
 RSS_GROWTH_LIMIT = 200 << 20
-# No single upload may make the server's peak RSS jump by more, even for a moment (issue 12: a 1 MB
-# deflated DICOM used to take it up by 2 GiB).
+# No single upload may make the server's peak RSS jump by more, even for a moment (a 1 MB deflated
+# DICOM took it up by 2 GiB before decoding was bounded, docs/SECURITY.md).
 PEAK_GROWTH_LIMIT = 300 << 20
 RESULTS: dict[str, dict] = {}
 

@@ -1,4 +1,4 @@
-"""The audit log the application cannot rewrite (issue 12): on real PostgreSQL, a login role in
+"""The audit log the application cannot rewrite: on real PostgreSQL, a login role in
 kdoct_runtime does the service's work (append predictions and feedback, read them and the keys) and
 is refused every way of rewriting the records; feedback is append-only even for the owner; the
 service notices a privileged role; `db downgrade` below the protection asks for a flag."""
