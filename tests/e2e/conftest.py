@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.server import running_service
+from kdoct_testing.server import running_service
 
 # The bundle and DICOM builders live with the service tests; share them rather than copy them.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.bundles import build_test_bundle
 from kdoct.bundle import Bundle
+from kdoct_testing.bundles import build_test_bundle
 
 # The service tests' DICOM builders, shared rather than copied (tests/ is not a package).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))

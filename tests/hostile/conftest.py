@@ -11,25 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.server import running_service
+from kdoct_testing.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from kdoct_testing.server import running_service
 
 # The bundle builders live with the service tests; share them rather than copy them.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 from service_fixtures import build_bundles  # noqa: E402
 
 MAX_UPLOAD_BYTES = 8 << 20
-
-
-def _status_bytes(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} for process {pid}")
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process, from /proc (Linux)."""
-    return _status_bytes(pid, "VmRSS")
 
 
 class HostileServer:
@@ -46,12 +35,12 @@ class HostileServer:
         return rss_bytes(self.process.pid)
 
     def reset_peak(self) -> None:
-        """Restart the peak-RSS count (VmHWM) at the current RSS: a spike that is freed again before
-        the request ends leaves RSS unchanged, but not the peak."""
-        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+        """Restart the peak-RSS count at the current RSS: a spike that is freed again before the request
+        ends leaves RSS unchanged, but not the peak."""
+        reset_peak_rss(self.process.pid)
 
     def peak(self) -> int:
-        return _status_bytes(self.process.pid, "VmHWM")
+        return peak_rss_bytes(self.process.pid)
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.bundles import build_test_bundle, gray_images
+from kdoct_testing.bundles import build_test_bundle, gray_images
 
 CLASSES = ("normal", "drusen", "cnv")
 PATIENT_NAME = "Doe^Jane^Secret"
