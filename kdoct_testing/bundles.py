@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from kdoct.bundle import Bundle
 
 CLASSES = ("normal", "drusen", "cnv")
+STUDENT_TEMPERATURE = 1.5  # the tiny student's calibration: not 1, so that it shows in the probabilities
 
-__all__ = ["CLASSES", "build_test_bundle", "gray_images"]
+__all__ = ["CLASSES", "STUDENT_TEMPERATURE", "build_test_bundle", "build_tiny_bundles", "gray_images"]
 
 
 def gray_images(paths: Sequence[Path]) -> list[Image.Image]:
@@ -78,3 +79,36 @@ def build_test_bundle(
             logits = model(torch.from_numpy(preprocess_batch(list(golden_images), preprocess))).numpy()
         extra_files = golden_files(golden_images, softmax(logits))
     return save_bundle(out_dir, model, manifest, extra_files=extra_files)
+
+
+def _golden_images(sample_dir: Path) -> list[Image.Image]:
+    return gray_images([sorted((sample_dir / c).glob("*.jpeg"))[0] for c in ("CNV", "NORMAL")])
+
+
+def build_tiny_bundles(root: Path, sample_dir: Path) -> dict[str, Path]:
+    """A student (timm `test_efficientnet`, 64 px, temperature STUDENT_TEMPERATURE) and a teacher
+    (`test_convnext`, 72 px) under `root`, golden inputs from `sample_dir`; kept when already built."""
+    import torch
+
+    torch.set_num_threads(1)
+    specs = {
+        "student": ("test_efficientnet", (64, 64), STUDENT_TEMPERATURE),
+        "teacher": ("test_convnext", (72, 72), 1.0),
+    }
+    paths = {}
+    for role, (arch, size, temperature) in specs.items():
+        out = root / role
+        paths[role] = out
+        if (out / "bundle.json").is_file():
+            continue
+        build_test_bundle(
+            out,
+            arch,
+            size,
+            role,
+            _golden_images(sample_dir),
+            seed=7 if role == "student" else 11,
+            calibration={"temperature": temperature},
+            metrics={"accuracy": {"mean": 0.5, "std": 0.0}},
+        )
+    return paths

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +10,6 @@ from PIL import Image
 
 from kdoct.bundle import Bundle
 from kdoct_testing.bundles import build_test_bundle
-
-# The service tests' DICOM builders, shared rather than copied (tests/ is not a package).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
 # The student family and the teacher family, as the service serves them.
 TEST_ROLES = {"test_efficientnet": "student", "test_convnext": "teacher"}

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from kdoct_testing.bundles import build_tiny_bundles
 from kdoct_testing.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from kdoct_testing.server import running_service
-
-# The bundle builders live with the service tests; share them rather than copy them.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from service_fixtures import build_bundles  # noqa: E402
 
 MAX_UPLOAD_BYTES = 8 << 20
 
@@ -48,7 +45,7 @@ class HostileServer:
 
 @pytest.fixture(scope="session")
 def hostile_server(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, repo_root: Path) -> Iterator:
-    bundles = build_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
+    bundles = build_tiny_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
     workdir = tmp_path_factory.mktemp("hostile-server")
     env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
     env.update(
