@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from bench.bundles import build_test_bundle
 from bench.report import machine, now
 from kdoct.bundle import load_bundle
+from kdoct_testing.bundles import build_test_bundle
 from service.explain import GradCam
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

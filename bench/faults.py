@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import psycopg
 
 from bench.bundles import CACHE, bench_bundle, sample_jpegs
-from bench.client import Connection, build_classify_requests
-from bench.pgcluster import ThrowawayCluster
 from bench.report import markdown_table
 from bench.server import ServiceProcess, records_wired
+from kdoct_testing.load_client import Connection, build_classify_requests
+from kdoct_testing.postgres import ThrowawayCluster
 
 log = logging.getLogger(__name__)
 

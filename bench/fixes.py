@@ -12,9 +12,9 @@ import asyncio
 import uuid
 
 from bench.bundles import CACHE, REPO_ROOT, bench_bundle, sample_jpegs
-from bench.client import build_classify_requests, closed_loop
 from bench.report import fmt, markdown_table
 from bench.server import ServiceProcess
+from kdoct_testing.load_client import build_classify_requests, closed_loop
 
 __all__ = ["fixes_before_after"]
 

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.bundles import build_test_bundle
-from bench.server import running_service
 from kdoct.golden import softmax
 from kdoct.models import create_model
 from kdoct.preprocess import PreprocessSpec, preprocess_batch
+from kdoct_testing.bundles import build_test_bundle
+from kdoct_testing.server import running_service
 from service.inference.torch_runtime import TorchRuntime
 
 SPEC = PreprocessSpec(input_size=(384, 384))

@@ -13,10 +13,10 @@ import logging
 import uuid
 
 from bench.bundles import CACHE, bench_bundle, sample_jpegs
-from bench.client import LoadResult, build_classify_requests, closed_loop, open_loop, percentile
 from bench.report import fmt, markdown_table
 from bench.server import ServiceProcess
 from bench.throughput import database_url, service_backends
+from kdoct_testing.load_client import LoadResult, build_classify_requests, closed_loop, open_loop, percentile
 
 log = logging.getLogger(__name__)
 

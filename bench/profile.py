@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 from bench.bundles import CACHE, bench_bundle, sample_jpegs
-from bench.client import build_classify_requests, closed_loop
 from bench.report import markdown_table
 from bench.server import ServiceProcess
+from kdoct_testing.load_client import build_classify_requests, closed_loop
 
 __all__ = ["profile_service", "summarise_collapsed"]
 

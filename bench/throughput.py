@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.bundles import CACHE, bench_bundle, sample_jpegs
-from bench.client import LoadResult, build_classify_requests, closed_loop_threads
 from bench.report import fmt, markdown_table
 from bench.server import ServiceProcess, records_wired
+from kdoct_testing.load_client import LoadResult, build_classify_requests, closed_loop_threads
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.bundles import build_test_bundle, gray_images
-from bench.pgcluster import create_database, drop_database
-from bench.server import free_port
+from kdoct_testing.bundles import build_test_bundle, gray_images
+from kdoct_testing.postgres import create_database, drop_database
+from kdoct_testing.server import free_port
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.server import running_service
-
-# The bundle and DICOM builders live with the service tests; share them rather than copy them.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from service_fixtures import build_bundles  # noqa: E402
+from kdoct_testing.bundles import build_tiny_bundles
+from kdoct_testing.server import running_service
 
 
 @pytest.fixture(scope="session")
 def e2e_bundles(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> dict[str, Path]:
-    return build_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
+    return build_tiny_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
 
 
 @pytest.fixture(scope="module")

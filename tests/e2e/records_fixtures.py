@@ -2,7 +2,7 @@
 auth enabled, keys made by the operator CLI, and a throwaway cluster that a test may stop.
 
 Imported by tests/e2e/test_records.py (fixtures are registered where they are imported). The
-PostgreSQL and server helpers are shared with tests/records and the benchmarks (bench/).
+PostgreSQL and server mechanics come from kdoct_testing.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.pgcluster import ThrowawayCluster, create_database, drop_database
-from bench.server import running_service
+from kdoct_testing.postgres import ThrowawayCluster, create_database, drop_database
+from kdoct_testing.server import running_service
 
 SERVER_START_TIMEOUT_S = 120
 

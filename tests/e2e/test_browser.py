@@ -29,7 +29,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import select
 
-from bench.server import running_service
+from kdoct_testing.server import running_service
 from service.db.models import Feedback
 from service.db.session import make_engine
 

@@ -6,8 +6,8 @@ import asyncio
 
 import httpx
 import pytest
-from service_fixtures import PATIENT_ID, PATIENT_NAME, jpeg_gray, make_dicom
 
+from kdoct_testing.uploads import PATIENT_ID, PATIENT_NAME, jpeg_gray, make_dicom
 from service.problems import PROBLEM_MEDIA_TYPE
 
 

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from bench.bundles import build_test_bundle
 from kdoct.bundle import Bundle
-
-# The service tests' DICOM builders, shared rather than copied (tests/ is not a package).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+from kdoct_testing.bundles import build_test_bundle
 
 # The student family and the teacher family, as the service serves them.
 TEST_ROLES = {"test_efficientnet": "student", "test_convnext": "teacher"}

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_fixtures import jpeg_gray, make_dicom
 
+from kdoct_testing.uploads import jpeg_gray, make_dicom
 from service.app import create_app
 from service.config import load_settings
 from service.records import MemorySink

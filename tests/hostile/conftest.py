@@ -11,25 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.server import running_service
-
-# The bundle builders live with the service tests; share them rather than copy them.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-from service_fixtures import build_bundles  # noqa: E402
+from kdoct_testing.bundles import build_tiny_bundles
+from kdoct_testing.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from kdoct_testing.server import running_service
 
 MAX_UPLOAD_BYTES = 8 << 20
-
-
-def _status_bytes(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} for process {pid}")
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process, from /proc (Linux)."""
-    return _status_bytes(pid, "VmRSS")
 
 
 class HostileServer:
@@ -46,12 +32,12 @@ class HostileServer:
         return rss_bytes(self.process.pid)
 
     def reset_peak(self) -> None:
-        """Restart the peak-RSS count (VmHWM) at the current RSS: a spike that is freed again before
-        the request ends leaves RSS unchanged, but not the peak."""
-        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+        """Restart the peak-RSS count at the current RSS: a spike that is freed again before the request
+        ends leaves RSS unchanged, but not the peak."""
+        reset_peak_rss(self.process.pid)
 
     def peak(self) -> int:
-        return _status_bytes(self.process.pid, "VmHWM")
+        return peak_rss_bytes(self.process.pid)
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -59,7 +45,7 @@ class HostileServer:
 
 @pytest.fixture(scope="session")
 def hostile_server(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, repo_root: Path) -> Iterator:
-    bundles = build_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
+    bundles = build_tiny_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
     workdir = tmp_path_factory.mktemp("hostile-server")
     env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
     env.update(

@@ -1,4 +1,5 @@
-"""The bench's threaded keep-alive client against a real HTTP/1.1 server."""
+"""The threaded keep-alive load client (kdoct_testing.load_client, which the benchmarks drive the service
+with) against a real HTTP/1.1 server."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bench.client import BlockingConnection, closed_loop_threads
+from kdoct_testing.load_client import BlockingConnection, closed_loop_threads
 
 
 class _Echo(BaseHTTPRequestHandler):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from bench.pgcluster import ThrowawayCluster, create_database, drop_database
+from kdoct_testing.postgres import ThrowawayCluster, create_database, drop_database
 from service.db.migrate import upgrade
 from service.db.session import make_engine
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import build_bundles
 
+from kdoct_testing.bundles import build_tiny_bundles
 from service.app import create_app
 from service.config import Settings, load_settings
 
 
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> dict[str, Path]:
-    return build_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
+    return build_tiny_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
 
 
 @pytest.fixture(scope="session")

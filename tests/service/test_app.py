@@ -13,12 +13,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import PATIENT_ID, PATIENT_NAME, STUDENT_TEMPERATURE, encode, jpeg_gray, make_dicom
 
 from kdoct.bundle import load_bundle
 from kdoct.errors import GoldenMismatchError
 from kdoct.golden import softmax
 from kdoct.preprocess import preprocess_array
+from kdoct_testing.bundles import STUDENT_TEMPERATURE
+from kdoct_testing.uploads import PATIENT_ID, PATIENT_NAME, encode, jpeg_gray, make_dicom
 from service.app import create_app
 from service.problems import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
 from service.records import MemorySink

@@ -10,9 +10,9 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from service_fixtures import PATIENT_ID, PATIENT_NAME, encode, jpeg_gray, make_dicom
 
 from kdoct.preprocess import PreprocessSpec, preprocess_array
+from kdoct_testing.uploads import PATIENT_ID, PATIENT_NAME, encode, jpeg_gray, make_dicom
 from service.imaging import ImageLimits, ImageRejected, decode_upload, sniff_format
 
 LIMITS = ImageLimits(max_image_pixels=4_000_000, max_frames=16, max_volume_pixels=20_000_000)

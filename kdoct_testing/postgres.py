@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.server import free_port
+from kdoct_testing.server import free_port
 
 __all__ = ["PG_BIN", "SERVER", "ThrowawayCluster", "create_database", "drop_database"]
 

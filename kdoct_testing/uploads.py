@@ -1,8 +1,5 @@
-"""Builders shared by tests/service and tests/e2e: tiny real bundles and OCT DICOM files.
-
-Bundles: timm `test_efficientnet` (student) and `test_convnext` (teacher), random weights, exported
-by model_training.export.export_bundle with real B-scans as golden inputs. Built once per session.
-"""
+"""What the tests upload besides plain JPEG files: OCT DICOM files carrying patient tags, images
+encoded in a given format, and the grayscale pixels of a B-scan to build them from."""
 
 from __future__ import annotations
 
@@ -10,45 +7,12 @@ import io
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from bench.bundles import build_test_bundle, gray_images
-
-CLASSES = ("normal", "drusen", "cnv")
 PATIENT_NAME = "Doe^Jane^Secret"
 PATIENT_ID = "PID-7731-SECRET"
-STUDENT_TEMPERATURE = 1.5
 
-
-def golden_images(sample_dir: Path) -> list[Image.Image]:
-    return gray_images([sorted((sample_dir / c).glob("*.jpeg"))[0] for c in ("CNV", "NORMAL")])
-
-
-def build_bundles(root: Path, sample_dir: Path) -> dict[str, Path]:
-    """Student and teacher bundles under `root` (reused when already built in this session)."""
-    torch.set_num_threads(1)
-    specs = {
-        "student": ("test_efficientnet", (64, 64), STUDENT_TEMPERATURE),
-        "teacher": ("test_convnext", (72, 72), 1.0),
-    }
-    paths = {}
-    for role, (arch, size, temperature) in specs.items():
-        out = root / role
-        paths[role] = out
-        if (out / "bundle.json").is_file():
-            continue
-        build_test_bundle(
-            out,
-            arch,
-            size,
-            role,
-            golden_images(sample_dir),
-            seed=7 if role == "student" else 11,
-            calibration={"temperature": temperature},
-            metrics={"accuracy": {"mean": 0.5, "std": 0.0}},
-        )
-    return paths
+__all__ = ["PATIENT_ID", "PATIENT_NAME", "encode", "jpeg_gray", "make_dicom"]
 
 
 def jpeg_gray(path: Path) -> np.ndarray:
