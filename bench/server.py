@@ -16,13 +16,7 @@ from bench.bundles import REPO_ROOT
 from kdoct_testing.memory import child_pids, rss_bytes
 from kdoct_testing.server import free_port, log_tail, start_service, stop_service, wait_until_ready
 
-__all__ = ["ServiceProcess", "records_wired"]
-
-
-def records_wired() -> bool:
-    """Whether the app writes predictions to the database (a DurableWriter built by build_records) rather
-    than to an in-memory sink."""
-    return "build_records" in (REPO_ROOT / "service" / "app.py").read_text()
+__all__ = ["ServiceProcess"]
 
 
 def _service_command(*args: str, env: dict[str, str], cwd: Path) -> str:
@@ -68,8 +62,9 @@ class ServiceProcess:
         self.env.update(settings or {})
 
     def prepare_records(self) -> None:
-        """Schema and an API key with the classify scope (when the app keeps records in the database)."""
-        if self.database_url is None or not records_wired():
+        """Schema and an API key with the classify scope (without a database URL: the local default,
+        auth off)."""
+        if self.database_url is None:
             self.env.setdefault("KDOCT_AUTH", "disabled")
             return
         self.env.setdefault("KDOCT_AUTH", "enabled")

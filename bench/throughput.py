@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.bundles import CACHE, bench_bundle, sample_jpegs
 from bench.report import fmt, markdown_table
-from bench.server import ServiceProcess, records_wired
+from bench.server import ServiceProcess
 from kdoct_testing.load_client import LoadResult, build_classify_requests, closed_loop_threads
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,6 @@ def bare_onnx(bundle_dir: Path, seconds: float, batch_sizes=(1, 2, 4, 8)) -> Bar
 
 def service_backends() -> list[tuple[str, str | None]]:
     """(label, database URL) of the record sinks to measure with."""
-    if not records_wired():
-        return [("in-memory sink (records not wired into the app yet)", None)]
     return [("SQLite", "sqlite"), ("PostgreSQL", "postgresql")]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 METRIC_NAME = re.compile(r"\bkdoct_[a-z_]+\b")
-# Issue #6, item 3: what the operations team must see.
+# What the operations team must see.
 REQUIRED_TOPICS = [
     "request rate", "error rate", "request latency", "inference latency", "queue wait", "queue depth",
     "batch size", "predictions by label", "confidence distribution", "referral", "disagreement",

@@ -1,4 +1,4 @@
-"""End to end, records (issue #5): a real uvicorn server on PostgreSQL with auth on puts every
+"""End to end, records: a real uvicorn server on PostgreSQL with auth on puts every
 answered prediction on record, append-only and hash-chained, survives a PostgreSQL outage without
 losing or duplicating a record, refuses callers without the right key, and exposes its metrics
 aggregated over two workers."""

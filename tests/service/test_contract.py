@@ -9,7 +9,8 @@ from typing import Any
 
 import jsonschema_rs
 import pytest
-from service_fixtures import jpeg_gray, make_dicom
+
+from kdoct_testing.uploads import jpeg_gray, make_dicom
 
 
 def _strict(schema: Any) -> Any:
