@@ -56,7 +56,7 @@ class _Settings(BaseModel):
 
 
 class AugmentConfig(_Settings):
-    """Training augmentation; defaults are the KD-OCT teacher's (REFERENCE.md)."""
+    """Training augmentation; defaults are the KD-OCT paper's teacher recipe."""
 
     resize_ratio: Number = 416 / 384  # resize to input*ratio, then random crop to input
     randaug_ops: int = 2  # ops drawn from brightness, contrast, sharpness, rotate, translate
