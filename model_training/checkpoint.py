@@ -1,18 +1,26 @@
-"""The final checkpoint of a training stage (what `export` turns into a bundle).
+"""A training stage's two checkpoints: the final one (what `export` turns into a bundle) and the
+resume state written after every epoch (what lets an interrupted stage continue where it stopped).
 
-Like nanoGPT's checkpoints it carries everything needed to rebuild the model (arch, class names,
-preprocess spec) plus calibration, validation metrics, provenance and the golden image paths, so
-export depends on nothing but this file. Only tensors and plain values: loaded with weights_only.
+The final checkpoint, like nanoGPT's, carries everything needed to rebuild the model (arch, class
+names, preprocess spec) plus calibration, validation metrics, provenance and the golden image paths,
+so export depends on nothing but this file. Only tensors and plain values: loaded with weights_only.
+
+The resume state (`last.pt`) holds the model, optimiser, schedule, AMP scaler, SWA average and
+schedule, the early-stopping record, the epoch history and the RNG states, so a resumed stage trains
+the same weights as one that was never interrupted.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.swa_utils import SWALR, AveragedModel
 
 from kdoct.bundle import Bundle
 from kdoct.errors import BundleError
@@ -20,12 +28,21 @@ from kdoct.models import create_model
 from kdoct.preprocess import PreprocessSpec
 from model_training.data.dataset import open_image
 
-__all__ = ["CHECKPOINT_FORMAT", "FINAL_NAME", "export_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "FINAL_NAME",
+    "RESUME_NAME",
+    "TrainingState",
+    "export_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "kdoct-checkpoint-1"
 FINAL_NAME = "final.pt"
+RESUME_NAME = "last.pt"
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
@@ -78,3 +95,86 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Bundle:
     )
     log.info("exported %s to %s", checkpoint, out_dir)
     return bundle
+
+
+@dataclass
+class TrainingState:
+    """What the epoch loop carries from one epoch to the next, and saves after each one for a resume.
+
+    The SWA average and its learning-rate schedule exist only once SWA has started (`start_swa`).
+    `model` is the bare module (not its DistributedDataParallel wrapper).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    scaler: torch.amp.GradScaler | None
+    swa_lr: float
+    swa_anneal_epochs: int
+    best_value: float
+    best_epoch: int = -1
+    since_best: int = 0  # epochs since the monitored figure last improved
+    best_state: dict[str, torch.Tensor] | None = None  # the best epoch's weights, on the CPU
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch trained
+    swa_model: AveragedModel | None = None
+    swa_scheduler: SWALR | None = None
+
+    def start_swa(self) -> None:
+        self.swa_model = AveragedModel(self.model)
+        self.swa_scheduler = SWALR(
+            self.optimizer, swa_lr=self.swa_lr, anneal_epochs=self.swa_anneal_epochs, anneal_strategy="cos"
+        )
+
+    def save(self, path: Path, epoch: int) -> None:
+        """Write the state after `epoch` (0-based) has been trained."""
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "swa_model": self.swa_model.state_dict() if self.swa_model is not None else None,
+                "swa_scheduler": self.swa_scheduler.state_dict() if self.swa_scheduler is not None else None,
+                "epoch": epoch,
+                "best_value": self.best_value,
+                "best_epoch": self.best_epoch,
+                "since_best": self.since_best,
+                "best_state": self.best_state,
+                "history": self.history,
+                "rng": _rng_state(),
+            },
+            path,
+        )
+
+    def load(self, path: Path) -> int:
+        """Restore everything `save` wrote, RNG states last; returns the first epoch still to train."""
+        # Our own file, written by `save`; it holds scheduler objects, hence weights_only=False.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if state.get("swa_model") is not None:
+            self.start_swa()
+            self.swa_model.load_state_dict(state["swa_model"])
+            self.swa_scheduler.load_state_dict(state["swa_scheduler"])
+        self.best_value, self.best_epoch, self.since_best = (
+            state["best_value"], state["best_epoch"], state["since_best"],
+        )  # fmt: skip
+        self.best_state, self.history = state["best_state"], state["history"]
+        _set_rng_state(state["rng"])
+        return state["epoch"] + 1
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,4 +1,4 @@
-"""Experiment configuration: YAML -> typed, frozen dataclasses, checked once at start-up.
+"""Experiment configuration: YAML -> typed, frozen pydantic models, checked once at start-up.
 
 YAML is read with `yaml.safe_load`, so a config can never execute code. Unknown keys are refused
 (a typo must not silently fall back to a default), and settings that cannot take effect together
@@ -9,14 +9,11 @@ training starts. Relative paths are resolved against the current directory (run 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
 from kdoct.errors import ConfigError
 from kdoct.labels import CLASS_SETS
@@ -26,6 +23,7 @@ __all__ = [
     "DataConfig",
     "ExperimentConfig",
     "StageConfig",
+    "SwaConfig",
     "SyntheticConfig",
     "config_to_dict",
     "load_config",
@@ -33,46 +31,67 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training augmentation; defaults are the KD-OCT teacher's (REFERENCE.md)."""
+def _yaml_number(value: Any) -> Any:
+    """YAML 1.1 reads `2e-3` (no dot) as a string; a number setting takes it as the number it obviously is."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
 
-    resize_ratio: float = 416 / 384  # resize to input*ratio, then random crop to input
+
+def _list_to_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+# Settings are validated strictly (a bool is not an integer, "ten" is not a number), with two
+# exceptions YAML makes necessary: the string form of a number, and a list where a tuple is meant.
+Number = Annotated[float, BeforeValidator(_yaml_number)]
+FloatPair = Annotated[tuple[Number, Number], BeforeValidator(_list_to_tuple)]
+IntPair = Annotated[tuple[int, int], BeforeValidator(_list_to_tuple)]
+IntTuple = Annotated[tuple[int, ...], BeforeValidator(_list_to_tuple)]
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class AugmentConfig(_Settings):
+    """Training augmentation; defaults are the KD-OCT paper's teacher recipe."""
+
+    resize_ratio: Number = 416 / 384  # resize to input*ratio, then random crop to input
     randaug_ops: int = 2  # ops drawn from brightness, contrast, sharpness, rotate, translate
-    randaug_magnitude: float = 0.5  # 0..1 fraction of each op's range
-    randaug_rotate: float = 9.0
-    randaug_translate: float = 0.1
-    rotation: float = 20.0
-    shear: float = 15.0
-    scale: tuple[float, float] = (0.85, 1.15)
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.2  # no effect on gray OCT; kept so the paper's ColorJitter reads the same
-    hflip: float = 0.5
-    vflip: float = 0.3
-    blur_p: float = 0.2
-    posterize_p: float = 0.2
+    randaug_magnitude: Number = 0.5  # 0..1 fraction of each op's range
+    randaug_rotate: Number = 9.0
+    randaug_translate: Number = 0.1
+    rotation: Number = 20.0
+    shear: Number = 15.0
+    scale: FloatPair = (0.85, 1.15)
+    brightness: Number = 0.3
+    contrast: Number = 0.3
+    saturation: Number = 0.2  # no effect on gray OCT; kept so the paper's ColorJitter reads the same
+    hflip: Number = 0.5
+    vflip: Number = 0.3
+    blur_p: Number = 0.2
+    posterize_p: Number = 0.2
     posterize_bits: int = 4
-    erasing_p: float = 0.25
-    erasing_scale: tuple[float, float] = (0.02, 0.15)
+    erasing_p: Number = 0.25
+    erasing_scale: FloatPair = (0.02, 0.15)
 
 
-@dataclass(frozen=True)
-class SwaConfig:
+class SwaConfig(_Settings):
     enabled: bool = False
     start_epoch: int = 100  # first epoch (0-based) whose weights enter the average
-    lr: float = 1e-5
+    lr: Number = 1e-5
 
 
-@dataclass(frozen=True)
-class StageConfig:
+class StageConfig(_Settings):
     """One model's training: the teacher (focal loss) or the student (distillation)."""
 
     arch: str
     # None (random), "package" (ImageNet weights an installed package ships), "hub", or a local file
     init: str | None = None
-    drop_rate: float | None = None
-    drop_path_rate: float | None = None
+    drop_rate: Number | None = None
+    drop_path_rate: Number | None = None
     # None: the architecture's own (timm's pretrained config), like its mean and std, which always are
     input_size: int | None = None
     interpolation: Literal["bilinear", "bicubic"] | None = None
@@ -80,55 +99,53 @@ class StageConfig:
     epochs: int = 150
     batch_size: int = 16
     accum_steps: int = 1
-    lr_head: float = 1e-4
-    lr_backbone: float = 2e-5
-    min_lr_head: float = 1e-7
-    min_lr_backbone: float = 1e-7
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0
+    lr_head: Number = 1e-4
+    lr_backbone: Number = 2e-5
+    min_lr_head: Number = 1e-7
+    min_lr_backbone: Number = 1e-7
+    weight_decay: Number = 0.05
+    warmup_epochs: Number = 0
     freeze_epochs: int = 0  # backbone frozen (head only) for this many epochs
     # The stem and the first N stages never train: their ImageNet filters (edges, textures) are kept,
     # and backpropagation stops before the highest-resolution layers, the costliest on a CPU.
     frozen_stages: int = 0
     loss: Literal["focal", "ce", "distill"] = "focal"
-    focal_gamma: float = 2.0
+    focal_gamma: Number = 2.0
     class_weights: Literal["balanced", "none"] = "balanced"
-    label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    alpha: float = 0.7  # distillation: weight of the teacher term
-    temperature: float = 4.0
+    label_smoothing: Number = 0.0
+    mixup_alpha: Number = 0.0
+    cutmix_alpha: Number = 0.0
+    alpha: Number = 0.7  # distillation: weight of the teacher term
+    temperature: Number = 4.0
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
     patience: int = 25
     # Without SWA: export the best checkpoint by `monitor`, or the last epoch's weights (what `final`
     # uses: its held-back slice calibrates and must not also choose the weights).
     export_weights: Literal["best", "last"] = "best"
-    swa: SwaConfig = field(default_factory=SwaConfig)
+    swa: SwaConfig = Field(default_factory=SwaConfig)
     tta: bool = False
     amp: bool = True  # CUDA only: bf16 where supported, else fp16 with a GradScaler
     channels_last: bool = True
     eval_batch_size: int = 32
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticConfig(_Settings):
     patients: int = 24
     bscans_per_patient: int = 4
-    size: tuple[int, int] = (512, 496)
+    size: IntPair = (512, 496)
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Settings):
     classes: str = "neh3"
     layout: Literal["manifest", "kermany", "neh", "synthetic"] = "manifest"
     path: str | None = None  # manifest file (manifest) or dataset root (kermany, neh)
     folds: str | None = None  # a saved folds.csv; computed once from the data when absent
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     k: int = 5
     fold_seed: int = 43
-    val_fraction: float = 0.2
+    val_fraction: Number = 0.2
     num_workers: int = 0
     # Decode every image once per run and keep it in memory (see data/image_cache.py).
     cache_images: bool = False
@@ -137,108 +154,30 @@ class DataConfig:
     neh_label_equals_class: bool = False
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(_Settings):
     name: str
     teacher: StageConfig
     student: StageConfig
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
-    folds_to_run: tuple[int, ...] | None = None  # None = every fold
+    folds_to_run: IntTuple | None = None  # None = every fold
     run_no_kd: bool = False  # also train the alpha=0 student (no-distillation baseline)
     calibrate: bool = True
     golden_images: int = 4
     version: str = "0.1.0"
-    source_path: str | None = None  # the YAML file this came from (not a YAML key)
+    # The YAML file this came from: provenance, not a setting, so a YAML key of that name is refused.
+    _source_path: str | None = PrivateAttr(default=None)
 
+    def model_post_init(self, context: Any, /) -> None:
+        # parse_config passes the path as validation context; model_copy keeps it.
+        if isinstance(context, dict):
+            self._source_path = context.get("source_path")
 
-def _is_dataclass_type(kind: Any) -> bool:
-    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
-
-
-def _convert(value: Any, kind: Any, where: str) -> Any:
-    """Check `value` against the annotation `kind` and convert it (lists -> tuples, ints -> floats)."""
-    origin = typing.get_origin(kind)
-    if _is_dataclass_type(kind):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(kind, value, where)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(kind)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(value, option, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if origin is Literal:
-        allowed = typing.get_args(kind)
-        if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(kind)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-        return tuple(
-            _convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
-        )
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if kind is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads `2e-3` (no dot) as a string; it is clearly meant as a number.
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported setting type {kind!r}")  # pragma: no cover
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_path"}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}"
-        )
-    kwargs = {}
-    for name in fields:
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}")
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in kwargs
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
-    ]
-    if missing:
-        raise ConfigError(f"{where}: required setting(s) missing: {', '.join(missing)}")
-    return cls(**kwargs)
+    @property
+    def source_path(self) -> str | None:
+        return self._source_path
 
 
 def _check_stage(stage: StageConfig, where: str) -> None:
@@ -351,18 +290,74 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def parse_config(data: dict[str, Any], overrides: list[str] | None = None, source: str = "<config>"):
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    """('teacher', 'augment', 'scale', 1) -> 'teacher.augment.scale[1]'."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text
+
+
+def _section(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The settings class of the section that `loc` (a path of keys) names."""
+    model: type[BaseModel] = ExperimentConfig
+    for key in loc:
+        model = model.model_fields[key].annotation
+    return model
+
+
+def _problem(error: dict[str, Any]) -> str:
+    """One pydantic error as a sentence that names the dotted key."""
+    loc = error["loc"]
+    key = _dotted(loc)
+    if error["type"] == "extra_forbidden":
+        allowed = ", ".join(sorted(_section(loc[:-1]).model_fields))
+        where = f" in {_dotted(loc[:-1])}" if len(loc) > 1 else ""
+        return f"unknown setting {key}; allowed{where}: {allowed}"
+    if error["type"] == "missing":
+        return f"required setting {key} is missing"
+    return f"{key}: {error['msg']}, got {error['input']!r}"
+
+
+def _nested(key: str, section: str) -> bool:
+    """Whether dotted `key` is `section` or lies inside it."""
+    return key == section or key.startswith((f"{section}.", f"{section}["))
+
+
+def _config_error(exc: ValidationError, source: str, overrides: dict[str, str]) -> ConfigError:
+    problems = []
+    for error in exc.errors():
+        problem = _problem(error)
+        key = _dotted(error["loc"])
+        given = [item for dotted, item in overrides.items() if _nested(key, dotted) or _nested(dotted, key)]
+        if given:
+            problem += f" (from --set {given[-1]})"
+        problems.append(problem)
+    return ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def parse_config(
+    data: dict[str, Any], overrides: list[str] | None = None, source: str = "<config>"
+) -> ExperimentConfig:
     """Build and check an ExperimentConfig from a mapping plus `key.sub=value` overrides (YAML values)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a YAML mapping")
     data = yaml.safe_load(yaml.safe_dump(data))  # deep copy through the same safe loader
+    given: dict[str, str] = {}
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
-    config = _build(ExperimentConfig, data, source)
-    config = dataclasses.replace(config, source_path=source)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item}: the value is not valid YAML: {exc}") from None
+        _set_dotted(data, key.strip(), value)
+        given[key.strip()] = item
+    try:
+        config = ExperimentConfig.model_validate(data, context={"source_path": source})
+    except ValidationError as exc:
+        raise _config_error(exc, source, given) from None
     _check(config)
     return config
 
@@ -379,7 +374,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
-    """Plain JSON/YAML-safe dict (tuples as lists), for provenance and checkpoints."""
+    """Plain JSON/YAML-safe dict (tuples as lists), for provenance and checkpoints; its last key,
+    source_path, is the file the config was read from."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, dict):
@@ -388,4 +384,4 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
             return [plain(v) for v in value]
         return value
 
-    return plain(dataclasses.asdict(config))
+    return plain({**config.model_dump(), "source_path": config.source_path})

@@ -70,7 +70,7 @@ def train_student(
     everything else identical. Returns the student's bundle directory."""
     from model_training.data.manifest import manifest_fingerprint
 
-    stage = config.student if alpha is None else dataclasses.replace(config.student, alpha=alpha)
+    stage = config.student if alpha is None else config.student.model_copy(update={"alpha": alpha})
     class_names = class_set_names(config.data.classes)
     spec = stage_spec(stage)
     device = context.device

@@ -14,7 +14,6 @@ Run directory (`--out DIR`):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import statistics
@@ -124,10 +123,16 @@ def _final_stage(stage: StageConfig, epochs: int) -> StageConfig:
     swa = stage.swa
     if swa.enabled:
         window = stage.epochs - swa.start_epoch
-        swa = dataclasses.replace(swa, start_epoch=max(0, epochs - window))
+        swa = swa.model_copy(update={"start_epoch": max(0, epochs - window)})
     warmup = min(stage.warmup_epochs, max(0.0, epochs - 1))
-    return dataclasses.replace(
-        stage, epochs=epochs, patience=epochs + 1, swa=swa, warmup_epochs=warmup, export_weights="last"
+    return stage.model_copy(
+        update={
+            "epochs": epochs,
+            "patience": epochs + 1,
+            "swa": swa,
+            "warmup_epochs": warmup,
+            "export_weights": "last",
+        }
     )
 
 
@@ -172,10 +177,11 @@ def run_final(
     epochs = {
         role: chosen_epochs(getattr(config, role), role, epochs_from) for role in ("teacher", "student")
     }
-    final_config = dataclasses.replace(
-        config,
-        teacher=_final_stage(config.teacher, epochs["teacher"]["epochs"]),
-        student=_final_stage(config.student, epochs["student"]["epochs"]),
+    final_config = config.model_copy(
+        update={
+            "teacher": _final_stage(config.teacher, epochs["teacher"]["epochs"]),
+            "student": _final_stage(config.student, epochs["student"]["epochs"]),
+        }
     )
     log.info(
         "final: %d training / %d held-back images; epochs teacher %d, student %d (%s)",

@@ -1,5 +1,6 @@
-"""The epoch loop shared by teacher and student: schedule, early stopping, checkpoint + resume, SWA,
-per-epoch JSONL log. Stage-specific choices (loss, parameter groups) come in through `StageRun`."""
+"""The epoch loop shared by teacher and student: schedule, early stopping, SWA, per-epoch JSONL log,
+and the resume state saved after every epoch (checkpoint.TrainingState). Stage-specific choices (loss,
+parameter groups) come in through `StageRun`."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import SWALR, AveragedModel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from kdoct.errors import DataError
 from kdoct.preprocess import PreprocessSpec
 from model_training.augment import TrainAugment, normalise
+from model_training.checkpoint import RESUME_NAME, TrainingState
 from model_training.config import StageConfig
 from model_training.data.dataset import OCTDataset
 from model_training.distributed import DistContext, broadcast_flag, unwrap
@@ -33,11 +34,10 @@ from model_training.engine import (
     warmup_cosine_schedule,
 )
 
-__all__ = ["FitResult", "StageRun", "eval_loader", "fit", "RESUME_NAME"]
+__all__ = ["FitResult", "StageRun", "eval_loader", "fit"]
 
 log = logging.getLogger(__name__)
 
-RESUME_NAME = "last.pt"
 LOG_NAME = "log.jsonl"
 
 
@@ -103,17 +103,71 @@ def _improved(stage: StageConfig, value: float, best: float, val_loss: float, be
     return value > best or (value == best and val_loss < best_val_loss)
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+@dataclass
+class _TrainData:
+    dataset: OCTDataset
+    sampler: Sampler
+    shuffle_generator: torch.Generator | None  # single process; DistributedSampler seeds itself
+    loader: DataLoader
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        """Augmentation and order depend only on (seed, epoch): a resumed run draws the same batches."""
+        self.dataset.set_epoch(epoch)
+        if self.shuffle_generator is not None:
+            self.shuffle_generator.manual_seed(seed * 100_003 + epoch)
+        else:
+            self.sampler.set_epoch(epoch)
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _train_data(run: StageRun) -> _TrainData:
+    stage, context = run.stage, run.context
+    dataset = OCTDataset(
+        run.train_samples,
+        run.class_names,
+        augment=TrainAugment(stage.augment, run.augment_spec or run.spec),
+        seed=run.seed,
+    )
+    if context.enabled:
+        sampler = DistributedSampler(dataset, context.world_size, context.rank, shuffle=True, seed=run.seed)
+        shuffle_generator = None
+    else:
+        shuffle_generator = torch.Generator()
+        sampler = RandomSampler(dataset, generator=shuffle_generator)
+    per_rank = len(dataset) // context.world_size
+    loader = DataLoader(
+        dataset,
+        batch_size=stage.batch_size,
+        sampler=sampler,
+        num_workers=run.num_workers,
+        # A last batch of one image breaks BatchNorm in train mode; drop it when there is a full batch.
+        drop_last=per_rank > stage.batch_size,
+        pin_memory=context.device.type == "cuda",
+    )
+    return _TrainData(dataset, sampler, shuffle_generator, loader)
+
+
+def _training_state(run: StageRun, model: nn.Module, scaler, batches_per_epoch: int) -> TrainingState:
+    """AdamW over the run's parameter groups, the warm-up + cosine schedule, and an empty record."""
+    stage = run.stage
+    groups = [{"params": g["params"], "lr": g["lr"], "name": g["name"]} for g in run.param_groups]
+    optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
+    steps_per_epoch = max(1, -(-batches_per_epoch // stage.accum_steps))
+    scheduler = warmup_cosine_schedule(
+        optimizer,
+        total_steps=steps_per_epoch * stage.epochs,
+        warmup_steps=round(steps_per_epoch * stage.warmup_epochs),
+        min_lrs=[g["min_lr"] for g in run.param_groups],
+        frozen_steps=[steps_per_epoch * g.get("frozen_epochs", 0) for g in run.param_groups],
+    )
+    return TrainingState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        swa_lr=stage.swa.lr,
+        swa_anneal_epochs=max(1, min(10, stage.epochs - stage.swa.start_epoch)),
+        best_value=float("inf") if stage.monitor == "val_loss" else -float("inf"),
+    )
 
 
 def fit(run: StageRun, *, resume: bool = False) -> FitResult:
@@ -129,115 +183,53 @@ def fit(run: StageRun, *, resume: bool = False) -> FitResult:
         model = model.to(memory_format=torch.channels_last)
     precision = make_precision(device, stage.amp)
     ddp_model = context.wrap(model)
-
-    train_set = OCTDataset(
-        run.train_samples,
-        run.class_names,
-        augment=TrainAugment(stage.augment, run.augment_spec or run.spec),
-        seed=run.seed,
-    )
-    if context.enabled:
-        sampler = DistributedSampler(train_set, context.world_size, context.rank, shuffle=True, seed=run.seed)
-        shuffle_generator = None
-    else:
-        shuffle_generator = torch.Generator()
-        sampler = RandomSampler(train_set, generator=shuffle_generator)
-    per_rank = len(train_set) // context.world_size
-    train_loader = DataLoader(
-        train_set,
-        batch_size=stage.batch_size,
-        sampler=sampler,
-        num_workers=run.num_workers,
-        # A last batch of one image breaks BatchNorm in train mode; drop it when there is a full batch.
-        drop_last=per_rank > stage.batch_size,
-        pin_memory=device.type == "cuda",
-    )
+    train = _train_data(run)
     val_loader = eval_loader(
         run.val_samples, run.class_names, run.spec, stage.eval_batch_size, run.num_workers
     )
-
-    groups = [{"params": g["params"], "lr": g["lr"], "name": g["name"]} for g in run.param_groups]
-    optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
-    steps_per_epoch = max(1, -(-len(train_loader) // stage.accum_steps))
-    scheduler = warmup_cosine_schedule(
-        optimizer,
-        total_steps=steps_per_epoch * stage.epochs,
-        warmup_steps=round(steps_per_epoch * stage.warmup_epochs),
-        min_lrs=[g["min_lr"] for g in run.param_groups],
-        frozen_steps=[steps_per_epoch * g.get("frozen_epochs", 0) for g in run.param_groups],
-    )
-    swa_model: AveragedModel | None = None
-    swa_scheduler: SWALR | None = None
-
-    def start_swa() -> None:
-        nonlocal swa_model, swa_scheduler
-        swa_model = AveragedModel(unwrap(model))
-        anneal = max(1, min(10, stage.epochs - stage.swa.start_epoch))
-        swa_scheduler = SWALR(optimizer, swa_lr=stage.swa.lr, anneal_epochs=anneal, anneal_strategy="cos")
-
-    best_value = float("inf") if stage.monitor == "val_loss" else -float("inf")
-    best_epoch, since_best, start_epoch = -1, 0, 0
-    best_state: dict[str, torch.Tensor] | None = None
-    history: list[dict[str, Any]] = []
+    state = _training_state(run, unwrap(model), precision.scaler, len(train.loader))
     resume_path = run.out_dir / RESUME_NAME
+    start_epoch = 0
     if resume and resume_path.is_file():
-        # Our own file, written below; it holds scheduler objects, hence weights_only=False.
-        state = torch.load(resume_path, map_location="cpu", weights_only=False)
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if precision.scaler is not None and state.get("scaler"):
-            precision.scaler.load_state_dict(state["scaler"])
-        if state.get("swa_model") is not None:
-            start_swa()
-            swa_model.load_state_dict(state["swa_model"])
-            swa_scheduler.load_state_dict(state["swa_scheduler"])
-        best_value, best_epoch, since_best = state["best_value"], state["best_epoch"], state["since_best"]
-        best_state, history = state["best_state"], state["history"]
-        start_epoch = state["epoch"] + 1
-        _set_rng_state(state["rng"])
+        start_epoch = state.load(resume_path)
         log.info("%s: resumed from %s at epoch %d", run.role, resume_path, start_epoch)
 
     stopped_early = False
     for epoch in range(start_epoch, stage.epochs):
         in_swa = stage.swa.enabled and epoch >= stage.swa.start_epoch
-        if in_swa and swa_model is None:
-            start_swa()
-        train_set.set_epoch(epoch)
-        if shuffle_generator is not None:
-            shuffle_generator.manual_seed(run.seed * 100_003 + epoch)
-        else:
-            sampler.set_epoch(epoch)
+        if in_swa and state.swa_model is None:
+            state.start_swa()
+        train.set_epoch(epoch, run.seed)
 
         train_stats = train_one_epoch(
             ddp_model,
-            train_loader,
-            optimizer,
+            train.loader,
+            state.optimizer,
             run.loss_fn,
             device=device,
             precision=precision,
             accum_steps=stage.accum_steps,
-            scheduler=None if in_swa else scheduler,
+            scheduler=None if in_swa else state.scheduler,
             channels_last=stage.channels_last,
             batch_transform=run.batch_transform,
             progress=run.progress and context.is_main,
             description=f"{run.role} epoch {epoch + 1}/{stage.epochs}",
         )
         if in_swa:
-            swa_model.update_parameters(unwrap(model))
-            swa_scheduler.step()
+            state.swa_model.update_parameters(state.model)
+            state.swa_scheduler.step()
         logits, targets = evaluate_logits(
-            unwrap(model), val_loader, device=device, precision=precision, channels_last=stage.channels_last
+            state.model, val_loader, device=device, precision=precision, channels_last=stage.channels_last
         )
         val_loss = _cross_entropy(logits, targets)
         val_accuracy = float((logits.argmax(axis=1) == targets).mean())
         value = val_loss if stage.monitor == "val_loss" else val_accuracy
-        best_val_loss = history[best_epoch]["val_loss"] if best_epoch >= 0 else float("inf")
-        if _improved(stage, value, best_value, val_loss, best_val_loss):
-            best_value, best_epoch, since_best = value, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+        best_val_loss = state.history[state.best_epoch]["val_loss"] if state.best_epoch >= 0 else float("inf")
+        if _improved(stage, value, state.best_value, val_loss, best_val_loss):
+            state.best_value, state.best_epoch, state.since_best = value, epoch, 0
+            state.best_state = {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}
         else:
-            since_best += 1
+            state.since_best += 1
         record = {
             "role": run.role,
             "fold": run.fold,
@@ -246,77 +238,69 @@ def fit(run: StageRun, *, resume: bool = False) -> FitResult:
             "train_accuracy": train_stats["accuracy"],
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,
-            "lr": {g["name"]: g["lr"] for g in optimizer.param_groups},
+            "lr": {g["name"]: g["lr"] for g in state.optimizer.param_groups},
             "swa": in_swa,
             "images_per_s": train_stats["images_per_s"] * context.world_size,
             "seconds": train_stats["seconds"],
             "precision": precision.name,
             "time": time.time(),
         }
-        history.append(record)
+        state.history.append(record)
         if run.on_epoch_end is not None:
-            run.on_epoch_end(epoch, unwrap(model), in_swa)
+            run.on_epoch_end(epoch, state.model, in_swa)
         if context.is_main:
             with open(run.out_dir / LOG_NAME, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            torch.save(
-                {
-                    "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
-                    "swa_model": swa_model.state_dict() if swa_model is not None else None,
-                    "swa_scheduler": swa_scheduler.state_dict() if swa_scheduler is not None else None,
-                    "epoch": epoch,
-                    "best_value": best_value,
-                    "best_epoch": best_epoch,
-                    "since_best": since_best,
-                    "best_state": best_state,
-                    "history": history,
-                    "rng": _rng_state(),
-                },
-                resume_path,
-            )
+            state.save(resume_path, epoch)
             log.info(
                 "%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f",
                 run.role, epoch, train_stats["loss"], train_stats["accuracy"], val_loss, val_accuracy,
             )  # fmt: skip
         # Early stopping ends the run only before SWA starts: once averaging has begun it runs to the
         # end of its window, otherwise the average would depend on when validation noise peaked.
-        stop = (not stage.swa.enabled or epoch < stage.swa.start_epoch) and since_best >= stage.patience
+        stop = (not stage.swa.enabled or epoch < stage.swa.start_epoch) and state.since_best >= stage.patience
         if broadcast_flag(context, stop):
             stopped_early = True
-            log.info("%s: early stop at epoch %d (best %d)", run.role, epoch, best_epoch)
+            log.info("%s: early stop at epoch %d (best %d)", run.role, epoch, state.best_epoch)
             break
 
-    swa_epochs = sum(1 for h in history if h["swa"])
-    if swa_model is not None and swa_epochs:
-        final = swa_model.module
-        recompute_batchnorm(
-            final,
-            train_loader,
-            lambda images: normalise(images, run.spec),
-            device=device,
-            channels_last=stage.channels_last,
-        )
-        selected = "swa"
-    elif stage.export_weights == "last" and not stage.swa.enabled:
-        final = unwrap(model)
-        selected = "last_epoch"
-    else:
-        if stage.swa.enabled:
-            log.warning("%s: stopped before SWA started; using the best checkpoint", run.role)
-        final = unwrap(model)
-        final.load_state_dict(best_state)
-        selected = "best_checkpoint"
-    final = copy.deepcopy(final).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    swa_epochs = sum(1 for h in state.history if h["swa"])
+    final, selected = _final_model(run, state, swa_epochs, train.loader)
     return FitResult(
         model=final,
-        history=history,
-        best_epoch=best_epoch,
-        best_value=best_value,
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_value=state.best_value,
         swa_epochs=swa_epochs,
         stopped_early=stopped_early,
         selected=selected,
         precision=precision.name,
     )
+
+
+def _final_model(
+    run: StageRun, state: TrainingState, swa_epochs: int, train_loader: DataLoader
+) -> tuple[nn.Module, str]:
+    """The weights to evaluate and export (CPU, fp32, eval mode) and which they are."""
+    stage = run.stage
+    if state.swa_model is not None and swa_epochs:
+        final = state.swa_model.module
+        recompute_batchnorm(
+            final,
+            train_loader,
+            lambda images: normalise(images, run.spec),
+            device=run.context.device,
+            channels_last=stage.channels_last,
+        )
+        selected = "swa"
+    elif stage.export_weights == "last" and not stage.swa.enabled:
+        final = state.model
+        selected = "last_epoch"
+    else:
+        if stage.swa.enabled:
+            log.warning("%s: stopped before SWA started; using the best checkpoint", run.role)
+        final = state.model
+        final.load_state_dict(state.best_state)
+        selected = "best_checkpoint"
+    final = copy.deepcopy(final).float().cpu().eval().to(memory_format=torch.contiguous_format)
+    return final, selected

@@ -3,7 +3,6 @@ and channels_last, on synthetic B-scans through the real data loader and trainin
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import tempfile
 from pathlib import Path
@@ -30,14 +29,14 @@ def _measure(
     stage: StageConfig, samples, class_names, device, teacher_stage: StageConfig | None, batches: int
 ):
     spec = stage_spec(stage)
-    model = build_model(dataclasses.replace(stage, init=None), len(class_names)).to(device)
+    model = build_model(stage.model_copy(update={"init": None}), len(class_names)).to(device)
     if stage.channels_last:
         model = model.to(memory_format=torch.channels_last)
     teacher = teacher_spec = None
     if teacher_stage is not None:
         teacher_spec = stage_spec(teacher_stage)
         teacher = (
-            build_model(dataclasses.replace(teacher_stage, init=None), len(class_names)).to(device).eval()
+            build_model(teacher_stage.model_copy(update={"init": None}), len(class_names)).to(device).eval()
         )
         if stage.channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
@@ -89,10 +88,12 @@ def training_throughput(config: ExperimentConfig, batches: int = 20) -> dict[str
         samples = read_manifest(manifest, classes=config.data.classes)
         for role in ("teacher", "student"):
             for amp, channels_last in ((False, False), (True, False), (False, True), (True, True)):
-                stage = dataclasses.replace(getattr(config, role), amp=amp, channels_last=channels_last)
+                stage = getattr(config, role).model_copy(update={"amp": amp, "channels_last": channels_last})
                 teacher_stage = None
                 if role == "student":
-                    teacher_stage = dataclasses.replace(config.teacher, amp=amp, channels_last=channels_last)
+                    teacher_stage = config.teacher.model_copy(
+                        update={"amp": amp, "channels_last": channels_last}
+                    )
                 result = _measure(stage, samples, class_names, context.device, teacher_stage, batches)
                 rows.append(
                     {

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from kdoct.errors import ConfigError
-from model_training.config import StageConfig, load_config, parse_config
+from model_training.config import StageConfig, config_to_dict, load_config, parse_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "model_training" / "configs"
 
@@ -76,6 +78,14 @@ def test_paper_configs_hold_the_papers_hyperparameters():
         ({"extra_section": {}}, "extra_section"),
         ({"teacher": {"epochs": "ten"}}, "teacher.epochs"),
         ({"teacher": {"amp": "yes"}}, "teacher.amp"),
+        ({"teacher": {"epochs": True}}, "teacher.epochs: Input should be a valid integer, got True"),
+        ({"teacher": {"lr_head": "fast"}}, "teacher.lr_head: Input should be a valid number, got 'fast'"),
+        ({"teacher": {"augment": {"scale": [0.9, "x"]}}}, "teacher.augment.scale[1]"),
+        ({"data": {"synthetic": {"size": [128]}}}, "data.synthetic.size"),
+        ({"folds_to_run": [0, 1.0]}, "folds_to_run[1]"),
+        ({"teacher": {"swa": {"enabled": 1}}}, "teacher.swa.enabled"),
+        ({"teacher": {"interpolation": "nearest"}}, "teacher.interpolation"),
+        ({"source_path": "elsewhere.yaml"}, "unknown setting source_path"),
         ({"data": {"layout": "somewhere"}}, "data.layout"),
         ({"data": {"k": 1}}, "data.k"),
         ({"student": {"init": "package"}}, "no package ships weights for test_efficientnet"),
@@ -95,7 +105,7 @@ def test_refused_settings_name_the_problem(override, message):
                     data[section][key] = value
         else:
             data[section] = values
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(data, source="smoke.yaml")
 
 
@@ -114,6 +124,76 @@ def test_overrides_are_typed_and_checked():
         load_config(CONFIG_DIR / "smoke.yaml", ["teacher.epochs=2.5"])
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(CONFIG_DIR / "smoke.yaml", ["teacher.epochs"])
+
+
+def test_unknown_setting_is_named_with_the_keys_its_section_allows():
+    data = _smoke()
+    data["student"]["augment"]["hflips"] = 0.5
+    with pytest.raises(ConfigError) as refused:
+        parse_config(data, source="smoke.yaml")
+    message = str(refused.value)
+    assert message.startswith(
+        "smoke.yaml: unknown setting student.augment.hflips; allowed in student.augment:"
+    )
+    assert "hflip," in message and "vflip" in message
+
+
+def test_every_wrong_setting_is_reported_at_once():
+    data = _smoke()
+    data["teacher"]["epochs"] = "ten"
+    data["student"]["amp"] = "yes"
+    with pytest.raises(ConfigError, match=r"teacher\.epochs: .*; student\.amp: "):
+        parse_config(data, source="smoke.yaml")
+
+
+def test_set_overrides_are_validated_like_the_file_and_named():
+    smoke = CONFIG_DIR / "smoke.yaml"
+    with pytest.raises(
+        ConfigError, match=r"teacher\.swa\.enabled: .*\(from --set teacher\.swa\.enabled=maybe\)"
+    ):
+        load_config(smoke, ["teacher.swa.enabled=maybe"])
+    with pytest.raises(ConfigError, match=r"unknown setting teacher\.lerning_rate.*from --set"):
+        load_config(smoke, ["teacher.lerning_rate=0.1"])
+    with pytest.raises(ConfigError, match=r"unknown setting optimiser.*from --set optimiser\.lr=1"):
+        load_config(smoke, ["optimiser.lr=1"])
+    with pytest.raises(ConfigError, match=r"--set teacher\.epochs\.max: epochs is not a section"):
+        load_config(smoke, ["teacher.epochs.max=3"])
+    with pytest.raises(ConfigError, match=r"--set teacher\.epochs=\[: the value is not valid YAML"):
+        load_config(smoke, ["teacher.epochs=["])
+    # The cross-field checks see the overridden values too.
+    with pytest.raises(ConfigError, match=r"teacher\.swa\.start_epoch"):
+        load_config(smoke, ["teacher.swa.start_epoch=7"])
+
+
+def test_numbers_are_floats_and_lists_become_tuples():
+    data = _smoke()
+    data["teacher"].update(lr_head="2e-3", warmup_epochs=1)
+    data["folds_to_run"] = [1]
+    config = parse_config(data)
+    assert config.teacher.lr_head == 0.002 and isinstance(config.teacher.lr_head, float)
+    assert config.teacher.warmup_epochs == 1.0 and isinstance(config.teacher.warmup_epochs, float)
+    assert config.folds_to_run == (1,) and config.data.synthetic.size == (128, 124)
+    assert config.student.augment.scale == (1.0, 1.0)
+
+
+def test_configs_are_frozen_and_copies_keep_their_source():
+    config = load_config(CONFIG_DIR / "smoke.yaml")
+    with pytest.raises(ValidationError):
+        config.teacher.epochs = 4  # type: ignore[misc]
+    copy = config.model_copy(update={"teacher": config.teacher.model_copy(update={"epochs": 4})})
+    assert copy.teacher.epochs == 4 and config.teacher.epochs == 3
+    assert copy.source_path == config.source_path == str(CONFIG_DIR / "smoke.yaml")
+
+
+def test_config_dict_is_plain_and_reads_back_as_the_same_config():
+    config = load_config(CONFIG_DIR / "smoke.yaml", ["folds_to_run=[0, 1]"])
+    data = config_to_dict(config)
+    assert list(data)[-1] == "source_path" and data["source_path"] == str(CONFIG_DIR / "smoke.yaml")
+    assert data["folds_to_run"] == [0, 1] and data["student"]["augment"]["scale"] == [1.0, 1.0]
+    assert data["teacher"]["swa"] == {"enabled": True, "start_epoch": 2, "lr": 1e-3}
+    assert yaml.safe_load(yaml.safe_dump(data)) == data  # plain values only
+    source = data.pop("source_path")
+    assert parse_config(data, source=source) == config
 
 
 def test_yaml_cannot_execute_code(tmp_path):

@@ -121,3 +121,51 @@ def test_validation_accuracy_ties_go_to_the_lower_validation_loss():
     assert not _improved(stage, 0.976, 0.988, val_loss=0.01, best_val_loss=0.23)
     by_loss = StageConfig(arch="test_efficientnet", monitor="val_loss")
     assert _improved(by_loss, 0.2, 0.3, val_loss=0.2, best_val_loss=0.3)
+
+
+def test_an_interrupted_and_resumed_run_trains_the_same_weights(tiny_samples, tmp_path):
+    """Interrupted inside the SWA window (optimiser, schedules, SWA average, RNG all restored from
+    last.pt), the resumed run ends bit for bit where an uninterrupted one does."""
+    torch.set_num_threads(1)
+
+    class Interrupted(Exception):
+        pass
+
+    def make_run(out_dir, interrupt_at=None) -> StageRun:
+        stage = StageConfig(
+            arch="test_efficientnet", input_size=32, epochs=4, batch_size=4, lr_head=5e-3, lr_backbone=5e-3,
+            warmup_epochs=1, monitor="val_accuracy", patience=10, channels_last=False,
+            swa=SwaConfig(enabled=True, start_epoch=2, lr=5e-3), augment=AugmentConfig(erasing_p=0.1),
+        )  # fmt: skip
+        spec = stage_spec(stage)
+        torch.manual_seed(0)
+        model = create_model(stage.arch, 3)
+
+        def loss_fn(m, images, targets):
+            logits = m(normalise(images, spec))
+            return focal_loss(logits, targets), logits
+
+        def interrupt(epoch, current, in_swa):
+            if epoch == interrupt_at:
+                raise Interrupted  # after epoch interrupt_at - 1 was saved, before this one is
+
+        return StageRun(
+            role="teacher", fold=0, stage=stage, model=model, spec=spec, class_names=CLASSES,
+            train_samples=tiny_samples[:12], val_samples=tiny_samples[12:], loss_fn=loss_fn,
+            param_groups=head_backbone_groups(model, stage), out_dir=out_dir,
+            context=init_distributed("cpu"), on_epoch_end=interrupt, progress=False,
+        )  # fmt: skip
+
+    straight = fit(make_run(tmp_path / "straight"))
+    with pytest.raises(Interrupted):
+        fit(make_run(tmp_path / "resumed", interrupt_at=3))
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["swa_model"] is not None
+    resumed = fit(make_run(tmp_path / "resumed"), resume=True)
+    assert resumed.selected == straight.selected == "swa" and resumed.swa_epochs == 2
+    figures = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "swa")
+    assert [{k: h[k] for k in figures} for h in resumed.history] == [
+        {k: h[k] for k in figures} for h in straight.history
+    ]
+    expected = straight.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
