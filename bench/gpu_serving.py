@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from kdoct.golden import softmax
 from kdoct.models import create_model
 from kdoct.preprocess import PreprocessSpec, preprocess_batch
+from kdoct.probabilities import softmax
 from kdoct_testing.bundles import build_test_bundle
 from kdoct_testing.server import running_service
 from service.inference.torch_runtime import TorchRuntime

@@ -13,17 +13,11 @@ from PIL import Image
 
 from kdoct.errors import BundleError, GoldenMismatchError
 from kdoct.preprocess import PreprocessSpec, preprocess_batch
+from kdoct.probabilities import softmax
 
-__all__ = ["GOLDEN_TOLERANCE", "check_golden", "golden_files", "read_golden", "softmax"]
+__all__ = ["GOLDEN_TOLERANCE", "check_golden", "golden_files", "read_golden"]
 
 GOLDEN_TOLERANCE = 1e-4
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    scaled = np.asarray(logits, dtype=np.float64) / temperature
-    scaled -= scaled.max(axis=-1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def golden_files(images: Sequence[Image.Image], probabilities: np.ndarray) -> dict[str, bytes]:

@@ -51,9 +51,10 @@ def build_test_bundle(
     import torch
 
     from kdoct.bundle import save_bundle
-    from kdoct.golden import golden_files, softmax
+    from kdoct.golden import golden_files
     from kdoct.models import create_model
     from kdoct.preprocess import PreprocessSpec, preprocess_batch
+    from kdoct.probabilities import softmax
     from model_training.export import export_bundle
 
     torch.manual_seed(seed)

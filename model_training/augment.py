@@ -50,7 +50,7 @@ def normalise(batch: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
 
 
 class TrainAugment:
-    """The KD-OCT training augmentation (REFERENCE.md), parameterised by AugmentConfig."""
+    """The KD-OCT training augmentation (the paper's, docs/TRAINING.md), parameterised by AugmentConfig."""
 
     def __init__(self, config: AugmentConfig, spec: PreprocessSpec):
         self.config = config

@@ -1,19 +1,15 @@
-"""The model_training command line: `python -m model_training <command> --help`.
-
-Each subcommand lives in its own module under model_training/commands and exposes
-`register(subparsers)`, which adds its parser and sets `func(args) -> int`. A KdoctError (bad input,
-bad data) becomes one line `error: ...` on stderr and exit code 2, never a traceback.
-"""
+"""The model_training command line: `python -m model_training <command> --help`, built with the
+scaffold both command lines share (kdoct/cli.py): one module per subcommand under
+model_training/commands."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
-from kdoct.errors import KdoctError
+from kdoct import cli
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
@@ -31,37 +27,20 @@ COMMAND_MODULES = [
     "model_training.commands.bench",
 ]
 
-EXIT_BAD_INPUT = 2
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m model_training",
-        description="KD-OCT training tools: data, folds, training, export.",
+    return cli.build_parser(
+        "python -m model_training", "KD-OCT training tools: data, folds, training, export.", COMMAND_MODULES
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2): already printed by argparse
-        return int(exc.code or 0)
+def _logging(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:
-        return int(args.func(args) or 0)
-    except KdoctError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as exc:  # an unwritable --out, a full disk: the message names the file
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(build_parser(), argv, before=_logging)

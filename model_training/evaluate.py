@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from kdoct.bundle import Bundle, load_bundle
-from kdoct.golden import softmax
+from kdoct.probabilities import softmax
 from model_training.data.manifest import read_manifest
 from model_training.engine import evaluate_logits
 from model_training.fit import eval_loader

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from kdoct.errors import ConfigError, DataError
-from kdoct.golden import softmax
 from kdoct.labels import class_names as class_set_names
 from kdoct.models import INIT_SOURCES, architecture_preprocess, create_model, load_initial_weights
 from kdoct.preprocess import PreprocessSpec
+from kdoct.probabilities import softmax
 from model_training.calibration import expected_calibration_error, fit_temperature
 from model_training.checkpoint import FINAL_NAME, export_checkpoint, save_checkpoint
 from model_training.config import ExperimentConfig, StageConfig, config_to_dict

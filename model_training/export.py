@@ -19,8 +19,9 @@ from PIL import Image
 
 from kdoct.bundle import ONNX_NAME, Bundle, save_bundle
 from kdoct.errors import BundleError
-from kdoct.golden import GOLDEN_TOLERANCE, golden_files, softmax
+from kdoct.golden import GOLDEN_TOLERANCE, golden_files
 from kdoct.preprocess import PreprocessSpec, preprocess_batch
+from kdoct.probabilities import softmax
 
 __all__ = ["ONNX_INPUT", "ONNX_OUTPUT", "code_version", "export_bundle", "export_onnx"]
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 
 from kdoct.errors import DataError
 from kdoct.preprocess import PreprocessSpec
+from kdoct.probabilities import log_softmax
 from model_training.augment import TrainAugment, normalise
 from model_training.checkpoint import RESUME_NAME, TrainingState
 from model_training.config import StageConfig
@@ -89,8 +90,7 @@ def eval_loader(
 
 
 def _cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = log_softmax(logits)
     return float(-log_probs[np.arange(len(targets)), targets].mean())
 
 

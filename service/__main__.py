@@ -1,11 +1,14 @@
-"""`python -m service <command>`. Each command lives in a module of COMMAND_MODULES that defines
-`register(subparsers)`; the records issue adds `db`, `apikey` and `audit` the same way."""
+"""`python -m service <command>`: serve, db, apikey, audit; built with the scaffold both command lines
+share (kdoct/cli.py): one module per subcommand under service/commands."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import logging
 import sys
+from collections.abc import Sequence
+
+from kdoct import cli
 
 COMMAND_MODULES = [
     "service.commands.serve",
@@ -16,16 +19,17 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m service", description="kdoct inference service")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
-    return parser
+    return cli.build_parser("python -m service", "kdoct inference service", COMMAND_MODULES)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+def _logging(args: argparse.Namespace) -> None:
+    # `serve` sets up the server's own logging from KDOCT_LOG_LEVEL; -v only speaks for the others.
+    if args.verbose and args.command != "serve":
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(build_parser(), argv, before=_logging)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batches", type=int, default=20, help="timed batches per throughput measurement")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

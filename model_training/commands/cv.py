@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Works under torchrun.",
     )
     add_config_arguments(parser, fold=False)
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

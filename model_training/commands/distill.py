@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(parser, fold=True)
     parser.add_argument("--teacher", type=Path, help="teacher bundle (default DIR/fold_K/teacher)")
     parser.add_argument("--alpha", type=float, help="override student.alpha; 0 = no-distillation baseline")
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, help="output directory (default: <bundle>-eval)")
     parser.add_argument("--tta", action="store_true", help="average the 5 test-time views")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

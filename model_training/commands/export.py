@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint", required=True, type=Path, help="final.pt written by teacher/distill/cv"
     )
     parser.add_argument("--out", required=True, type=Path, help="bundle directory to create (must be new)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

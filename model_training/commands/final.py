@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="REPORT_JSON",
         help="a cv run's report.json: train each model for the median epochs its folds exported",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--classes", type=class_set, help="check labels against neh3 or ucsd4")
     parser.add_argument("--out", required=True, help="folds CSV to write")
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def _row(name: str, samples: Sequence[Sample], labels: Sequence[str]) -> str:

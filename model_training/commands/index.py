@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "code (and so the paper's NEH figures) did; prints what it drops",
     )
     parser.add_argument("--out", required=True, help="manifest CSV to write")
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "calibrate it on the validation split and export DIR/fold_K/teacher/. Works under torchrun.",
     )
     add_config_arguments(parser, fold=True)
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdoct.golden import softmax
 from kdoct.preprocess import PreprocessSpec, preprocess_array
+from kdoct.probabilities import softmax
 from service.imaging import DecodedUpload, ImageLimits, decode_upload
 from service.inference.batcher import Batcher
 from service.inference.loaded_model import LoadedModel

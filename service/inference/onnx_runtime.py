@@ -1,4 +1,4 @@
-"""ONNX Runtime: the default on CPU, several times faster than PyTorch eager there (REFERENCE.md)."""
+"""ONNX Runtime: the default on CPU, several times faster than PyTorch eager there (docs/BENCHMARKS.md)."""
 
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ from PIL import Image
 
 from kdoct.bundle import SCHEMA_VERSION, load_bundle, save_bundle
 from kdoct.errors import BundleError, GoldenMismatchError
-from kdoct.golden import check_golden, golden_files, softmax
+from kdoct.golden import check_golden, golden_files
 from kdoct.models import create_model
 from kdoct.preprocess import PreprocessSpec, preprocess_batch
+from kdoct.probabilities import softmax
 
 SPEC = PreprocessSpec(input_size=(64, 64))
 

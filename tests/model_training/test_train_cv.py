@@ -15,8 +15,9 @@ from training_cli import SMOKE, run_cli
 
 from kdoct.bundle import load_bundle
 from kdoct.errors import BundleError
-from kdoct.golden import check_golden, softmax
+from kdoct.golden import check_golden
 from kdoct.preprocess import preprocess_batch
+from kdoct.probabilities import softmax
 from model_training.config import load_config
 from model_training.data.folds import read_folds
 from model_training.distill import train_student

@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from kdoct.bundle import load_bundle
 from kdoct.errors import GoldenMismatchError
-from kdoct.golden import softmax
 from kdoct.preprocess import preprocess_array
+from kdoct.probabilities import softmax
 from kdoct_testing.bundles import STUDENT_TEMPERATURE
 from kdoct_testing.uploads import PATIENT_ID, PATIENT_NAME, encode, jpeg_gray, make_dicom
 from service.app import create_app

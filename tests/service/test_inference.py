@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from kdoct.bundle import load_bundle
-from kdoct.golden import softmax
 from kdoct.preprocess import preprocess_batch
+from kdoct.probabilities import softmax
 from service.inference.batcher import Batcher, InferenceError, InferenceTimeout, QueueFull
 from service.inference.runtime import build_runtime
 from service.inference.volume import aggregate_volume
