@@ -29,7 +29,7 @@ def _service_command(*args: str, env: dict[str, str], cwd: Path) -> str:
 
 
 class ServiceProcess:
-    """One service (1..n uvicorn workers). `database_url` None = the in-memory sink (no records)."""
+    """One service (1..n uvicorn workers). `database_url` None = the default SQLite database, auth off."""
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 Each subcommand lives in its own module with `register(subparsers)`, which adds its parser and sets
 `handler(args) -> int`. `run` parses, calls the handler, and turns a KdoctError (bad input, bad data,
 bad settings) or an OSError (an unwritable path, a full disk) into one line `error: ...` on stderr and
-exit code 2, never a traceback.
+exit code 2; with -v the traceback is shown instead.
 """
 
 from __future__ import annotations
@@ -45,5 +45,7 @@ def run(
     try:
         return int(args.handler(args) or 0)
     except (KdoctError, OSError) as exc:
+        if getattr(args, "verbose", False):
+            raise  # -v: the whole traceback, for a bug rather than bad input
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
