@@ -35,15 +35,6 @@ async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_classifier(request: Request) -> Classifier:
-    classifier = getattr(request.app.state, "classifier", None)
-    if classifier is None or not request.app.state.ready:
-        raise Problem(
-            "not-ready", "the models are not loaded yet", reason="not_ready", headers={"Retry-After": "5"}
-        )
-    return classifier
-
-
 async def get_pipeline(request: Request) -> ClassificationPipeline:
     pipeline = getattr(request.app.state, "pipeline", None)
     if pipeline is None or not request.app.state.ready:
@@ -51,6 +42,10 @@ async def get_pipeline(request: Request) -> ClassificationPipeline:
             "not-ready", "the models are not loaded yet", reason="not_ready", headers={"Retry-After": "5"}
         )
     return pipeline
+
+
+async def get_classifier(pipeline: ClassificationPipeline = Depends(get_pipeline)) -> Classifier:
+    return pipeline.classifier
 
 
 async def get_sink(request: Request) -> PredictionSink:
