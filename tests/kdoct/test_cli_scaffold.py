@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
 
         subparsers.add_parser("fail").set_defaults(handler=fail)
 
-    module = types.ModuleType("kdoct_cli_test_commands")
+    module = types.ModuleType("kdoct_cli_scaffold_commands")
     module.register = register
     sys.modules.setdefault(module.__name__, module)  # what build_parser imports by name
     return cli.build_parser("prog", "a test", [module.__name__])
