@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from kdoct_testing.bundles import build_test_bundle, gray_images
+from kdoct_testing.bundles import build_test_bundle, gate_images, gray_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "var" / "bench"
@@ -31,7 +31,8 @@ def sample_jpegs(limit: int | None = None) -> list[Path]:
 
 def bench_bundle(role: str) -> Path:
     """The cached bundle of `role` (student | teacher), exported on first use."""
-    out = CACHE / f"{role}-{ARCHS[role]}-{INPUT_SIZE[0]}"
+    # "-gated": bundles cached before the safety gate have no gate, and the service refuses those.
+    out = CACHE / f"{role}-{ARCHS[role]}-{INPUT_SIZE[0]}-gated"
     if (out / "bundle.json").is_file():
         return out
     log.info("exporting a random-weight %s bundle (%s, %d px) to %s", role, ARCHS[role], INPUT_SIZE[0], out)
@@ -50,6 +51,7 @@ def bench_bundle(role: str) -> Path:
         name=f"bench-{role}",
         version="0.0.0-random",
         metrics={"note": "random weights: for speed measurements only"},
+        gate=gate_images(SAMPLE_DIR) if role == "student" else None,
     )
     scratch.rename(out)
     return out

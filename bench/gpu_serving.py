@@ -26,7 +26,7 @@ from PIL import Image
 from kdoct.models import create_model
 from kdoct.preprocess import PreprocessSpec, preprocess_batch
 from kdoct.probabilities import softmax
-from kdoct_testing.bundles import build_test_bundle
+from kdoct_testing.bundles import GateImages, build_test_bundle
 from kdoct_testing.server import running_service
 from service.inference.torch_runtime import TorchRuntime
 
@@ -97,6 +97,8 @@ def build_student_bundle(directory: Path, images: list[Image.Image]) -> Path:
         name="bench-student",
         version="0.0.0",
         onnx=False,
+        # The service applies its safety gate by default; random weights, so any labels will do.
+        gate=GateImages(images[:24], [index % 3 for index in range(24)], images[24:40]),
     )
     return directory
 

@@ -1,12 +1,15 @@
 """Golden outputs: small reference inputs shipped in a bundle with the probabilities the exported
-model gave them, so any runtime can prove it reproduces the model before it serves it."""
+model gave them (and, for a bundle with a safety gate, each input's gate verdict and out-of-distribution
+score), so any runtime can prove it reproduces the model, and its gate, before it serves it."""
 
 from __future__ import annotations
 
 import io
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -14,14 +17,45 @@ from PIL import Image
 from kdoct.errors import BundleError, GoldenMismatchError
 from kdoct.preprocess import PreprocessSpec, preprocess_batch
 from kdoct.probabilities import softmax
+from kdoct.safety import GateVerdict, SafetyGate
 
-__all__ = ["GOLDEN_TOLERANCE", "check_golden", "golden_files", "read_golden"]
+__all__ = [
+    "GOLDEN_TOLERANCE",
+    "SCORE_TOLERANCE",
+    "Golden",
+    "check_golden",
+    "gate_probes",
+    "golden_files",
+    "read_golden",
+]
 
 GOLDEN_TOLERANCE = 1e-4
+# Out-of-distribution scores are reproduced within this share of max(1, score) on fp32 runtimes.
+SCORE_TOLERANCE = 1e-3
+
+# A runtime's predict: batch -> logits, or -> (logits, penultimate features or None).
+Predict = Callable[[np.ndarray], "np.ndarray | tuple[np.ndarray, np.ndarray | None]"]
 
 
-def golden_files(images: Sequence[Image.Image], probabilities: np.ndarray) -> dict[str, bytes]:
-    """The files of golden/ for save_bundle: PNG inputs and expected.json with their probabilities."""
+def gate_probes(size: tuple[int, int] = (512, 496)) -> list[Image.Image]:
+    """Inputs the safety gate must refuse, added to the golden set of a bundle that has a gate: a black
+    frame and uniform noise (fixed seed). Their verdicts are recorded like any golden input's."""
+    noise = np.random.default_rng(20251209).integers(0, 256, (size[1], size[0]), dtype=np.uint8)
+    return [Image.new("L", size, 0), Image.fromarray(noise, mode="L")]
+
+
+@dataclass(frozen=True)
+class Golden:
+    images: list[Image.Image]
+    probabilities: np.ndarray
+    gate: list[dict[str, Any]] | None  # per input: {"reason": str | None, "ood_score": float}
+
+
+def golden_files(
+    images: Sequence[Image.Image], probabilities: np.ndarray, gate: Sequence[GateVerdict] | None = None
+) -> dict[str, bytes]:
+    """The files of golden/ for save_bundle: PNG inputs and expected.json with their probabilities
+    (and gate verdicts)."""
     files: dict[str, bytes] = {}
     names = []
     for index, image in enumerate(images):
@@ -30,12 +64,17 @@ def golden_files(images: Sequence[Image.Image], probabilities: np.ndarray) -> di
         name = f"input_{index}.png"
         files[f"golden/{name}"] = buffer.getvalue()
         names.append(name)
-    expected = {"inputs": names, "probabilities": np.asarray(probabilities, dtype=float).round(8).tolist()}
+    expected: dict[str, Any] = {
+        "inputs": names,
+        "probabilities": np.asarray(probabilities, dtype=float).round(8).tolist(),
+    }
+    if gate is not None:
+        expected["gate"] = [{"reason": v.reason, "ood_score": v.ood_score} for v in gate]
     files["golden/expected.json"] = (json.dumps(expected, indent=1) + "\n").encode()
     return files
 
 
-def read_golden(golden_dir: Path) -> tuple[list[Image.Image], np.ndarray]:
+def read_golden(golden_dir: Path) -> Golden:
     try:
         expected = json.loads((golden_dir / "expected.json").read_text())
         images = []
@@ -43,30 +82,74 @@ def read_golden(golden_dir: Path) -> tuple[list[Image.Image], np.ndarray]:
             with Image.open(golden_dir / name) as image:
                 image.load()
                 images.append(image)
-        return images, np.asarray(expected["probabilities"], dtype=np.float64)
-    except (OSError, KeyError, ValueError) as exc:
+        gate = expected.get("gate")
+        if gate is not None and len(gate) != len(images):
+            raise ValueError(f"{len(gate)} gate verdicts for {len(images)} inputs")
+        return Golden(images, np.asarray(expected["probabilities"], dtype=np.float64), gate)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         raise BundleError(f"{golden_dir}: unreadable golden files: {exc}") from exc
 
 
 def check_golden(
     golden_dir: Path,
     spec: PreprocessSpec,
-    predict_logits: Callable[[np.ndarray], np.ndarray],
+    predict: Predict,
     tolerance: float = GOLDEN_TOLERANCE,
+    *,
+    gate: SafetyGate | None = None,
+    score_tolerance: float = SCORE_TOLERANCE,
 ) -> float:
-    """Run the golden inputs through `predict_logits` (batch -> logits); return the max abs difference
-    of the probabilities, or raise GoldenMismatchError when it exceeds `tolerance`."""
-    images, expected = read_golden(golden_dir)
-    batch = preprocess_batch(images, spec)
-    probabilities = softmax(predict_logits(batch))
-    if probabilities.shape != expected.shape:
+    """Run the golden inputs through `predict`; return the max abs difference of the probabilities, or
+    raise GoldenMismatchError when it exceeds `tolerance`. With `gate`, every input's quality reason
+    must be the recorded one and its out-of-distribution score within `score_tolerance` x max(1, score)
+    of the recorded one (so the gate's files, its code and this runtime's features agree)."""
+    golden = read_golden(golden_dir)
+    batch = preprocess_batch(golden.images, spec)
+    output = predict(batch)
+    logits, features = output if isinstance(output, tuple) else (output, None)
+    probabilities = softmax(logits)
+    if probabilities.shape != golden.probabilities.shape:
         raise GoldenMismatchError(
-            f"{golden_dir}: runtime gave outputs of shape {probabilities.shape}, expected {expected.shape}"
+            f"{golden_dir}: runtime gave outputs of shape {probabilities.shape}, expected "
+            f"{golden.probabilities.shape}"
         )
-    difference = float(np.abs(probabilities - expected).max())
+    difference = float(np.abs(probabilities - golden.probabilities).max())
     if not difference <= tolerance:
         raise GoldenMismatchError(
             f"{golden_dir}: this runtime's probabilities differ from the bundle's golden outputs by "
             f"{difference:.2e} (> {tolerance:.0e}): the bundle is not reproduced; do not serve it"
         )
+    if gate is not None:
+        _check_gate(golden_dir, golden, gate, features, score_tolerance)
     return difference
+
+
+def _check_gate(
+    golden_dir: Path, golden: Golden, gate: SafetyGate, features: np.ndarray | None, tolerance: float
+) -> None:
+    if golden.gate is None:
+        raise GoldenMismatchError(
+            f"{golden_dir}: the bundle has a safety gate but its golden outputs record no gate verdicts: "
+            f"re-export it"
+        )
+    if features is None:
+        raise GoldenMismatchError(
+            f"{golden_dir}: this runtime gives no penultimate features, so the safety gate cannot run: "
+            f"re-export the bundle (its model.onnx must have a 'features' output)"
+        )
+    reasons = [gate.quality_reason(image) for image in golden.images]
+    verdicts = gate.verdicts(reasons, features)
+    for index, (verdict, expected) in enumerate(zip(verdicts, golden.gate, strict=True)):
+        recorded_quality = expected["reason"] if str(expected["reason"]).startswith("quality:") else None
+        if reasons[index] != recorded_quality:
+            raise GoldenMismatchError(
+                f"{golden_dir}: golden input {index}: the quality check says {reasons[index]!r}, the bundle "
+                f"recorded {recorded_quality!r}: the gate is not reproduced; do not serve it"
+            )
+        score = float(expected["ood_score"])
+        if not abs(verdict.ood_score - score) <= tolerance * max(1.0, abs(score)):
+            raise GoldenMismatchError(
+                f"{golden_dir}: golden input {index}: out-of-distribution score {verdict.ood_score:.6g}, the "
+                f"bundle recorded {score:.6g} (tolerance {tolerance:g} x max(1, score)): the gate is not "
+                f"reproduced; do not serve it"
+            )

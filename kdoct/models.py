@@ -15,6 +15,7 @@ from kdoct.errors import ModelInitError
 __all__ = [
     "ALLOWED_ARCHITECTURES",
     "INIT_SOURCES",
+    "LogitsAndFeatures",
     "architecture_preprocess",
     "check_architecture",
     "create_model",
@@ -176,3 +177,19 @@ def load_initial_weights(model: nn.Module, path: Path) -> None:
             f"{path} does not fit the model: {len(backbone_missing)} missing weights "
             f"(e.g. {backbone_missing[:3]}), {len(unexpected)} unexpected (e.g. {list(unexpected)[:3]})"
         )
+
+
+class LogitsAndFeatures(nn.Module):
+    """A timm classifier with its penultimate features as a second output: (logits, features).
+
+    The features are what the classifier layer sees (after pooling, and the head's norm where it has
+    one), the input of the safety gate's out-of-distribution score (kdoct.safety). The logits are
+    exactly the wrapped model's."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_head(self.model.forward_features(inputs), pre_logits=True)
+        return self.model.get_classifier()(features), features

@@ -5,6 +5,7 @@ benchmarks' full-size architectures, whose speed does not depend on the weights.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,42 @@ if TYPE_CHECKING:
 CLASSES = ("normal", "drusen", "cnv")
 STUDENT_TEMPERATURE = 1.5  # the tiny student's calibration: not 1, so that it shows in the probabilities
 
-__all__ = ["CLASSES", "STUDENT_TEMPERATURE", "build_test_bundle", "build_tiny_bundles", "gray_images"]
+__all__ = [
+    "CLASSES",
+    "STUDENT_TEMPERATURE",
+    "GateImages",
+    "build_test_bundle",
+    "build_tiny_bundles",
+    "gate_images",
+    "gray_images",
+]
+
+_CLASS_DIRS = {"normal": "NORMAL", "drusen": "DRUSEN", "cnv": "CNV"}
+
+
+@dataclass(frozen=True)
+class GateImages:
+    """Real B-scans a test bundle's safety gate is fitted on (kdoct/safety.py), as training does."""
+
+    train: list[Image.Image]
+    labels: list[int]  # class index (CLASSES order) of each training image
+    val: list[Image.Image]
+
+
+def gate_images(sample_dir: Path, train_per_class: int = 24, val_per_class: int = 12) -> GateImages:
+    """The first B-scans of each class of the sample for fitting, the next ones for the threshold."""
+    train, labels, val = [], [], []
+    for index, name in enumerate(CLASSES):
+        paths = sorted((sample_dir / _CLASS_DIRS[name]).glob("*.jpeg"))[: train_per_class + val_per_class]
+        images = []
+        for path in paths:
+            with Image.open(path) as image:
+                image.load()
+                images.append(image)
+        train += images[:train_per_class]
+        labels += [index] * len(images[:train_per_class])
+        val += images[train_per_class:]
+    return GateImages(train, labels, val)
 
 
 def gray_images(paths: Sequence[Path]) -> list[Image.Image]:
@@ -41,13 +77,15 @@ def build_test_bundle(
     calibration: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     onnx: bool = True,
+    gate: GateImages | None = None,
 ) -> Bundle:
     """A bundle of `arch` with random weights drawn from `seed` (3 classes, neh3 order).
 
     onnx=True exports it like a real model (ONNX checked against PyTorch on `golden_images`, which
     must not be empty); onnx=False only saves the weights, with PyTorch's golden outputs when
     `golden_images` are given: for a PyTorch-only measurement, where exporting a large model to ONNX
-    would only cost time."""
+    would only cost time. `gate`: fit the bundle's safety gate on these images (the service needs one
+    unless KDOCT_SAFETY_GATE=off)."""
     import torch
 
     from kdoct.bundle import save_bundle
@@ -58,13 +96,21 @@ def build_test_bundle(
     from model_training.export import export_bundle
 
     torch.manual_seed(seed)
-    model = create_model(arch, len(CLASSES))
+    model = create_model(arch, len(CLASSES)).eval()
     preprocess = PreprocessSpec(input_size=input_size)
     identity = {"name": name or f"test-{role}", "version": version, "role": role, "arch": arch}
+    safety = None
+    if gate is not None:
+        from model_training.safety_fit import fit_safety_gate
+
+        safety = fit_safety_gate(
+            model, train_images=gate.train, train_labels=gate.labels, val_images=gate.val,
+            num_classes=len(CLASSES), spec=preprocess,
+        )  # fmt: skip
     if onnx:
         return export_bundle(
             model, out_dir, **identity, class_names=CLASSES, preprocess=preprocess,
-            golden_images=golden_images, calibration=calibration, metrics=metrics,
+            golden_images=golden_images, calibration=calibration, metrics=metrics, safety=safety,
         )  # fmt: skip
     manifest = {
         **identity,
@@ -73,12 +119,21 @@ def build_test_bundle(
         "calibration": dict(calibration or {"temperature": 1.0}),
         "metrics": dict(metrics or {}),
     }
-    extra_files = None
+    extra_files: dict[str, bytes] = {}
     if golden_images:
-        model.eval()
+        from kdoct.golden import gate_probes
+        from kdoct.models import LogitsAndFeatures
+
+        images = list(golden_images) + (gate_probes() if safety is not None else [])
         with torch.inference_mode():
-            logits = model(torch.from_numpy(preprocess_batch(list(golden_images), preprocess))).numpy()
-        extra_files = golden_files(golden_images, softmax(logits))
+            logits, features = LogitsAndFeatures(model)(
+                torch.from_numpy(preprocess_batch(images, preprocess))
+            )
+        verdicts = None
+        if safety is not None:
+            verdicts = safety.verdicts([safety.quality_reason(image) for image in images], features.numpy())
+            extra_files.update(safety.files())
+        extra_files.update(golden_files(images, softmax(logits.numpy()), verdicts))
     return save_bundle(out_dir, model, manifest, extra_files=extra_files)
 
 
@@ -97,6 +152,7 @@ def build_tiny_bundles(root: Path, sample_dir: Path) -> dict[str, Path]:
         "teacher": ("test_convnext", (72, 72), 1.0),
     }
     paths = {}
+    fitting = gate_images(sample_dir)
     for role, (arch, size, temperature) in specs.items():
         out = root / role
         paths[role] = out
@@ -111,5 +167,6 @@ def build_tiny_bundles(root: Path, sample_dir: Path) -> dict[str, Path]:
             seed=7 if role == "student" else 11,
             calibration={"temperature": temperature},
             metrics={"accuracy": {"mean": 0.5, "std": 0.0}},
+            gate=fitting if role == "student" else None,
         )
     return paths

@@ -12,6 +12,7 @@ the same weights as one that was never interrupted.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from kdoct.bundle import Bundle
 from kdoct.errors import BundleError
 from kdoct.models import create_model
 from kdoct.preprocess import PreprocessSpec
+from kdoct.safety import OodDetector, QualityBounds, SafetyGate
 from model_training.data.dataset import open_image
 
 __all__ = [
@@ -45,13 +47,36 @@ FINAL_NAME = "final.pt"
 RESUME_NAME = "last.pt"
 
 
-def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+def save_checkpoint(
+    path: Path, model: nn.Module, meta: dict[str, Any], safety: SafetyGate | None = None
+) -> Path:
     """meta: role, arch, class_names, preprocess (dict), name, version, calibration, metrics,
-    provenance, golden_paths."""
+    provenance, golden_paths; `safety`: the model's fitted gate, exported with it."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": CHECKPOINT_FORMAT, "state_dict": state, **meta}, path)
+    extra = {} if safety is None else {"safety": _gate_state(safety)}
+    torch.save({"format": CHECKPOINT_FORMAT, "state_dict": state, **meta, **extra}, path)
     return path
+
+
+def _gate_state(gate: SafetyGate) -> dict[str, Any]:
+    """The gate as tensors and plain values (what torch.load(weights_only=True) reads back)."""
+    return {
+        "quality_low": torch.from_numpy(gate.quality.low.copy()),
+        "quality_high": torch.from_numpy(gate.quality.high.copy()),
+        "projection": torch.from_numpy(gate.ood.projection.copy()),
+        "class_means": torch.from_numpy(gate.ood.class_means.copy()),
+        "threshold": float(gate.ood.threshold),
+        "summary": json.dumps(gate.summary),
+    }
+
+
+def _gate_from_state(state: dict[str, Any]) -> SafetyGate:
+    return SafetyGate(
+        quality=QualityBounds(low=state["quality_low"].numpy(), high=state["quality_high"].numpy()),
+        ood=OodDetector(state["projection"].numpy(), state["class_means"].numpy(), float(state["threshold"])),
+        summary=json.loads(state["summary"]),
+    )
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -92,6 +117,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Bundle:
         calibration=meta.get("calibration"),
         metrics=meta.get("metrics"),
         provenance=meta.get("provenance"),
+        safety=_gate_from_state(meta["safety"]) if "safety" in meta else None,
     )
     log.info("exported %s to %s", checkpoint, out_dir)
     return bundle

@@ -30,6 +30,7 @@ from model_training.data.manifest import manifest_fingerprint, write_manifest
 from model_training.distributed import DistContext
 from model_training.engine import evaluate_logits
 from model_training.fit import FitResult, eval_loader
+from model_training.safety_fit import fit_safety_gate
 
 __all__ = [
     "build_model",
@@ -218,6 +219,25 @@ def _golden_paths(val_samples, count: int) -> list[str]:
     return chosen
 
 
+def _fit_gate(model, split: dict[str, list], class_names, spec, batch_size: int, context: DistContext):
+    """The model's safety gate: quality bounds and feature statistics from its training images, the
+    out-of-distribution threshold from its validation images, each decoded as the service decodes."""
+    index = {name: i for i, name in enumerate(class_names)}
+    model = model.to(context.device).eval()
+    try:
+        return fit_safety_gate(
+            model,
+            train_images=[decoded_images.open(s.path) for s in split["train"]],
+            train_labels=[index[s.label] for s in split["train"]],
+            val_images=[decoded_images.open(s.path) for s in split["val"]],
+            num_classes=len(class_names),
+            spec=spec,
+            batch_size=batch_size,
+        )
+    finally:
+        model.cpu()
+
+
 def finish_stage(
     result: FitResult,
     *,
@@ -275,7 +295,8 @@ def finish_stage(
             "provenance": {**provenance(config, out_dir, fold, extra_provenance), "training": training},
             "golden_paths": _golden_paths(split["val"], config.golden_images),
         }
-        checkpoint = save_checkpoint(work_dir(out_dir, fold, role) / FINAL_NAME, result.model, meta)
+        safety = _fit_gate(result.model, split, class_names, spec, stage.eval_batch_size, context)
+        checkpoint = save_checkpoint(work_dir(out_dir, fold, role) / FINAL_NAME, result.model, meta, safety)
         if target.exists():
             shutil.rmtree(target)  # a bundle from an interrupted earlier run of this same stage
         export_checkpoint(checkpoint, target)

@@ -52,17 +52,35 @@ CARD_JSON = "card.json"
 CARD_MD = "MODEL_CARD.md"
 
 
-def make_final_split(samples, holdout_fraction: float, seed: int) -> list[str]:
-    """`train` or `val` (the held-back slice) per sample; patients whole, stratified by label."""
+def make_final_split(samples, holdout_fraction: float, seed: int, test_fraction: float = 0.0) -> list[str]:
+    """`train`, `val` (the held-back calibration slice) or `test` (patients neither trained nor tuned on:
+    the safety gate's and the card's held-out figures) per sample; patients whole, stratified by label."""
     if not 0 < holdout_fraction < 0.5:
         raise ConfigError(f"the held-back fraction must be in (0, 0.5), got {holdout_fraction}")
+    if not 0 <= test_fraction < 0.5 or holdout_fraction + test_fraction >= 0.6:
+        raise ConfigError(
+            f"the test fraction must be in [0, 0.5) and leave most patients to train on, got {test_fraction} "
+            f"with a held-back fraction of {holdout_fraction}"
+        )
     labels = np.array([s.label for s in samples])
     groups = np.array([s.patient_id for s in samples])
-    parts = max(2, round(1 / holdout_fraction))
-    if len(set(groups.tolist())) < parts:
-        raise DataError(f"{len(set(groups.tolist()))} patients are too few to hold back 1/{parts} of them")
-    held_back = set(group_split(labels, groups, parts, seed)[0].tolist())
-    return ["val" if i in held_back else "train" for i in range(len(samples))]
+    roles = np.array(["train"] * len(samples), dtype=object)
+    patients = len(set(groups.tolist()))
+    if test_fraction > 0:
+        test_parts = max(2, round(1 / test_fraction))
+        if patients < test_parts:
+            raise DataError(
+                f"{patients} patients are too few to set 1/{test_parts} of them apart for testing"
+            )
+        roles[group_split(labels, groups, test_parts, seed)[0]] = "test"
+    rest = np.flatnonzero(roles == "train")
+    parts = max(2, round((1 - test_fraction) / holdout_fraction))
+    if len(set(groups[rest].tolist())) < parts:
+        raise DataError(
+            f"{len(set(groups[rest].tolist()))} patients are too few to hold back 1/{parts} of them"
+        )
+    roles[rest[group_split(labels[rest], groups[rest], parts, seed)[0]]] = "val"
+    return roles.tolist()
 
 
 def _write_split(samples, roles: list[str], path: Path) -> None:
@@ -71,13 +89,12 @@ def _write_split(samples, roles: list[str], path: Path) -> None:
 
 
 def read_final_split(path: Path) -> dict[str, list]:
-    """{'train', 'val', 'test': []} from DIR/split.csv, refused if a patient is on both sides."""
+    """{'train', 'val', 'test'} from DIR/split.csv (test may be empty), refused if a patient is on two
+    sides."""
     _, rows = read_csv_rows(path, ("path", "label", "patient_id", "role"))
     samples = samples_from_rows(path, rows)
     roles = [row["role"] for row in rows]
     check_no_leakage(samples, roles)
-    if "test" in roles:
-        raise DataError(f"{path}: a final split has no test role; its roles are train and val")
     split: dict[str, list] = {"train": [], "val": [], "test": []}
     for sample, role in zip(samples, roles, strict=True):
         split[role].append(sample)
@@ -136,13 +153,15 @@ def _final_stage(stage: StageConfig, epochs: int) -> StageConfig:
     )
 
 
-def _prepare_split(config: ExperimentConfig, out_dir: Path, holdout: float, context: DistContext):
+def _prepare_split(
+    config: ExperimentConfig, out_dir: Path, holdout: float, test: float, context: DistContext
+):
     path = split_path(out_dir, None)
     if context.is_main and not path.is_file():
         out_dir.mkdir(parents=True, exist_ok=True)
         samples = load_samples(config, out_dir)
         write_manifest(samples, out_dir / "manifest.csv")
-        _write_split(samples, make_final_split(samples, holdout, config.data.fold_seed), path)
+        _write_split(samples, make_final_split(samples, holdout, config.data.fold_seed, test), path)
     context.barrier()
     split = read_final_split(path)
     decoded_images.enable(config.data.cache_images)
@@ -164,6 +183,7 @@ def run_final(
     context: DistContext,
     *,
     holdout: float = 0.15,
+    test: float = 0.0,
     epochs_from: Path | None = None,
 ) -> dict[str, Any] | None:
     """Train, calibrate and export the final teacher and student; returns the card on rank 0."""
@@ -173,7 +193,7 @@ def run_final(
         log.info("final: %s is complete (delete it to train again)", out_dir)
         return json.loads(card_path.read_text()) if context.is_main else None
     started = time.perf_counter()
-    split = _prepare_split(config, out_dir, holdout, context)
+    split = _prepare_split(config, out_dir, holdout, test, context)
     epochs = {
         role: chosen_epochs(getattr(config, role), role, epochs_from) for role in ("teacher", "student")
     }
@@ -184,9 +204,9 @@ def run_final(
         }
     )
     log.info(
-        "final: %d training / %d held-back images; epochs teacher %d, student %d (%s)",
-        len(split["train"]), len(split["val"]), epochs["teacher"]["epochs"], epochs["student"]["epochs"],
-        epochs["teacher"]["source"],
+        "final: %d training / %d held-back / %d test images; epochs teacher %d, student %d (%s)",
+        len(split["train"]), len(split["val"]), len(split["test"]), epochs["teacher"]["epochs"],
+        epochs["student"]["epochs"], epochs["teacher"]["source"],
     )  # fmt: skip
     teacher_dir = bundle_dir(out_dir, None, "teacher")
     if not _complete(teacher_dir):
@@ -202,9 +222,14 @@ def run_final(
 
 
 def _complete(directory: Path) -> bool:
+    """A verified bundle with a safety gate: one exported before the gate existed is exported again
+    (from its finished training state: minutes, not a retraining), since the service refuses it."""
+    from kdoct.safety import GATE_JSON
     from model_training.cv import is_complete_bundle
 
-    return is_complete_bundle(directory)
+    if not is_complete_bundle(directory):
+        return False
+    return GATE_JSON in json.loads((directory / "bundle.json").read_text())["files"]
 
 
 def _card(config, out_dir: Path, split, epochs, holdout: float, seconds: float) -> dict[str, Any]:
@@ -235,6 +260,7 @@ def _card(config, out_dir: Path, split, epochs, holdout: float, seconds: float) 
             "split_fingerprint": manifest_fingerprint(split_path(out_dir, None)),
             "training": _composition(split["train"]),
             "held_back": {**_composition(split["val"]), "fraction_of_patients": holdout},
+            "test": _composition(split["test"]),
         },
         "models": models,
         "wall_time_s_this_invocation": round(seconds, 1),
@@ -253,7 +279,10 @@ def _card_markdown(card: dict[str, Any]) -> str:
         "| part | images | patients | per class |",
         "|---|---|---|---|",
     ]
-    for name, part in (("training", data["training"]), ("held back (calibration)", data["held_back"])):
+    parts = [("training", data["training"]), ("held back (calibration)", data["held_back"])]
+    if data.get("test", {}).get("images"):
+        parts.append(("test (never trained or tuned on)", data["test"]))
+    for name, part in parts:
         per_class = ", ".join(f"{label} {n}" for label, n in part["per_class"].items())
         lines.append(f"| {name} | {part['images']} | {part['patients']} | {per_class} |")
     lines += [

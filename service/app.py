@@ -59,7 +59,9 @@ def _load_models(settings: Settings) -> tuple[LoadedModel, LoadedModel | None]:
         "reduced_precision_tolerance": settings.reduced_precision_tolerance,
         "warmup_batch": settings.max_batch_size,  # None: the runtime's own preferred batch size
     }
-    student = load_model(settings.student_bundle, expected_role="student", **options)
+    student = load_model(
+        settings.student_bundle, expected_role="student", safety_gate=settings.safety_gate == "on", **options
+    )
     teacher = None
     if settings.teacher_bundle is not None:
         teacher = load_model(settings.teacher_bundle, expected_role="teacher", **options)
@@ -148,8 +150,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.MODEL_READY.labels(role=item.loaded.role).set(1)
     metrics.initialise_label_sets(student.bundle.name, student.class_names)
     app.state.ready = True
-    log.info("ready: second opinion %s, threshold %.2f", settings.second_opinion_policy,
-             settings.second_opinion_threshold)  # fmt: skip
+    log.info("ready: second opinion %s, threshold %.2f, safety gate %s", settings.second_opinion_policy,
+             settings.second_opinion_threshold, settings.safety_gate)  # fmt: skip
+    if settings.safety_gate == "off":
+        log.warning(
+            "KDOCT_SAFETY_GATE=off: every image is forced into a class, blank frames and photographs "
+            "included; for research only, never in clinical use"
+        )
     try:
         yield
     finally:

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     second_opinion: Literal["never", "auto", "always"] | None = None
     # A student confidence below this is "unsure": it asks the teacher (auto) and sets `refer`.
     second_opinion_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    # The clinical safety gate (kdoct/safety.py): an image failing the quality check or out of the
+    # student's distribution answers gradable: false and refer: true. off is for research only: every
+    # image is then forced into a class, and the student bundle need not carry a gate.
+    safety_gate: Literal["on", "off"] = "on"
 
     # Runtime: auto = PyTorch on CUDA when a GPU is present, else ONNX Runtime on CPU.
     runtime: Literal["auto", "onnx", "torch"] = "auto"

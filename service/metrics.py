@@ -38,6 +38,7 @@ __all__ = [
     "QUEUE_DEPTH",
     "QUEUE_WAIT",
     "REFERRALS",
+    "SAFETY_GATE",
     "REJECTED_REQUESTS",
     "REJECTION_REASONS",
     "REQUEST_DURATION",
@@ -112,6 +113,11 @@ PREDICTION_CONFIDENCE = Histogram(
 )  # fmt: skip
 SECOND_OPINIONS = Counter("kdoct_second_opinions_total", "Teacher second opinions by outcome", ["outcome"])
 REFERRALS = Counter("kdoct_referrals_total", "Predictions flagged for clinician review", ["model"])
+# One count per image judged (each frame of a volume): outcome "gradable" or the reason it is not
+# ("quality:blank", ..., "out_of_distribution"), a fixed set (kdoct.safety.QUALITY_REASONS).
+SAFETY_GATE = Counter(
+    "kdoct_safety_gate_total", "Images judged by the safety gate, by outcome", ["model", "outcome"]
+)
 REJECTED_REQUESTS = Counter("kdoct_rejected_requests_total", "Requests refused, by reason", ["reason"])
 DB_WRITE_DURATION = Histogram(
     "kdoct_db_write_duration_seconds", "Duration of one prediction-record write", buckets=LATENCY_BUCKETS

@@ -24,7 +24,7 @@ from service.api.schemas import ClassifyResponse, Explanation, FrameResult, Inpu
 from service.explain import Explainer, ExplainerBusy
 from service.imaging import DecodedUpload
 from service.inference.batcher import BatcherClosed, InferenceError, QueueFull
-from service.inference.classifier import Classification, Classifier, Opinion
+from service.inference.classifier import Classification, Classifier, Opinion, Prepared
 from service.inference.second_opinion import Policy
 from service.problems import Problem
 from service.records import new_prediction_id
@@ -44,18 +44,19 @@ class ClassificationPipeline:
         classifier = self.classifier
         decode_began = time.perf_counter()
         loop = asyncio.get_running_loop()
-        upload, student_inputs = await loop.run_in_executor(classifier.pool, classifier.prepare, data)
+        prepared = await loop.run_in_executor(classifier.pool, classifier.prepare, data)
+        upload = prepared.upload
         decode_ms = (time.perf_counter() - decode_began) * 1000.0
-        result = await self._predict(upload, student_inputs, policy)
+        result = await self._predict(prepared, policy)
         answer = self._postprocess(upload, result, request_id, decode_ms)
         if explain:
             await self._explain(upload, result, answer)
         answer.timing_ms.total = round((time.perf_counter() - started) * 1000.0, 3)
         return answer
 
-    async def _predict(self, upload: DecodedUpload, student_inputs, policy: Policy) -> Classification:
+    async def _predict(self, prepared: Prepared, policy: Policy) -> Classification:
         try:
-            return await self.classifier.classify(upload, student_inputs, policy)
+            return await self.classifier.classify(prepared, policy)
         except QueueFull as exc:
             raise Problem("overloaded", str(exc), reason="queue_full", headers={"Retry-After": "1"}) from None
         except BatcherClosed as exc:
@@ -79,6 +80,9 @@ class ClassificationPipeline:
                     confidence=item.confidence,
                     refer=item.refer,
                     second_opinion=_second_opinion(item.second_opinion),
+                    gradable=item.gradable,
+                    reason=item.reason,
+                    ood_score=item.ood_score,
                 )
                 for index, item in enumerate(result.frames)
             ]
@@ -95,6 +99,9 @@ class ClassificationPipeline:
             probabilities=top.probabilities,
             confidence=top.confidence,
             refer=top.refer,
+            gradable=top.gradable,
+            reason=top.reason,
+            ood_score=top.ood_score,
             second_opinion=_second_opinion(top.second_opinion),
             frames=frames,
             volume_id=upload.volume_id,
@@ -118,7 +125,9 @@ class ClassificationPipeline:
         classifier = self.classifier
         # A volume is explained on the frame where its label is strongest: the frame that decided it.
         frames = result.frames
-        frame_index = max(range(len(frames)), key=lambda i: frames[i].probabilities[answer.label])
+        # Among the frames that decided it: ungradable ones never do (service/inference/volume.py).
+        deciding = [i for i, frame in enumerate(frames) if frame.gradable is not False] or range(len(frames))
+        frame_index = max(deciding, key=lambda i: frames[i].probabilities[answer.label])
         image = upload.frames[frame_index]
         shown_index = frame_index if result.volume is not None else None
         opinion = answer.second_opinion

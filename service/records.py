@@ -76,6 +76,9 @@ def prediction_rows(
             "confidence": frame.confidence,
             "refer": frame.refer,
             "second_opinion": _opinion(frame.second_opinion),
+            "gradable": frame.gradable,
+            "gate_reason": frame.reason,
+            "ood_score": frame.ood_score,
         }
         for frame in frames
     ]
@@ -90,6 +93,9 @@ def prediction_rows(
                 "confidence": answer.confidence,
                 "refer": answer.refer,
                 "second_opinion": _opinion(answer.second_opinion),
+                "gradable": answer.gradable,
+                "gate_reason": answer.reason,
+                "ood_score": answer.ood_score,
             }
         )
     return rows

@@ -9,14 +9,20 @@ from pathlib import Path
 from model_training.commands._training import add_config_arguments, setup, teardown
 
 
-def _fraction(text: str) -> float:
+def _fraction(text: str, *, zero: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a fraction such as 0.15, got {text!r}") from None
-    if not 0 < value < 0.5:
-        raise argparse.ArgumentTypeError(f"the held-back fraction must be in (0, 0.5), got {value}")
+    if not (0 <= value < 0.5 if zero else 0 < value < 0.5):
+        raise argparse.ArgumentTypeError(
+            f"the fraction must be in {'[' if zero else '('}0, 0.5), got {value}"
+        )
     return value
+
+
+def _test_fraction(text: str) -> float:
+    return _fraction(text, zero=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "final",
         help="train the deployable teacher + student on all patients; writes bundles and a card",
         description="Trains the config's teacher and then its student, distilled online, on every patient "
-        "of the data except a held-back slice (by patient, stratified) that calibrates them and holds their "
-        "golden images. Epochs: the config's, or those a cv run's report.json validated (--epochs-from). "
+        "of the data except a held-back slice (by patient, stratified) that calibrates them, fits the safety "
+        "gate's threshold and holds their golden images, and a test slice never trained or tuned on. "
+        "Epochs: the config's, or those a cv run's report.json validated (--epochs-from). "
         "Writes DIR/teacher/, DIR/student/ (verified bundles), DIR/card.json and DIR/MODEL_CARD.md. Does "
         "nothing more when both bundles are complete; an interrupted run resumes.",
     )
@@ -35,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_fraction,
         default=0.15,
         help="fraction of the patients held back for calibration (default 0.15)",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=_test_fraction,
+        default=0.15,
+        help="fraction of the patients set apart, never trained or tuned on: the held-out figures of the "
+        "card and the safety gate (`gate-report`); 0 trains on them too (default 0.15)",
     )
     parser.add_argument(
         "--epochs-from",
@@ -51,7 +65,14 @@ def run(args: argparse.Namespace) -> int:
 
     config, context = setup(args)
     try:
-        card = run_final(config, args.out, context, holdout=args.holdout, epochs_from=args.epochs_from)
+        card = run_final(
+            config,
+            args.out,
+            context,
+            holdout=args.holdout,
+            test=args.test_fraction,
+            epochs_from=args.epochs_from,
+        )
     finally:
         teardown(context)
     if card is not None:

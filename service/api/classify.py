@@ -128,6 +128,10 @@ def _count(model: str, answer: ClassifyResponse) -> None:
     metrics.PREDICTION_CONFIDENCE.labels(model=model).observe(answer.confidence)
     if answer.refer:
         metrics.REFERRALS.labels(model=model).inc()
+    for judged in answer.frames or [answer]:
+        if judged.gradable is not None:
+            gate_outcome = "gradable" if judged.gradable else judged.reason
+            metrics.SAFETY_GATE.labels(model=model, outcome=gate_outcome).inc()
     opinion = answer.second_opinion
     if opinion is not None:
         metrics.SECOND_OPINIONS.labels(outcome=outcome(answer.label, opinion.label)).inc()

@@ -51,6 +51,11 @@ class PredictionOut(BaseModel):
     refer: bool
     second_opinion: dict[str, Any] | None
     timing_ms: dict[str, float]
+    gradable: bool | None = Field(
+        description="the safety gate's verdict; null for records made with the gate off or before it existed"
+    )
+    gate_reason: str | None = Field(description="why the image was not gradable (see POST /classify)")
+    ood_score: float | None
     row_hash: str = Field(description="this record's link in the audit hash chain")
 
 
@@ -123,6 +128,7 @@ async def list_predictions(
     label: str | None = None,
     model_version: str | None = None,
     refer: bool | None = None,
+    gradable: Annotated[bool | None, Query(description="the safety gate's verdict")] = None,
     request_id: Annotated[
         str | None,
         Query(max_length=128, description="the X-Request-ID a prediction was made under, as you sent it"),
@@ -131,7 +137,9 @@ async def list_predictions(
     cursor: str | None = None,
 ) -> PredictionPageOut:
     stored = _stored_request_id(request, request_id) if request_id is not None else None
-    where = queries.PredictionFilter(created_from, created_to, label, model_version, refer, stored)
+    where = queries.PredictionFilter(
+        created_from, created_to, label, model_version, refer, stored, gradable=gradable
+    )
     reader = _stored_request_id(request, request.state.request_id)
 
     def load():

@@ -18,6 +18,21 @@ __all__ = [
 ]
 
 _PROBABILITIES = {"normal": 0.91, "drusen": 0.06, "cnv": 0.03}
+_GRADABLE = (
+    "the safety gate's verdict: false when the image failed the quality check or is out of the "
+    "model's distribution (then `refer` is true and `reason` says why; the probabilities are still given "
+    "but must not be read as a diagnosis); null when the gate is off (KDOCT_SAFETY_GATE=off)"
+)
+_REASON = (
+    "why the image is not gradable: quality:blank, quality:colour, quality:saturated, quality:low_signal, "
+    "quality:overexposed, quality:low_contrast, quality:noise, quality:geometry, quality:not_oct_like or "
+    "out_of_distribution; null when gradable"
+)
+_OOD_SCORE = (
+    "the out-of-distribution score (Mahalanobis distance of the model's features to the nearest class, "
+    "per dimension); above the bundle's threshold the image is out_of_distribution. Null when the gate is "
+    "off, and for a volume's own result"
+)
 
 
 class ModelIdentity(BaseModel):
@@ -62,6 +77,9 @@ class FrameResult(BaseModel):
     confidence: float = Field(ge=0, le=1)
     refer: bool
     second_opinion: SecondOpinion | None = None
+    gradable: bool | None = Field(None, description=_GRADABLE)
+    reason: str | None = Field(None, description=_REASON, examples=[None, "quality:blank"])
+    ood_score: float | None = Field(None, description=_OOD_SCORE)
 
 
 class InputInfo(BaseModel):
@@ -96,6 +114,9 @@ class ClassifyResponse(BaseModel):
                     "probabilities": _PROBABILITIES,
                     "confidence": 0.91,
                     "refer": False,
+                    "gradable": True,
+                    "reason": None,
+                    "ood_score": 0.84,
                     "second_opinion": None,
                     "frames": None,
                     "volume_id": None,
@@ -112,7 +133,15 @@ class ClassifyResponse(BaseModel):
     label: str = Field(description="the predicted class (volumes: the most severe frame class)")
     probabilities: dict[str, float] = Field(description="calibrated probability of every class, summing to 1")
     confidence: float = Field(ge=0, le=1, description="calibrated probability of `label`")
-    refer: bool = Field(description="true when the student is unsure or the teacher disagrees: human review")
+    refer: bool = Field(
+        description="true when the image is not gradable, the student is unsure or the teacher disagrees: "
+        "human review"
+    )
+    gradable: bool | None = Field(
+        None, description=_GRADABLE + ". Volumes: whether any frame is gradable (only those decide)"
+    )
+    reason: str | None = Field(None, description=_REASON, examples=[None, "out_of_distribution"])
+    ood_score: float | None = Field(None, description=_OOD_SCORE)
     second_opinion: SecondOpinion | None = Field(
         description="the teacher's answer when it was asked, else null"
     )

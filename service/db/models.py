@@ -77,6 +77,10 @@ class Prediction(Base):
     refer: Mapped[bool] = mapped_column(Boolean)
     second_opinion: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     timing_ms: Mapped[dict[str, float]] = mapped_column(JSON)
+    # The safety gate's verdict (revision 0005): None on earlier rows and with the gate off.
+    gradable: Mapped[bool | None] = mapped_column(Boolean, index=True)
+    gate_reason: Mapped[str | None] = mapped_column(String(64))
+    ood_score: Mapped[float | None] = mapped_column(Float)
     prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX))
     row_hash: Mapped[str] = mapped_column(String(SHA256_HEX))
 

@@ -40,6 +40,7 @@ class PredictionFilter:
     model_version: str | None = None
     refer: bool | None = None
     request_id: str | None = None  # as stored: the keyed hash of the client's id
+    gradable: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ def list_predictions(
         query = query.where(Prediction.refer.is_(where.refer))
     if where.request_id is not None:
         query = query.where(Prediction.request_id == where.request_id)
+    if where.gradable is not None:
+        query = query.where(Prediction.gradable.is_(where.gradable))
     rows = list(session.scalars(query))
     more = len(rows) > limit
     items = rows[:limit]

@@ -30,6 +30,9 @@ __all__ = [
 PREDICTION_FIELDS: tuple[str, ...] = tuple(
     c.name for c in Prediction.__table__.columns if c.name not in ("sequence", "prev_hash", "row_hash")
 )
+# Columns added after the chain began: a row's hash covers them only when they hold a value, so rows
+# written before their revision (where they read back as NULL) verify unchanged.
+LATER_FIELDS: frozenset[str] = frozenset({"gradable", "gate_reason", "ood_score"})
 # What a row's hash covers: its content and its position, never the hashes themselves.
 CHAINED_FIELDS: tuple[str, ...] = ("sequence", *PREDICTION_FIELDS)
 
@@ -59,15 +62,17 @@ def normalise_row(values: Mapping[str, Any]) -> dict[str, Any]:
     """The values of one predictions row (service.records.prediction_rows), as the chain hashes them:
     plain Python (no numpy scalars), a uuid id, an aware UTC time, copies of the nested dicts (the
     answered values are never changed). Raises ValueError when a column is missing."""
-    missing = [name for name in PREDICTION_FIELDS if name not in values]
+    missing = [name for name in PREDICTION_FIELDS if name not in values and name not in LATER_FIELDS]
     if missing:
         raise ValueError(f"prediction record lacks field(s) {', '.join(missing)}")
-    row = {name: _plain(values[name]) for name in PREDICTION_FIELDS}
+    row = {name: _plain(values.get(name)) for name in PREDICTION_FIELDS}
     row["id"] = row["id"] if isinstance(row["id"], uuid.UUID) else uuid.UUID(str(row["id"]))
     row["created_at"] = utc(row["created_at"])
     row["confidence"] = float(row["confidence"])
     row["probabilities"] = {k: float(v) for k, v in row["probabilities"].items()}
     row["refer"] = bool(row["refer"])
+    if row["ood_score"] is not None:
+        row["ood_score"] = float(row["ood_score"])
     return row
 
 
@@ -86,7 +91,8 @@ def row_to_json(row: dict[str, Any]) -> str:
 
 def row_from_json(line: str) -> dict[str, Any]:
     data = json.loads(line)
-    row = {name: data[name] for name in PREDICTION_FIELDS}
+    # Spool lines written before the gate's columns existed lack them.
+    row = {name: data[name] if name not in LATER_FIELDS else data.get(name) for name in PREDICTION_FIELDS}
     row["id"] = uuid.UUID(row["id"])
     row["created_at"] = datetime.fromisoformat(row["created_at"])
     return row
@@ -94,5 +100,9 @@ def row_from_json(line: str) -> dict[str, Any]:
 
 def canonical_bytes(row: dict[str, Any]) -> bytes:
     """The bytes a row's hash covers; ``row`` may be a dict of column values or come from the database."""
-    content = {name: _jsonable(name, row[name]) for name in CHAINED_FIELDS}
+    content = {
+        name: _jsonable(name, row[name])
+        for name in CHAINED_FIELDS
+        if name not in LATER_FIELDS or row[name] is not None
+    }
     return json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()

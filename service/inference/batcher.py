@@ -46,6 +46,7 @@ class InferenceTimeout(InferenceError):
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     logits: np.ndarray  # (rows, classes) float32
+    features: np.ndarray | None  # (rows, d) float32 penultimate features; None if the model gives none
     queue_s: float
     inference_s: float
 
@@ -164,7 +165,7 @@ class Batcher:
             self._queue_wait.observe(started - job.enqueued)
         try:
             inputs = jobs[0].inputs if len(jobs) == 1 else np.concatenate([job.inputs for job in jobs])
-            logits = await loop.run_in_executor(self._executor, self._predict, inputs)
+            logits, features = await loop.run_in_executor(self._executor, self._predict, inputs)
         except asyncio.CancelledError:
             for job in jobs:  # shutdown past its drain deadline: answer, do not leave them hanging
                 if not job.future.done():
@@ -181,18 +182,21 @@ class Batcher:
         offset = 0
         for job in jobs:
             if not job.future.done():
+                rows = slice(offset, offset + job.rows)
+                job_features = None if features is None else features[rows]
                 job.future.set_result(
-                    BatchResult(logits[offset : offset + job.rows], started - job.enqueued, inference_s)
+                    BatchResult(logits[rows], job_features, started - job.enqueued, inference_s)
                 )
             offset += job.rows
 
-    def _predict(self, inputs: np.ndarray) -> np.ndarray:
+    def _predict(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Runs in the inference thread: the batch in chunks of at most max_batch_size rows."""
-        outputs = []
+        outputs, feature_outputs = [], []
         for start in range(0, inputs.shape[0], self.max_batch_size):
             chunk = inputs[start : start + self.max_batch_size]
             began = time.perf_counter()
-            logits = np.asarray(self.runtime.predict_logits(chunk), dtype=np.float32)
+            logits, features = self.runtime.predict(chunk)
+            logits = np.asarray(logits, dtype=np.float32)
             self._inference.observe(time.perf_counter() - began)
             self._batch_size.observe(chunk.shape[0])
             if logits.shape != (chunk.shape[0], self.num_classes):
@@ -201,8 +205,21 @@ class Batcher:
                 )
             if not np.isfinite(logits).all():
                 raise InferenceError("runtime returned non-finite logits")
+            if features is not None:
+                features = np.asarray(features, dtype=np.float32)
+                if (
+                    features.ndim != 2
+                    or features.shape[0] != chunk.shape[0]
+                    or not np.isfinite(features).all()
+                ):
+                    raise InferenceError(f"runtime returned invalid features of shape {features.shape}")
             outputs.append(logits)
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+            feature_outputs.append(features)
+        if len(outputs) == 1:
+            return outputs[0], feature_outputs[0]
+        if any(features is None for features in feature_outputs):
+            return np.concatenate(outputs), None
+        return np.concatenate(outputs), np.concatenate(feature_outputs)
 
     async def stop(self, drain_timeout_s: float) -> None:
         """Refuse new requests, let queued and running ones finish (until the deadline), fail the rest."""

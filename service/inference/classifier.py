@@ -1,5 +1,11 @@
 """Batch and predict: decoded frames -> student (and, by policy, teacher) results, as plain typed
-values; service/pipeline.py turns them into the answer."""
+values; service/pipeline.py turns them into the answer.
+
+The safety gate (kdoct/safety.py), when the student has one, judges every frame: the quality check
+in `prepare` (decode pool, before inference), the out-of-distribution score on the student's own
+features after it. A frame it flags keeps its probabilities but is `gradable: false`, with its
+reason, and referred; a volume is decided by its gradable frames only (service/inference/volume.py).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,22 @@ import numpy as np
 
 from kdoct.preprocess import PreprocessSpec, preprocess_array
 from kdoct.probabilities import softmax
+from kdoct.safety import GateVerdict
 from service.imaging import DecodedUpload, ImageLimits, decode_upload
-from service.inference.batcher import Batcher
+from service.inference.batcher import Batcher, InferenceError
 from service.inference.loaded_model import LoadedModel
 from service.inference.second_opinion import Policy, frames_to_review, refer
-from service.inference.volume import aggregate_volume
+from service.inference.volume import aggregate_volume, volume_gate
 
-__all__ = ["Classification", "Classifier", "Opinion", "Result", "ServedModel", "preprocess_frames"]
+__all__ = [
+    "Classification",
+    "Classifier",
+    "Opinion",
+    "Prepared",
+    "Result",
+    "ServedModel",
+    "preprocess_frames",
+]
 
 
 def preprocess_frames(frames: list, spec: PreprocessSpec) -> np.ndarray:
@@ -58,6 +73,19 @@ class Result:
     confidence: float
     refer: bool
     second_opinion: Opinion | None = None
+    # The safety gate's verdict; None when the gate is off.
+    gradable: bool | None = None
+    reason: str | None = None  # "quality:<what>" or "out_of_distribution" when not gradable
+    ood_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An upload ready for the student: its frames, their input batch and their quality reasons."""
+
+    upload: DecodedUpload
+    inputs: np.ndarray  # (frames, 3, H, W) float32
+    quality: list[str | None] | None  # per frame: None when fine; the list is None when the gate is off
 
 
 @dataclass
@@ -92,14 +120,16 @@ class Classifier:
         self.limits = limits
         self.pool = pool
 
-    def prepare(self, data: bytes) -> tuple[DecodedUpload, np.ndarray]:
-        """Decode and preprocess for the student; runs in the decode pool, off the event loop."""
+    def prepare(self, data: bytes) -> Prepared:
+        """Decode, check quality and preprocess for the student; runs in the decode pool, off the
+        event loop."""
         upload = decode_upload(data, self.limits)
-        return upload, preprocess_frames(upload.frames, self.student.loaded.spec)
+        gate = self.student.loaded.gate
+        quality = None if gate is None else [gate.quality_reason(frame) for frame in upload.frames]
+        return Prepared(upload, preprocess_frames(upload.frames, self.student.loaded.spec), quality)
 
-    async def classify(
-        self, upload: DecodedUpload, student_inputs: np.ndarray, policy: Policy
-    ) -> Classification:
+    async def classify(self, prepared: Prepared, policy: Policy) -> Classification:
+        upload, student_inputs = prepared.upload, prepared.inputs
         student = self.student.loaded
         names = student.class_names
         answer = await self.student.batcher.submit(student_inputs)
@@ -107,6 +137,11 @@ class Classifier:
         probabilities = softmax(answer.logits, student.temperature)
         labels = probabilities.argmax(axis=1)
         confidences = probabilities[np.arange(len(labels)), labels]
+        verdicts: list[GateVerdict | None] = [None] * len(labels)
+        if student.gate is not None and prepared.quality is not None:
+            if answer.features is None:
+                raise InferenceError("the student's runtime gave no features: the safety gate cannot run")
+            verdicts = list(student.gate.verdicts(prepared.quality, answer.features))
 
         teacher_probabilities: dict[int, np.ndarray] = {}
         review = frames_to_review(policy, confidences, self.threshold) if self.teacher else np.empty(0, int)
@@ -131,13 +166,18 @@ class Classifier:
             opinion = None
             if index in teacher_probabilities:
                 opinion = self._opinion(teacher_probabilities[index], names[label])
+            verdict = verdicts[index]
+            unsure = refer(float(confidences[index]), self.threshold, opinion and opinion.agrees)
             frames.append(
                 Result(
                     probabilities=_as_dict(names, probabilities[index]),
                     label=names[label],
                     confidence=float(confidences[index]),
-                    refer=refer(float(confidences[index]), self.threshold, opinion and opinion.agrees),
+                    refer=unsure or (verdict is not None and not verdict.gradable),
                     second_opinion=opinion,
+                    gradable=None if verdict is None else verdict.gradable,
+                    reason=None if verdict is None else verdict.reason,
+                    ood_score=None if verdict is None else verdict.ood_score,
                 )
             )
         volume = self._volume(probabilities, frames, teacher_probabilities) if upload.is_volume else None
@@ -163,11 +203,15 @@ class Classifier:
     def _volume(
         self, probabilities: np.ndarray, frames: list[Result], teacher_probabilities: dict[int, np.ndarray]
     ) -> Result:
+        """The volume's result from its gradable frames only (all frames when none is gradable, which
+        makes the volume itself ungradable); see service/inference/volume.py."""
         names = self.student.loaded.class_names
-        label, confidence, volume_probabilities = aggregate_volume(probabilities, names)
+        gradable, reason, deciding = volume_gate([(frame.gradable, frame.reason) for frame in frames])
+        label, confidence, volume_probabilities = aggregate_volume(probabilities[deciding], names)
         opinion = None
-        if teacher_probabilities:
-            reviewed = np.stack(list(teacher_probabilities.values()))
+        reviewed_indices = [index for index in deciding.tolist() if index in teacher_probabilities]
+        if reviewed_indices:
+            reviewed = np.stack([teacher_probabilities[index] for index in reviewed_indices])
             teacher_label, teacher_confidence, teacher_volume = aggregate_volume(reviewed, names)
             # The volume opinion's label and confidence follow the same most-severe-frame rule.
             opinion = Opinion(
@@ -176,12 +220,15 @@ class Classifier:
                 probabilities=_as_dict(names, teacher_volume),
                 confidence=teacher_confidence,
                 agrees=names[teacher_label] == names[label],
-                frames_reviewed=len(teacher_probabilities),
+                frames_reviewed=len(reviewed_indices),
             )
+        referred = any(frames[index].refer for index in deciding.tolist())
         return Result(
             probabilities=_as_dict(names, volume_probabilities),
             label=names[label],
             confidence=confidence,
-            refer=any(frame.refer for frame in frames) or bool(opinion and not opinion.agrees),
+            refer=referred or gradable is False or bool(opinion and not opinion.agrees),
             second_opinion=opinion,
+            gradable=gradable,
+            reason=reason,
         )

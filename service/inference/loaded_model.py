@@ -11,8 +11,9 @@ import numpy as np
 
 from kdoct.bundle import Bundle, load_bundle
 from kdoct.errors import BundleError, GoldenMismatchError
-from kdoct.golden import GOLDEN_TOLERANCE, check_golden
+from kdoct.golden import GOLDEN_TOLERANCE, SCORE_TOLERANCE, check_golden
 from kdoct.preprocess import PreprocessSpec
+from kdoct.safety import SafetyGate, load_gate
 from service.inference.runtime import Runtime, build_runtime
 
 __all__ = ["LoadedModel", "load_model"]
@@ -26,6 +27,7 @@ class LoadedModel:
     runtime: Runtime
     spec: PreprocessSpec
     golden_difference: float
+    gate: SafetyGate | None = None  # the safety gate, when the service applies it to this model
 
     @property
     def role(self) -> str:
@@ -52,9 +54,13 @@ def load_model(
     precision: str = "fp32",
     threads: int | None = None,
     reduced_precision_tolerance: float = 5e-3,
+    reduced_precision_score_tolerance: float = 5e-2,
     warmup_batch: int | None = None,
+    safety_gate: bool = False,
 ) -> LoadedModel:
-    """Raises BundleError (GoldenMismatchError for a runtime that does not reproduce the bundle)."""
+    """Raises BundleError (GoldenMismatchError for a runtime that does not reproduce the bundle).
+    `safety_gate`: load the bundle's safety gate (refused when it has none) and check it on the
+    golden inputs too."""
     began = time.perf_counter()
     bundle = load_bundle(path)
     if bundle.role != expected_role:
@@ -67,6 +73,12 @@ def load_model(
             f"{path}: the bundle has no golden/ inputs, so the service cannot prove it reproduces the model: "
             f"re-export it with model_training"
         )
+    gate = load_gate(bundle.path, bundle.manifest["files"]) if safety_gate else None
+    if safety_gate and gate is None:
+        raise BundleError(
+            f"{path}: the bundle has no safety gate (safety/gate.json), and KDOCT_SAFETY_GATE=on: re-export "
+            f"it with this version of model_training, or set KDOCT_SAFETY_GATE=off (research use only)"
+        )
     spec = bundle.preprocess
     model_runtime = build_runtime(bundle, runtime, device, precision, threads)
     height, width = spec.input_size
@@ -75,9 +87,17 @@ def load_model(
     warmup_sizes = getattr(model_runtime, "warmup_sizes", lambda rows: sorted({1, max(1, rows)}))
     for rows in warmup_sizes(warmup_batch or model_runtime.preferred_batch_size):
         model_runtime.predict_logits(np.zeros((rows, 3, height, width), dtype=np.float32))
-    tolerance = GOLDEN_TOLERANCE if model_runtime.precision == "fp32" else reduced_precision_tolerance
+    fp32 = model_runtime.precision == "fp32"
+    tolerance = GOLDEN_TOLERANCE if fp32 else reduced_precision_tolerance
     try:
-        difference = check_golden(bundle.golden_dir, spec, model_runtime.predict_logits, tolerance)
+        difference = check_golden(
+            bundle.golden_dir,
+            spec,
+            model_runtime.predict,
+            tolerance,
+            gate=gate,
+            score_tolerance=SCORE_TOLERANCE if fp32 else reduced_precision_score_tolerance,
+        )
     except GoldenMismatchError as exc:
         raise GoldenMismatchError(
             f"refusing to serve {bundle.name} {bundle.version} on "
@@ -88,4 +108,6 @@ def load_model(
         expected_role, bundle.name, bundle.version, bundle.sha256[:12], model_runtime.name,
         model_runtime.device, model_runtime.precision, difference, time.perf_counter() - began,
     )  # fmt: skip
-    return LoadedModel(bundle=bundle, runtime=model_runtime, spec=spec, golden_difference=difference)
+    return LoadedModel(
+        bundle=bundle, runtime=model_runtime, spec=spec, golden_difference=difference, gate=gate
+    )

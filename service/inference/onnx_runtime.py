@@ -10,7 +10,9 @@ import onnxruntime as ort
 
 from service.inference.thread_policy import FastestVariant
 
-__all__ = ["OnnxRuntime"]
+__all__ = ["FEATURES_OUTPUT", "OnnxRuntime"]
+
+FEATURES_OUTPUT = "features"  # model_training.export.ONNX_FEATURES
 
 
 # Two sessions double the model's memory: worth it for a student (tens of MB), not for a teacher.
@@ -69,6 +71,10 @@ class OnnxRuntime:
         self.precision = "fp32"
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        # Bundles exported since the safety gate have a second output, the penultimate features.
+        outputs = [output.name for output in self.session.get_outputs()]
+        self.has_features = FEATURES_OUTPUT in outputs
+        self._outputs = [self.output_name, FEATURES_OUTPUT] if self.has_features else [self.output_name]
         batch_axis = self.session.get_inputs()[0].shape[0]
         fixed_batch = batch_axis if isinstance(batch_axis, int) else None
         # Measured on CPU: batch 1 is faster per image than batch 8, so on CPU nothing is held back.
@@ -77,12 +83,18 @@ class OnnxRuntime:
         self.max_batch_size = fixed_batch
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.predict(batch)[0]
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if self.max_batch_size is not None and batch.shape[0] != self.max_batch_size:
-            return np.concatenate([self.predict_logits(row[None]) for row in batch])
+            rows = [self.predict(row[None]) for row in batch]
+            logits = np.concatenate([row[0] for row in rows])
+            return logits, (np.concatenate([row[1] for row in rows]) if self.has_features else None)
         if len(self._sessions) == 1:
-            return self.session.run([self.output_name], {self.input_name: batch})[0]
-        variant = self.thread_policy.pick()
-        began = time.perf_counter()
-        logits = self._sessions[variant].run([self.output_name], {self.input_name: batch})[0]
-        self.thread_policy.observe(variant, (time.perf_counter() - began) / max(1, batch.shape[0]))
-        return logits
+            outputs = self.session.run(self._outputs, {self.input_name: batch})
+        else:
+            variant = self.thread_policy.pick()
+            began = time.perf_counter()
+            outputs = self._sessions[variant].run(self._outputs, {self.input_name: batch})
+            self.thread_policy.observe(variant, (time.perf_counter() - began) / max(1, batch.shape[0]))
+        return outputs[0], (outputs[1] if self.has_features else None)

@@ -1,7 +1,8 @@
 """The runtime contract and the choice between ONNX Runtime and PyTorch.
 
-A runtime turns a float32 batch (N, 3, H, W) into float32 logits (N, classes). Calls come from
-one thread at a time (the batcher's), so a runtime holds one session and needs no locking.
+A runtime turns a float32 batch (N, 3, H, W) into float32 logits (N, classes) and, for bundles
+exported with them, the penultimate features (N, d) the safety gate scores (kdoct/safety.py). Calls
+come from one thread at a time (the batcher's), so a runtime holds one session and needs no locking.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class Runtime(Protocol):
     # Largest batch worth running at once, and whether waiting for more requests pays off.
     preferred_batch_size: int
     batching_helps: bool
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, penultimate features or None when the model does not give them)."""
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray: ...
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kdoct.models import LogitsAndFeatures
+
 __all__ = ["TorchRuntime", "padded_size"]
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -43,7 +45,9 @@ class TorchRuntime:
             torch.set_num_threads(threads)
         self.device = device
         self.precision = precision if device == "cuda" else "fp32"
-        self.model = model.eval().to(device)
+        # Wrapped so that one forward gives the logits and the safety gate's features.
+        self.model = LogitsAndFeatures(model).eval().to(device)
+        self.has_features = True
         if device == "cuda" and self.precision == "fp32":
             # TF32 (on by default for cuDNN convolutions) is not fp32: the golden check against the ONNX
             # fp32 outputs must compare like with like. Measured numbers are in docs/CONFIGURATION.md.
@@ -61,8 +65,11 @@ class TorchRuntime:
             return sorted({1, max(1, max_rows)})
         return [1 << power for power in range(padded_size(max(1, max_rows)).bit_length())]
 
-    @torch.inference_mode()
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.predict(batch)[0]
+
+    @torch.inference_mode()
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = batch.shape[0]
         inputs = torch.from_numpy(batch)
         if self.pad_batches and padded_size(rows) > rows:
@@ -75,7 +82,7 @@ class TorchRuntime:
             )
         if self.precision in _DTYPES:
             with torch.autocast(device_type="cuda", dtype=_DTYPES[self.precision]):
-                logits = self.model(inputs)
+                logits, features = self.model(inputs)
         else:
-            logits = self.model(inputs)
-        return logits[:rows].float().cpu().numpy()
+            logits, features = self.model(inputs)
+        return logits[:rows].float().cpu().numpy(), features[:rows].float().cpu().numpy()

@@ -112,6 +112,34 @@ function referBadge(refer) {
     : el("span", { className: "badge ok", text: "No referral flag" });
 }
 
+// The safety gate's reasons (docs/API.md), in words a clinician reads at a glance.
+const GATE_REASONS = {
+  "quality:blank": "the image is blank",
+  "quality:colour": "the image is in colour (a B-scan is grayscale)",
+  "quality:saturated": "too much of the image is saturated",
+  "quality:low_signal": "the signal is too weak (image too dark)",
+  "quality:overexposed": "the image is too bright",
+  "quality:low_contrast": "the contrast is too low",
+  "quality:noise": "the image is mostly noise",
+  "quality:geometry": "its shape is not that of the B-scans the model knows",
+  "quality:not_oct_like": "it does not look like an OCT B-scan",
+  out_of_distribution: "it is unlike the B-scans the model was trained on",
+};
+
+function gateReason(reason) {
+  return GATE_REASONS[reason] || reason || "unknown reason";
+}
+
+function gateBanner(result) {
+  if (result.gradable !== false) return null;
+  return el(
+    "div",
+    { className: "ungradable", role: "alert", "data-testid": "ungradable" },
+    el("strong", { text: "Cannot grade this image" }),
+    ` — ${gateReason(result.reason)}. Refer for human review; the probabilities below are not a diagnosis.`,
+  );
+}
+
 function secondOpinionBlock(opinion) {
   if (!opinion) return el("p", { className: "muted", text: "Second opinion: not run." });
   const verdict = opinion.agrees ? "agrees" : "disagrees";
@@ -153,6 +181,7 @@ function framesTable(frames) {
         el("td", { text: frame.label }),
         el("td", { text: percent(frame.confidence) }),
         el("td", { text: frame.refer ? "yes" : "no" }),
+        el("td", { text: frame.gradable === false ? `no: ${gateReason(frame.reason)}` : "yes" }),
       ),
     );
   }
@@ -165,7 +194,8 @@ function framesTable(frames) {
       {},
       el("thead", {}, el("tr", {},
         el("th", { scope: "col", text: "Frame" }), el("th", { scope: "col", text: "Label" }),
-        el("th", { scope: "col", text: "Confidence" }), el("th", { scope: "col", text: "Refer" }))),
+        el("th", { scope: "col", text: "Confidence" }), el("th", { scope: "col", text: "Refer" }),
+        el("th", { scope: "col", text: "Gradable" }))),
       body,
     ),
   );
@@ -191,6 +221,8 @@ function resultCard(fileName, result, preview) {
       referBadge(result.refer),
     ),
   );
+  const banner = gateBanner(result);
+  if (banner) card.append(banner);
   const columns = el("div", { className: "result-body" });
   const facts = el("div", { className: "result-facts" }, probabilityBars(result.probabilities, result.label));
   facts.append(secondOpinionBlock(result.second_opinion));

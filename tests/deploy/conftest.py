@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kdoct_testing.bundles import build_test_bundle, gray_images
+from kdoct_testing.bundles import build_test_bundle, gate_images, gray_images
 from kdoct_testing.postgres import create_database, drop_database
 from kdoct_testing.server import free_port
 
@@ -43,6 +43,7 @@ SERVICE_METRICS = {
     "kdoct_prediction_confidence": "histogram",
     "kdoct_second_opinions_total": "counter",
     "kdoct_referrals_total": "counter",
+    "kdoct_safety_gate_total": "counter",
     "kdoct_rejected_requests_total": "counter",
     "kdoct_db_write_duration_seconds": "histogram",
     "kdoct_db_write_failures_total": "counter",
@@ -215,9 +216,11 @@ def live_bundles(
     root = tmp_path_factory.mktemp("deploy-bundles")
     golden = gray_images([sample_jpegs["CNV"][0], sample_jpegs["NORMAL"][0]])
     bundles = {}
+    fitting = gate_images(sample_jpegs["CNV"][0].parents[1])
     for role, arch, seed in (("student", "test_efficientnet", 3), ("teacher", "test_convnext", 5)):
         bundles[role] = root / role
-        build_test_bundle(bundles[role], arch, (64, 64), role, golden, seed, name=f"deploy-{role}")
+        gate = fitting if role == "student" else None
+        build_test_bundle(bundles[role], arch, (64, 64), role, golden, seed, name=f"deploy-{role}", gate=gate)
     return bundles
 
 

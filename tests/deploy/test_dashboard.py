@@ -15,7 +15,8 @@ METRIC_NAME = re.compile(r"\bkdoct_[a-z_]+\b")
 REQUIRED_TOPICS = [
     "request rate", "error rate", "request latency", "inference latency", "queue wait", "queue depth",
     "batch size", "predictions by label", "confidence distribution", "referral", "disagreement",
-    "database write failures", "spool backlog", "authentication failures", "models",
+    "database write failures", "spool backlog", "authentication failures", "models", "safety gate",
+    "ungradable",
 ]  # fmt: skip
 
 

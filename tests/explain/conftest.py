@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from kdoct.bundle import Bundle
-from kdoct_testing.bundles import build_test_bundle
+from kdoct_testing.bundles import build_test_bundle, gate_images
 
 # The student family and the teacher family, as the service serves them.
 TEST_ROLES = {"test_efficientnet": "student", "test_convnext": "teacher"}
@@ -25,12 +25,14 @@ def real_bscan(sample_jpegs: dict[str, list[Path]]) -> Image.Image:
 
 
 @pytest.fixture(scope="session")
-def explain_bundles(tmp_path_factory, real_bscan: Image.Image) -> dict[str, Bundle]:
+def explain_bundles(tmp_path_factory, real_bscan: Image.Image, sample_dir: Path) -> dict[str, Bundle]:
     torch.set_num_threads(1)
     bundles = {}
     for seed, (arch, role) in enumerate(TEST_ROLES.items()):
         out = tmp_path_factory.mktemp("bundles") / arch
+        # The service serves a student only with its safety gate.
+        gate = gate_images(sample_dir) if role == "student" else None
         bundles[arch] = build_test_bundle(
-            out, arch, TEST_INPUT_SIZE, role, [real_bscan], seed, name=f"explain-{arch}"
+            out, arch, TEST_INPUT_SIZE, role, [real_bscan], seed, name=f"explain-{arch}", gate=gate
         )
     return bundles

@@ -1,4 +1,5 @@
-"""`final`: the deployable teacher and student on every patient but a held-back calibration slice."""
+"""`final`: the deployable teacher and student on every patient but a held-back calibration slice and
+a test slice; each bundle with its safety gate."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from training_cli import SMOKE, run_cli
 
 from kdoct.bundle import load_bundle
 from kdoct.errors import ConfigError, LeakageError
+from kdoct.safety import GATE_JSON, load_gate
 from model_training.config import load_config
 from model_training.final import chosen_epochs, read_final_split
 
@@ -39,30 +41,38 @@ def final_run(tmp_path_factory) -> Path:
     report = _cv_report(root / "report.json")
     out = root / "run"
     result = run_cli(
-        "final", "--config", str(SMOKE), "--out", str(out), "--holdout", "0.25", "--epochs-from", str(report)
-    )
+        "final", "--config", str(SMOKE), "--out", str(out), "--holdout", "0.25", "--test-fraction", "0.25",
+        "--epochs-from", str(report),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "card:" in result.stdout
     return out
 
 
-def test_final_trains_on_every_patient_but_a_held_back_slice(final_run):
+def test_final_trains_on_every_patient_but_a_held_back_and_a_test_slice(final_run):
     split = read_final_split(final_run / "split.csv")
     with open(final_run / "manifest.csv", newline="") as handle:
         everyone = {row["patient_id"] for row in csv.DictReader(handle)}
     trained = {s.patient_id for s in split["train"]}
     held_back = {s.patient_id for s in split["val"]}
-    assert trained | held_back == everyone and not trained & held_back
-    assert len(held_back) == 4  # a quarter of the smoke data's 16 patients
+    tested = {s.patient_id for s in split["test"]}
+    assert trained | held_back | tested == everyone
+    assert not trained & held_back and not trained & tested and not held_back & tested
+    assert len(held_back) == 4 and len(tested) == 4  # a quarter each of the smoke data's 16 patients
     card = json.loads((final_run / "card.json").read_text())
     assert card["data"]["training"]["patients"] == len(trained)
     assert card["data"]["held_back"]["images"] == len(split["val"])
+    assert card["data"]["test"]["images"] == len(split["test"])
     for role in ("teacher", "student"):
         bundle = load_bundle(final_run / role)
         provenance = bundle.manifest["provenance"]
         assert provenance["fold"] is None
         assert bundle.manifest["calibration"]["fitted_on"] == "validation"
         assert card["models"][role]["sha256"] == bundle.sha256
+        # The safety gate: fitted on the training patients, its threshold on the held-back slice.
+        gate = load_gate(bundle.path, bundle.manifest["files"])
+        assert gate.summary["quality"]["fitted_on_images"] == len(split["train"])
+        assert gate.summary["ood"]["threshold_on_images"] == len(split["val"])
         # Golden images come from the held-back slice, never from the training patients.
         checkpoint = torch.load(final_run / "work" / role / "final.pt", map_location="cpu", weights_only=True)
         assert checkpoint["golden_paths"] and set(checkpoint["golden_paths"]) <= {
@@ -89,6 +99,25 @@ def test_final_is_instant_once_its_bundles_are_complete(final_run):
     result = run_cli("final", "--config", str(SMOKE), "--out", str(final_run), "--holdout", "0.25")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (final_run / "student" / "bundle.json").read_bytes() == before
+
+
+def test_a_bundle_exported_before_the_gate_is_exported_again_with_one(final_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(final_run, run, symlinks=True)
+    # Strip the student's gate as an older version exported it: no gate files, manifest re-pinned.
+    student = run / "student"
+    manifest = json.loads((student / "bundle.json").read_text())
+    for name in [n for n in manifest["files"] if n.startswith("safety/")]:
+        (student / name).unlink()
+        del manifest["files"][name]
+    (student / "bundle.json").write_text(json.dumps(manifest))
+    assert load_gate(student, load_bundle(student).manifest["files"]) is None
+    result = run_cli("final", "--config", str(SMOKE), "--out", str(run), "--holdout", "0.25")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert GATE_JSON in load_bundle(student).manifest["files"]
+    assert "resumed" in result.stderr and "epoch 1/" not in result.stderr  # exported again, not retrained
 
 
 def test_a_split_with_a_patient_on_both_sides_is_refused(final_run):

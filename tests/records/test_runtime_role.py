@@ -172,13 +172,13 @@ def test_downgrade_below_the_protection_asks_for_a_flag(sqlite_url, repo_root) -
             env=env,
         )
 
-    for target in ("base", "0003", "-1"):
+    for target in ("base", "0003", "0004", "-1"):
         refused = run("downgrade", target)
         assert refused.returncode == 2 and "--allow-records-downgrade" in refused.stderr
     engine = make_engine(sqlite_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
         assert run("downgrade", "base", "--allow-records-downgrade").returncode == 0
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0

@@ -204,13 +204,13 @@ def test_queue_full_answers_503_with_retry_after(make_settings, jpeg_paths):
         create_app(make_settings(max_queue=1, max_batch_size=1, second_opinion="never"))
     ) as client:
         runtime = client.app.state.classifier.student.batcher.runtime
-        original = runtime.predict_logits
+        original = runtime.predict
 
         def blocked(batch):
             release.wait(30)
             return original(batch)
 
-        runtime.predict_logits = blocked
+        runtime.predict = blocked
         data = jpeg_paths[0].read_bytes()
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(post, client, data) for _ in range(4)]

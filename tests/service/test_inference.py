@@ -69,7 +69,7 @@ def test_batched_requests_get_the_same_logits_as_single_ones(onnx_runtime, stude
 class FailingRuntime:
     name, device, precision, preferred_batch_size, batching_helps = "onnx", "cpu", "fp32", 8, False
 
-    def predict_logits(self, batch):
+    def predict(self, batch):
         raise RuntimeError("out of memory (simulated)")
 
 
@@ -80,10 +80,10 @@ class BlockingRuntime:
         self.release = threading.Event()
         self.entered = threading.Event()
 
-    def predict_logits(self, batch):
+    def predict(self, batch):
         self.entered.set()
         self.release.wait(5)
-        return np.zeros((batch.shape[0], 3), dtype=np.float32)
+        return np.zeros((batch.shape[0], 3), dtype=np.float32), None
 
 
 def test_a_failing_batch_fails_every_request_of_it_and_nothing_hangs(student_inputs):
