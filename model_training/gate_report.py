@@ -30,7 +30,7 @@ from kdoct.preprocess import preprocess_batch
 from kdoct.safety import OOD_REASON, SafetyGate, load_gate
 from model_training.data.image_cache import open_image
 
-__all__ = ["NATURAL_PHOTOGRAPHS", "gate_report", "report_markdown"]
+__all__ = ["NATURAL_PHOTOGRAPHS", "gate_report", "non_oct_images", "report_markdown"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,16 @@ def _noise() -> dict[str, Image.Image]:
 
 def _blank() -> dict[str, Image.Image]:
     return {f"level_{level}": Image.new("L", _SIZE, level) for level in (0, 128, 255)}
+
+
+def non_oct_images() -> dict[str, dict[str, Image.Image]]:
+    """The far out-of-distribution sets by group: natural photographs, rendered text, noise, blank."""
+    return {
+        "natural_photographs": _natural_photographs(),
+        "rendered_text": _rendered_text(),
+        "noise": _noise(),
+        "blank": _blank(),
+    }
 
 
 def _read_rows(manifest: Path) -> list[dict[str, str]]:
@@ -185,12 +195,7 @@ def gate_report(run_dir: Path, ood_manifest: Path, ood_label: str = "DME") -> di
     auroc = float(roc_auc_score(labels, np.r_[test["scores"], ood["scores"]]))
 
     far = {}
-    for name, images in (
-        ("natural_photographs", _natural_photographs()),
-        ("rendered_text", _rendered_text()),
-        ("noise", _noise()),
-        ("blank", _blank()),
-    ):
+    for name, images in non_oct_images().items():
         far[name] = _group(scorer.judge(list(images.values())), list(images))
 
     accuracy_all = float((test["labels"] == truth).mean())

@@ -33,6 +33,13 @@ def _describe(served: ServedModel) -> dict:
             "max_batch_wait_ms": served.batcher.max_wait_s * 1000.0,
         },
         "golden_max_difference": loaded.golden_difference,
+        # The gate this service applies to the model (the student's), with its threshold and bounds.
+        "safety_gate": None
+        if loaded.gate is None
+        else {
+            **loaded.gate.summary,
+            "ood": {**loaded.gate.summary.get("ood", {}), "threshold": loaded.gate.ood.threshold},
+        },
     }
 
 

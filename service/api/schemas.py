@@ -168,6 +168,11 @@ class ModelInfo(BaseModel):
     metrics: dict = Field(description="the bundle's evaluation metrics (per fold and mean ± std)")
     provenance: dict
     runtime: dict = Field(examples=[{"name": "onnx", "device": "cpu", "precision": "fp32"}])
+    safety_gate: dict | None = Field(
+        None,
+        description="the safety gate applied to this model: quality bounds, the out-of-distribution "
+        "threshold and how they were fitted; null when none is applied",
+    )
     golden_max_difference: float = Field(
         description="max |p - p_golden| measured at start-up on this runtime"
     )

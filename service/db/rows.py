@@ -100,9 +100,7 @@ def row_from_json(line: str) -> dict[str, Any]:
 
 def canonical_bytes(row: dict[str, Any]) -> bytes:
     """The bytes a row's hash covers; ``row`` may be a dict of column values or come from the database."""
-    content = {
-        name: _jsonable(name, row[name])
-        for name in CHAINED_FIELDS
-        if name not in LATER_FIELDS or row[name] is not None
-    }
+    content = {name: _jsonable(name, row[name]) for name in CHAINED_FIELDS if name not in LATER_FIELDS}
+    # A later column enters the hash only when set (a row written before it has no such key at all).
+    content.update({name: row.get(name) for name in LATER_FIELDS if row.get(name) is not None})
     return json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()

@@ -100,3 +100,41 @@ def test_health_models_and_openapi(server):
     models = httpx.get(f"{server['url']}/models").json()["models"]
     assert {model["role"] for model in models} == {"student", "teacher"}
     assert httpx.get(f"{server['url']}/openapi.json").json()["info"]["title"].startswith("kdoct")
+
+
+def test_the_safety_gate_refuses_what_is_not_a_b_scan_over_http(server, sample_jpegs):
+    """A running server answers 200 with gradable: false, its reason and refer: true for a blank frame,
+    noise, a natural photograph and rendered text; real held-out B-scans are gradable; the outcomes are
+    counted in /metrics."""
+    import io
+
+    import numpy as np
+    import skimage.data
+    from PIL import Image, ImageDraw
+
+    def png(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    text = Image.new("L", (512, 496), 255)
+    for row in range(30):
+        ImageDraw.Draw(text).text((8, 4 + 16 * row), "Impression: normal macula. Follow-up.", fill=0)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (496, 512), dtype=np.uint8))
+    refused = {
+        "blank": png(Image.new("L", (512, 496), 0)),
+        "noise": png(noise),
+        "photograph": png(Image.fromarray(skimage.data.coffee())),
+        "text": png(text),
+    }
+    for name, data in refused.items():
+        response = classify(server["url"], data)
+        assert response.status_code == 200, (name, response.text)
+        body = response.json()
+        assert body["gradable"] is False and body["refer"] is True, (name, body["reason"])
+        assert body["reason"].startswith("quality:") or body["reason"] == "out_of_distribution"
+    held_out = [path for c in ("CNV", "DRUSEN", "NORMAL") for path in sample_jpegs[c][50:60]]
+    gradable = [classify(server["url"], path.read_bytes()).json()["gradable"] for path in held_out]
+    assert np.mean(gradable) >= 0.8
+    metrics = httpx.get(f"{server['url']}/metrics", timeout=10).text
+    assert 'kdoct_safety_gate_total{model="test-student",outcome="quality:blank"}' in metrics

@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 
 from service.db.audit import verify
 from service.db.chain import GENESIS_HASH, append_predictions
+from service.db.migrate import upgrade
 from service.db.models import Prediction
-from service.db.rows import normalise_row
+from service.db.rows import LATER_FIELDS, normalise_row
 from service.db.session import make_engine
 
 
@@ -124,3 +125,48 @@ def test_audit_finds_a_rehashed_row(engine: Engine, make_rows) -> None:
     _behind_its_back(engine, "UPDATE predictions SET row_hash = '" + "f" * 64 + "' WHERE sequence = 2")
     report = verify(engine)
     assert report.broken is not None and report.broken.sequence == 2
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url_at_0004(request, tmp_path) -> str:
+    """A database migrated to revision 0004: the schema before the safety gate's columns."""
+    url = (
+        f"sqlite:///{tmp_path / 'old.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("pg_fresh_url")
+    )
+    upgrade(url, "0004")
+    return url
+
+
+def test_gate_verdicts_are_chained_and_rows_from_before_them_still_verify(
+    url_at_0004, record_factory
+) -> None:
+    engine = make_engine(url_at_0004)
+    try:
+        # Rows as revision 0004 wrote them: no gate keys at all.
+        old = [normalise_row(record_factory()) for _ in range(3)]
+        for row in old:
+            for name in LATER_FIELDS:
+                del row[name]
+        append_predictions(engine, old)
+        upgrade(url_at_0004)
+        assert verify(engine).ok
+        flagged = normalise_row(record_factory(gradable=False, gate_reason="quality:blank", ood_score=3.25))
+        graded = normalise_row(record_factory(gradable=True, gate_reason=None, ood_score=0.5))
+        append_predictions(engine, [flagged, graded])
+        report = verify(engine)
+        assert report.ok and report.rows_checked == 5
+        with engine.connect() as conn:
+            stored = conn.execute(
+                text("SELECT gradable, gate_reason, ood_score FROM predictions WHERE sequence = 4")
+            )
+            assert tuple(stored.one()) == (False, "quality:blank", 3.25)
+        # Turning an ungradable answer into a gradable one behind the triggers breaks its link.
+        _behind_its_back(
+            engine, "UPDATE predictions SET gradable = TRUE, gate_reason = NULL WHERE sequence = 4"
+        )
+        report = verify(engine)
+        assert not report.ok and report.broken.sequence == 4 and "altered" in report.broken.reason
+    finally:
+        engine.dispose()

@@ -32,3 +32,23 @@ def test_live_appends_skip_the_lookup_and_a_replay_of_them_is_still_idempotent(e
     assert append_predictions(engine, rows).count == 0
     report = verify(engine)
     assert report.ok and report.rows_checked == 3
+
+
+def test_a_spool_line_written_before_the_gate_columns_replays_with_the_same_hash(record_factory):
+    import json
+
+    from service.db.chain import link_hash
+    from service.db.rows import LATER_FIELDS, row_from_json, row_to_json
+
+    row = normalise_row(record_factory())
+    old_line = json.loads(row_to_json(row))
+    for name in LATER_FIELDS:
+        del old_line[name]  # what the spool held before revision 0005
+    replayed = row_from_json(json.dumps(old_line))
+    assert all(replayed[name] is None for name in LATER_FIELDS)
+    assert link_hash("0" * 64, {**replayed, "sequence": 1}) == link_hash("0" * 64, {**row, "sequence": 1})
+    gated = normalise_row(
+        record_factory(gradable=False, gate_reason="out_of_distribution", ood_score=np.float32(2.5))
+    )
+    assert row_from_json(row_to_json(gated))["gate_reason"] == "out_of_distribution"
+    assert type(gated["ood_score"]) is float
