@@ -5,15 +5,18 @@ whom (service/db/queries.py: log_reads); a read that cannot be logged is not ans
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
+from service import fhir
 from service.db import queries
 from service.db.models import Prediction
 from service.deps import FeedbackClientDep, ReadClientDep, SessionsDep
@@ -98,10 +101,39 @@ def _stored_request_id(request: Request, request_id: str) -> str:
     return request.app.state.audit_key.request_id_hash(request_id)
 
 
-@router.get("/{prediction_id}", response_model=PredictionOut, summary="One prediction record")
+def _wants_fhir(request: Request, format: str | None) -> bool:
+    """FHIR when asked by the query (`format=fhir`, for links and tools that cannot set headers) or by
+    `Accept: application/fhir+json`; an explicit `format=json` wins over the header."""
+    if format is not None:
+        return format == "fhir"
+    return fhir.FHIR_MEDIA_TYPE in request.headers.get("accept", "").lower()
+
+
+_FHIR_RESPONSE = {
+    200: {
+        "description": "PredictionOut, or with `Accept: application/fhir+json` / `format=fhir` an HL7 FHIR "
+        "R4 Bundle (type collection): DiagnosticReport, Observations, model Devices (docs/API.md)",
+        "content": {fhir.FHIR_MEDIA_TYPE: {"schema": {"type": "object"}}},
+    }
+}
+
+
+@router.get(
+    "/{prediction_id}",
+    response_model=PredictionOut,
+    responses=_FHIR_RESPONSE,
+    summary="One prediction record",
+)
 async def get_prediction(
-    prediction_id: uuid.UUID, request: Request, sessions: SessionsDep, client: ReadClientDep
-) -> PredictionOut:
+    prediction_id: uuid.UUID,
+    request: Request,
+    sessions: SessionsDep,
+    client: ReadClientDep,
+    format: Annotated[
+        Literal["json", "fhir"] | None,
+        Query(description="fhir: the HL7 FHIR R4 Bundle, as with Accept: application/fhir+json"),
+    ] = None,
+) -> PredictionOut | Response:
     reader = _stored_request_id(request, request.state.request_id)
 
     def load():
@@ -115,7 +147,11 @@ async def get_prediction(
     row = await _query(load)
     if row is None:
         raise Problem("not-found", f"no prediction {prediction_id} on record")
-    return _out(row)
+    record = _out(row)
+    if _wants_fhir(request, format):
+        # Mapped from the validated PredictionOut, so both forms show the same record, read and logged once.
+        return Response(json.dumps(fhir.prediction_bundle(record)), media_type=fhir.FHIR_MEDIA_TYPE)
+    return record
 
 
 @router.get("", response_model=PredictionPageOut, summary="Prediction records, newest first")
