@@ -354,7 +354,7 @@ def _conclusion(record: PredictionRecord, is_volume: bool) -> str:
         what = "B-scan"
     text = (
         f"Preliminary AI classification ({record.model_name} {record.model_version}) of the {what}: "
-        f"{record.label}, probability {record.confidence:.3f}."
+        f"{record.label}, calibrated probability {record.confidence:.4g}."
     )
     if record.gradable is False:
         text += f" NOT GRADABLE ({record.gate_reason}): not a diagnosis."
