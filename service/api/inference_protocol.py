@@ -39,7 +39,7 @@ from service.deps import ClientDep, PipelineDep, SinkDep, get_client
 from service.inference.classifier import ServedModel
 from service.pipeline import ClassificationPipeline
 from service.problems import Problem
-from service.records import prediction_rows
+from service.records import PredictionSink, prediction_rows
 
 __all__ = ["router"]
 
@@ -47,7 +47,8 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 _classify_scope = [Depends(get_client)]
 
 TENSOR_INPUT, IMAGE_INPUT = "input", "image"
-_PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch_torch"}
+# Triton's name for ONNX Runtime; the PyTorch runtime runs eager weights, not a Triton "libtorch" model.
+_PLATFORMS = {"onnx": "onnxruntime_onnx", "torch": "pytorch"}
 # How the safety gate judged the answer's images (the response's `safety_gate` parameter).
 _GATE_IMAGES, _GATE_TENSOR, _GATE_OFF = "quality+ood", "ood_only", "off"
 
@@ -206,7 +207,7 @@ async def _infer(
     version: str | None,
     client_id: str | None,
     pipeline: ClassificationPipeline,
-    sink,
+    sink: PredictionSink,
 ) -> Response:
     student = _student(request, name, version)
     body = await request.body()
