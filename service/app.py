@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kdoct.errors import ConfigError, KdoctError
 from service import metrics
-from service.api import classify, health, models, page, predictions
+from service.api import classify, health, inference_protocol, models, page, predictions
 from service.api import metrics as metrics_api
 from service.audit_key import load_audit_key
 from service.config import Settings, get_settings
@@ -218,6 +218,8 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
     install_problem_handlers(app)
     for router in (classify.router, health.router, metrics_api.router, page.router, predictions.router):
         app.include_router(router)
+    # The Open Inference Protocol v2 (tritonclient, KServe): its routes check their own scopes.
+    app.include_router(inference_protocol.router)
     # GET /models tells what is deployed: a reader's business, not the public's.
     app.include_router(models.router, dependencies=[Depends(require_scope("read"))])
     page.mount_static(app)

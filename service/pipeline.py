@@ -41,12 +41,33 @@ class ClassificationPipeline:
         self, data: bytes, *, policy: Policy, explain: bool, request_id: str, started: float
     ) -> ClassifyResponse:
         """The answer to one upload; ``started`` (perf_counter) is when the request arrived."""
+        prepared, decode_ms = await self.prepare(data)
+        return await self.answer(
+            prepared, decode_ms, policy=policy, explain=explain, request_id=request_id, started=started
+        )
+
+    async def prepare(self, data: bytes) -> tuple[Prepared, float]:
+        """Decode and preprocess in the decode pool; the Prepared upload and the milliseconds it took.
+        Separate from `answer` so that a request of several images can refuse a bad one before any
+        of them is inferred (service/api/inference_protocol.py)."""
         classifier = self.classifier
         decode_began = time.perf_counter()
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(classifier.pool, classifier.prepare, data)
+        return prepared, (time.perf_counter() - decode_began) * 1000.0
+
+    async def answer(
+        self,
+        prepared: Prepared,
+        decode_ms: float,
+        *,
+        policy: Policy,
+        explain: bool = False,
+        request_id: str,
+        started: float,
+    ) -> ClassifyResponse:
+        """Batch, predict, postprocess (and explain) one prepared upload or tensor."""
         upload = prepared.upload
-        decode_ms = (time.perf_counter() - decode_began) * 1000.0
         result = await self._predict(prepared, policy)
         answer = self._postprocess(upload, result, request_id, decode_ms)
         if explain:

@@ -1,5 +1,6 @@
 """RFC 9457 problem details: every error the service answers is `application/problem+json` with a
-stable `type` URI, so clients branch on `type`, never on the wording of `detail`."""
+stable `type` URI, so clients branch on `type`, never on the wording of `detail`. The one exception
+is the Open Inference Protocol under /v2, whose errors are `{"error": detail}` as that protocol says."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.responses import Response
 from service import metrics
 
 __all__ = [
+    "OIP_PREFIX",
     "PROBLEM_BASE",
     "PROBLEM_MEDIA_TYPE",
     "PROBLEM_TYPES",
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://kdoct.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# Errors under this path are answered in the Open Inference Protocol's own shape, not problem+json.
+OIP_PREFIX = "/v2"
 
 # slug -> (status, title). The slugs are part of the API: never rename one.
 PROBLEM_TYPES: dict[str, tuple[int, str]] = {
@@ -83,6 +87,14 @@ def problem_response(
     instance: str | None = None,
 ) -> Response:
     default_status, title = PROBLEM_TYPES[slug]
+    if instance is not None and (instance == OIP_PREFIX or instance.startswith(OIP_PREFIX + "/")):
+        # Open Inference Protocol clients (tritonclient, KServe's) read only {"error": "..."}.
+        return Response(
+            json.dumps({"error": detail}),
+            status_code=status or default_status,
+            media_type="application/json",
+            headers=headers,
+        )
     body: dict[str, object] = {
         "type": PROBLEM_BASE + slug,
         "title": title,

@@ -5,21 +5,19 @@ record, and returns it; FastAPI serialises it against the ClassifyResponse schem
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
-from service import metrics
+from service.api.recording import count_answer, put_on_record
 from service.api.schemas import ClassifyResponse, ProblemDetail
 from service.deps import ClientDep, PipelineDep, SinkDep
-from service.inference.second_opinion import Policy, outcome
+from service.inference.second_opinion import Policy
 from service.problems import PROBLEM_MEDIA_TYPE, Problem
-from service.records import PredictionSink, RecordUnavailable, prediction_rows
+from service.records import prediction_rows
 
 __all__ = ["router"]
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["classification"])
 
 
@@ -101,37 +99,6 @@ async def classify(
     answer = await pipeline.run(data, policy=policy, explain=explain, request_id=request_id, started=started)
     # Records keep only a keyed hash of the client's X-Request-ID: it may hold an identifier.
     request_id_hash = request.app.state.audit_key.request_id_hash(request_id)
-    await _put_on_record(sink, prediction_rows(answer, request_id_hash=request_id_hash, client_id=client_id))
-    _count(classifier.student.loaded.bundle.name, answer)
+    await put_on_record(sink, prediction_rows(answer, request_id_hash=request_id_hash, client_id=client_id))
+    count_answer(classifier.student.loaded.bundle.name, answer)
     return answer
-
-
-async def _put_on_record(sink: PredictionSink, rows: list[dict]) -> None:
-    """Never answer a prediction that is not on record: any failure of the sink is a 503."""
-    try:
-        await sink.record(rows)
-    except RecordUnavailable as exc:
-        raise Problem(
-            "record-unavailable", str(exc), reason="record_unavailable", headers={"Retry-After": "5"}
-        ) from None
-    except Exception as exc:  # noqa: BLE001
-        log.error("prediction sink failed", exc_info=exc)
-        raise Problem(
-            "record-unavailable", "the prediction could not be recorded", reason="record_unavailable",
-            headers={"Retry-After": "5"},
-        ) from None  # fmt: skip
-
-
-def _count(model: str, answer: ClassifyResponse) -> None:
-    """Metrics per answered request (a volume counts once, by its volume result)."""
-    metrics.PREDICTIONS.labels(model=model, label=answer.label).inc()
-    metrics.PREDICTION_CONFIDENCE.labels(model=model).observe(answer.confidence)
-    if answer.refer:
-        metrics.REFERRALS.labels(model=model).inc()
-    for judged in answer.frames or [answer]:
-        if judged.gradable is not None:
-            gate_outcome = "gradable" if judged.gradable else judged.reason
-            metrics.SAFETY_GATE.labels(model=model, outcome=gate_outcome).inc()
-    opinion = answer.second_opinion
-    if opinion is not None:
-        metrics.SECOND_OPINIONS.labels(outcome=outcome(answer.label, opinion.label)).inc()

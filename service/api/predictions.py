@@ -42,7 +42,9 @@ class PredictionOut(BaseModel):
     teacher_model_name: str | None
     teacher_model_version: str | None
     teacher_model_sha256: str | None
-    input_sha256: str = Field(description="sha256 of the uploaded bytes")
+    input_sha256: str = Field(
+        description="sha256 of the uploaded bytes (format tensor: of the image's little-endian float32 bytes)"
+    )
     format: str
     width: int
     height: int

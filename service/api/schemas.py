@@ -84,7 +84,9 @@ class FrameResult(BaseModel):
 
 class InputInfo(BaseModel):
     format: str = Field(
-        examples=["jpeg"], description="png, jpeg, tiff, bmp or dicom, decided from the bytes"
+        examples=["jpeg"],
+        description="png, jpeg, tiff, bmp or dicom, decided from the bytes; tensor for a preprocessed "
+        "tensor sent over the Open Inference Protocol (POST /v2/models/{name}/infer)",
     )
     width: int
     height: int

@@ -10,6 +10,7 @@ reason, and referred; a volume is decided by its gradable frames only (service/i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -128,6 +129,24 @@ class Classifier:
         quality = None if gate is None else [gate.quality_reason(frame) for frame in upload.frames]
         return Prepared(upload, preprocess_frames(upload.frames, self.student.loaded.spec), quality)
 
+    def prepare_tensor(self, image: np.ndarray) -> Prepared:
+        """One already preprocessed image (3, H, W) float32, as the Open Inference Protocol sends it.
+
+        There are no pixels to look at, so the gate's quality check cannot run: every quality reason is
+        None and only the out-of-distribution score on the student's features decides `gradable`. The
+        recorded input hash is that of the tensor's little-endian float32 bytes."""
+        image = np.ascontiguousarray(image, dtype="<f4")
+        _, height, width = image.shape
+        upload = DecodedUpload(
+            format="tensor",
+            frames=[],  # nothing decoded: a teacher with other preprocessing cannot review it
+            width=width,
+            height=height,
+            input_sha256=hashlib.sha256(image.tobytes()).hexdigest(),
+        )
+        quality = None if self.student.loaded.gate is None else [None]
+        return Prepared(upload, image[None], quality)
+
     async def classify(self, prepared: Prepared, policy: Policy) -> Classification:
         upload, student_inputs = prepared.upload, prepared.inputs
         student = self.student.loaded
@@ -145,6 +164,9 @@ class Classifier:
 
         teacher_probabilities: dict[int, np.ndarray] = {}
         review = frames_to_review(policy, confidences, self.threshold) if self.teacher else np.empty(0, int)
+        if len(review) and self.teacher.loaded.spec != student.spec and not upload.frames:
+            # A tensor input has no frames to preprocess again for the teacher's input size.
+            review = np.empty(0, int)
         if len(review):
             teacher = self.teacher.loaded
             if teacher.spec == student.spec:
