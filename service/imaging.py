@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
@@ -33,7 +33,7 @@ from pydicom.pixels import get_decoder, iter_pixels
 from service.dicom_inflate import DicomTooLarge, MalformedDicom, inflate_data_set
 from service.problems import Problem
 
-__all__ = ["DecodedUpload", "ImageLimits", "ImageRejected", "decode_upload", "sniff_format"]
+__all__ = ["DecodedUpload", "DicomSource", "ImageLimits", "ImageRejected", "decode_upload", "sniff_format"]
 
 # Pillow only warns between MAX_IMAGE_PIXELS and twice that; the service must never decode a bomb,
 # so the warning is an error for this process. Our own, lower limit is checked explicitly as well.
@@ -99,6 +99,24 @@ class ImageLimits:
     max_volume_pixels: int = 150_000_000
 
 
+@dataclass(frozen=True, repr=False)
+class DicomSource:
+    """What a DICOM Structured Report on the upload must reference, and nothing more: its four UIDs
+    and its frame count (service/dicom_sr.py). No patient attribute is kept: the report's patient
+    module is left empty (see dicom_sr). It lives as long as the request's DecodedUpload; it never
+    reaches a JSON answer, a record, a log or a metric (UIDs identify the patient's study), so its
+    repr names no UID either."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    frames: int
+
+    def __repr__(self) -> str:
+        return f"DicomSource(frames={self.frames}, uids=<withheld>)"
+
+
 @dataclass(frozen=True)
 class DecodedUpload:
     """The frames of one upload. Multi-frame DICOM is a volume; everything else has one frame."""
@@ -111,6 +129,8 @@ class DecodedUpload:
     is_volume: bool = False
     # For volumes: a hash of the uploaded bytes, never a DICOM UID (UIDs identify the patient's study).
     volume_id: str | None = None
+    # DICOM with valid UIDs only; for a report of this request (Accept: application/dicom), never stored.
+    dicom_source: DicomSource | None = field(default=None, repr=False)
 
 
 def sniff_format(data: bytes) -> str:
@@ -341,6 +361,7 @@ def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUploa
         raise _invalid(
             f"the DICOM pixel data cannot be decoded (transfer syntax {syntax}, {type(exc).__name__})"
         ) from None
+    source = _dicom_source(dataset, frames)
     del dataset
     if len(images) != frames:
         raise _invalid(f"the DICOM pixel data holds {len(images)} frames; NumberOfFrames says {frames}")
@@ -354,7 +375,20 @@ def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUploa
         input_sha256=digest,
         is_volume=is_volume,
         volume_id=volume_id,
+        dicom_source=source,
     )
+
+
+def _dicom_source(dataset: pydicom.Dataset, frames: int) -> DicomSource | None:
+    """The UIDs a report must reference, or None when one is missing or not a valid UID: the JSON
+    answer needs none of them, so their absence refuses only a report (406), never the upload."""
+    values = []
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = str(dataset.get(keyword, "") or "").rstrip("\0 ")
+        if not uid.UID(value).is_valid:
+            return None
+        values.append(value)
+    return DicomSource(*values, frames=frames)
 
 
 def _dicom_frame(

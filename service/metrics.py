@@ -80,6 +80,7 @@ REJECTION_REASONS = (
     "record_unavailable",
     "inference_failed",
     "not_ready",
+    "not_acceptable",
 )
 
 REQUEST_DURATION = Histogram(

@@ -19,17 +19,26 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 from service.api.schemas import ClassifyResponse, Explanation, FrameResult, InputInfo, SecondOpinion, Timing
 from service.explain import Explainer, ExplainerBusy
-from service.imaging import DecodedUpload
+from service.imaging import DecodedUpload, DicomSource
 from service.inference.batcher import BatcherClosed, InferenceError, QueueFull
 from service.inference.classifier import Classification, Classifier, Opinion, Prepared
 from service.inference.second_opinion import Policy
 from service.problems import Problem
 from service.records import new_prediction_id
 
-__all__ = ["ClassificationPipeline"]
+__all__ = ["Classified", "ClassificationPipeline"]
+
+
+@dataclass(frozen=True)
+class Classified:
+    answer: ClassifyResponse
+    # DICOM uploads with valid UIDs: what a DICOM SR of the answer references (service/dicom_sr.py).
+    # For this request only: never part of the answer, hence never of its records.
+    dicom_source: DicomSource | None
 
 
 class ClassificationPipeline:
@@ -38,13 +47,25 @@ class ClassificationPipeline:
         self.explainer = explainer
 
     async def run(
-        self, data: bytes, *, policy: Policy, explain: bool, request_id: str, started: float
-    ) -> ClassifyResponse:
-        """The answer to one upload; ``started`` (perf_counter) is when the request arrived."""
+        self,
+        data: bytes,
+        *,
+        policy: Policy,
+        explain: bool,
+        request_id: str,
+        started: float,
+        require_dicom_source: bool = False,
+    ) -> Classified:
+        """The answer to one upload; ``started`` (perf_counter) is when the request arrived.
+        ``require_dicom_source``: only a DICOM SR is acceptable, so an upload a report cannot reference
+        is refused (406) right after decoding: nothing is inferred or recorded for an unwanted answer."""
         prepared, decode_ms = await self.prepare(data)
-        return await self.answer(
+        if require_dicom_source and prepared.upload.dicom_source is None:
+            raise _no_dicom_source(prepared.upload)
+        answer = await self.answer(
             prepared, decode_ms, policy=policy, explain=explain, request_id=request_id, started=started
         )
+        return Classified(answer, prepared.upload.dicom_source)
 
     async def prepare(self, data: bytes) -> tuple[Prepared, float]:
         """Decode and preprocess in the decode pool; the Prepared upload and the milliseconds it took.
@@ -162,6 +183,21 @@ class ClassificationPipeline:
         answer.explanation = Explanation(**student.to_dict(), frame_index=shown_index)
         if teacher is not None:
             opinion.explanation = Explanation(**teacher.to_dict(), frame_index=shown_index)
+
+
+def _no_dicom_source(upload: DecodedUpload) -> Problem:
+    if upload.format != "dicom":
+        detail = (
+            f"a DICOM Structured Report (Accept: application/dicom) references the DICOM image it reports "
+            f"on; this upload is {upload.format.upper()}: send a DICOM file, or accept application/json"
+        )
+    else:  # names the attributes, never their values
+        detail = (
+            "a DICOM Structured Report (Accept: application/dicom) must reference the upload by its "
+            "StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID and SOPClassUID, and one of them is "
+            "missing or not a valid UID: accept application/json"
+        )
+    return Problem("not-acceptable", detail, reason="not_acceptable")
 
 
 def _second_opinion(opinion: Opinion | None) -> SecondOpinion | None:

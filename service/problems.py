@@ -38,6 +38,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "forbidden": (403, "Forbidden"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
+    "not-acceptable": (406, "Not acceptable"),
     "payload-too-large": (413, "Upload too large"),
     "request-timeout": (408, "Request timeout"),
     "decompression-bomb": (413, "Image too large to decode"),

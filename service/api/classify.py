@@ -1,17 +1,22 @@
 """POST /classify: one B-scan (PNG, JPEG, TIFF, BMP) or an OCT DICOM (single frame or a volume).
 
 The route asks the pipeline (service/pipeline.py) for the answer, puts the rows derived from it on
-record, and returns it; FastAPI serialises it against the ClassifyResponse schema."""
+record, and returns it; FastAPI serialises it against the ClassifyResponse schema. A DICOM upload
+asked for `Accept: application/dicom` gets the same answer as a DICOM SR (service/dicom_sr.py),
+built after the same recording: what is stored never depends on the form of the answer."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import asyncio
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi.responses import Response
 
 from service.api.recording import count_answer, put_on_record
 from service.api.schemas import ClassifyResponse, ProblemDetail
 from service.deps import ClientDep, PipelineDep, SinkDep
+from service.dicom_sr import DICOM_MEDIA_TYPE, build_report
 from service.inference.second_opinion import Policy
 from service.problems import PROBLEM_MEDIA_TYPE, Problem
 from service.records import prediction_rows
@@ -36,6 +41,9 @@ def _problem(status: int, description: str, slug: str, detail: str) -> dict[str,
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    406: _problem(406, "Not acceptable", "not-acceptable",
+                  "a DICOM Structured Report (Accept: application/dicom) references the DICOM image it "
+                  "reports on; this upload is PNG: send a DICOM file, or accept application/json"),
     413: _problem(413, "Upload or image too large", "payload-too-large",
                   "the request body exceeds 67108864 bytes (KDOCT_MAX_UPLOAD_BYTES)"),
     415: _problem(415, "Unsupported media type", "unsupported-media-type",
@@ -63,18 +71,68 @@ POLICY_DESCRIPTION = (
 )
 
 
+SR_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            DICOM_MEDIA_TYPE: {
+                "schema": {"type": "string", "format": "binary"},
+                "example": "(a DICOM Part 10 file: Comprehensive SR, TID 1500 Measurement Report)",
+            }
+        },
+        "description": "JSON, or for a DICOM upload with `Accept: application/dicom` a DICOM Comprehensive "
+        "SR of the same answer (docs/API.md, DICOM Structured Report)",
+    }
+}
+
+
+AnswerForm = Literal["json", "dicom", "dicom-or-json"]
+
+
+def negotiate(accept: str | None) -> AnswerForm:
+    """The form of the answer for an Accept header: "dicom" (an SR, else 406), "dicom-or-json" (an SR
+    when the upload is DICOM, else JSON) or "json". The SR is answered only when named with a q above 0
+    and at least JSON's (JSON's own entry, else `*/*` or `application/*`); everything else, no header
+    and headers naming neither included, is JSON, as it always was."""
+    if not accept:
+        return "json"
+    dicom_q, json_q, wildcard_q = 0.0, None, None
+    for part in accept.split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0  # an unreadable weight never turns a form on
+        media = media.lower()
+        if media == DICOM_MEDIA_TYPE:
+            dicom_q = max(dicom_q, q)
+        elif media == "application/json":
+            json_q = max(json_q or 0.0, q)
+        elif media in ("*/*", "application/*"):
+            wildcard_q = max(wildcard_q or 0.0, q)
+    json_q = json_q if json_q is not None else wildcard_q or 0.0
+    if dicom_q == 0 or dicom_q < json_q:
+        return "json"
+    return "dicom-or-json" if json_q > 0 else "dicom"
+
+
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
     # Optional parts the answer does not carry (an explanation not asked for, a frame's
     # frames_reviewed) are left out rather than sent as null.
     response_model_exclude_unset=True,
-    responses=ERROR_RESPONSES,
+    responses={**SR_RESPONSE, **ERROR_RESPONSES},
     summary="Classify an OCT B-scan or DICOM volume",
     description=(
         "Answers calibrated probabilities for every class, the label, `refer` (human review advised) and, "
         "when the teacher was asked, its second opinion. The prediction is on record before it is answered. "
-        "DICOM volumes get one result per frame plus a volume result (most severe frame, see docs/API.md)."
+        "DICOM volumes get one result per frame plus a volume result (most severe frame, see docs/API.md). "
+        "`Accept: application/dicom` (DICOM uploads only, else 406): the answer as a DICOM Comprehensive SR "
+        "referencing the uploaded instance."
     ),
 )
 async def classify(
@@ -85,7 +143,7 @@ async def classify(
     file: Annotated[UploadFile, File(description=FILE_DESCRIPTION)],
     second_opinion: Annotated[Policy | None, Query(description=POLICY_DESCRIPTION)] = None,
     explain: Annotated[bool, Query(description=EXPLAIN_DESCRIPTION)] = False,
-) -> ClassifyResponse:
+) -> ClassifyResponse | Response:
     classifier = pipeline.classifier
     policy = second_opinion or classifier.policy
     if policy == "always" and classifier.teacher is None:
@@ -94,11 +152,29 @@ async def classify(
             "second_opinion=always needs a teacher model, and this service has none (KDOCT_TEACHER_BUNDLE)",
             reason="bad_request",
         )
+    form = negotiate(request.headers.get("accept"))
     request_id, started = request.state.request_id, request.state.started
     data = await file.read()
-    answer = await pipeline.run(data, policy=policy, explain=explain, request_id=request_id, started=started)
+    classified = await pipeline.run(
+        data,
+        policy=policy,
+        explain=explain,
+        request_id=request_id,
+        started=started,
+        require_dicom_source=form == "dicom",
+    )
+    answer = classified.answer
     # Records keep only a keyed hash of the client's X-Request-ID: it may hold an identifier.
     request_id_hash = request.app.state.audit_key.request_id_hash(request_id)
     await put_on_record(sink, prediction_rows(answer, request_id_hash=request_id_hash, client_id=client_id))
     count_answer(classifier.student.loaded.bundle.name, answer)
+    if form != "json" and classified.dicom_source is not None:
+        # Built after recording, like the JSON encoding; off the event loop (tens of ms of highdicom).
+        loop = asyncio.get_running_loop()
+        report = await loop.run_in_executor(classifier.pool, build_report, answer, classified.dicom_source)
+        return Response(
+            report,
+            media_type=DICOM_MEDIA_TYPE,
+            headers={"Content-Disposition": f'attachment; filename="kdoct-sr-{answer.prediction_id}.dcm"'},
+        )
     return answer
