@@ -1,8 +1,9 @@
 """POST /classify with `Accept: application/dicom`: the answer as a DICOM Comprehensive SR, on tiny real
 bundles and real B-scans, read back with pydicom (strict) and highdicom.
 
-Validation: pydicom reads every element back with its reading validation set to raise, and highdicom
-parses the content tree as a TID 1500 Measurement Report. The dicom-validator package is installed but
+Validation: pydicom reads every element back with its reading validation set to raise, highdicom
+parses the content tree as a TID 1500 Measurement Report, and dicom3tools' dciodvfy (offline) checks the
+report against the Comprehensive SR IOD and must find no error. The dicom-validator package is installed but
 cannot run here: it first downloads the DICOM standard (edition list and docbook parts) from
 dicom.nema.org, which this machine cannot reach, and ships no copy; test_dicom_validator runs it only
 where a downloaded standard is given (KDOCT_DICOM_STANDARD_PATH) and is skipped otherwise.
@@ -286,3 +287,25 @@ def test_dicom_validator(sr_client, volume_frames, tmp_path: Path):
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dciodvfy_finds_no_error_in_the_report(sr_client, volume_frames, tmp_path: Path):
+    """dicom3tools' dciodvfy (David Clunie's IOD validator, Debian package dicom3tools, works offline)
+    checks the SR against the Comprehensive SR IOD: modules, attribute types, value representations,
+    the content tree. Its warnings are expected (our private coding scheme 99KDOCT; the empty patient
+    and study attributes a report of an anonymous upload has); an error fails the test."""
+    import shutil
+
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        pytest.fail("dciodvfy is not installed: apt-get install -y dicom3tools (.ci/run does it)")
+    for frames in (volume_frames[:1], volume_frames):
+        response = _post(sr_client, make_dicom(frames), headers=SR_ACCEPT)
+        assert response.status_code == 200, response.text
+        path = tmp_path / f"report-{len(frames)}.dcm"
+        path.write_bytes(response.content)
+        result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+        report = result.stdout + result.stderr
+        assert "ComprehensiveSR" in report  # it recognised the IOD it validated against
+        errors = [line for line in report.splitlines() if line.startswith("Error")]
+        assert result.returncode == 0 and not errors, report
