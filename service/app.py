@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kdoct.errors import ConfigError, KdoctError
 from service import metrics
+from service.admission import Admission
 from service.api import classify, health, inference_protocol, models, page, predictions
 from service.api import metrics as metrics_api
 from service.audit_key import load_audit_key
@@ -120,6 +121,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("refusing to start: %s", exc)
         raise
     served = [_serve(student, settings)] + ([_serve(teacher, settings)] if teacher else [])
+    # Now that the student's batch size is resolved (adaptive by runtime): what may wait plus what may run.
+    app.state.admission.limit = settings.max_queue + served[0].batcher.max_batch_size
     pool = ThreadPoolExecutor(
         max_workers=settings.decode_threads or cpu_count(), thread_name_prefix="kdoct-decode"
     )
@@ -213,6 +216,9 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         on_failure=lambda reason: metrics.AUTH_FAILURES.labels(reason=reason).inc(),
     )
     app.state.sink = sink if sink is not None else records.writer
+    # Classifying requests are admitted before their body is read (service/admission.py); the limit is
+    # final once the lifespan has resolved the batch size.
+    app.state.admission = Admission(settings.max_queue + (settings.max_batch_size or 1))
     app.state.ready = False
     app.state.classifier = None
     install_problem_handlers(app)
@@ -231,6 +237,7 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         # Keys are checked before a body is read (docs/SECURITY.md); with auth off there is nothing to check.
         authenticate=app.state.authenticator.identify if auth_enabled else None,
         body_read_timeout_s=settings.body_read_timeout_s,
+        admission=app.state.admission,
     )
     return app
 
