@@ -93,7 +93,7 @@ class RequestContextMiddleware:
                     return
                 if self.admission is not None and admitted_route(scope["path"]):
                     if not self.admission.try_enter():
-                        await self._overloaded(scope, receive, send_with_id, headers, request_id)
+                        await self._overloaded(scope, receive, send_with_id, request_id)
                         return
                     admitted = True  # held until the answer has been sent (finally, below)
                 receive = await self._capped_body(scope, receive, send_with_id, headers, request_id)
@@ -192,35 +192,22 @@ class RequestContextMiddleware:
         detail = f"the request body exceeds {cap} bytes {which}"
         await self._refuse(scope, receive, send, "payload-too-large", detail, request_id)
 
-    async def _overloaded(
-        self, scope: Scope, receive: Receive, send: Send, headers: Headers, request_id: str
-    ) -> None:
-        """Refused before the body is read: the cheapest 503 there is. A body of declared, acceptable
-        length is then read and thrown away, unbuffered, so that the client keeps its connection (a
-        reconnect per refusal would cost more than the refusal); any other is closed on, unread."""
+    async def _overloaded(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """Refused before the body is read: the cheapest 503 there is. The connection is closed, the body
+        unread, as for a refused key. Measured (docs/BENCHMARKS.md, goodput under overload): keeping it
+        open made refusals so cheap that clients resending at once were refused 1500 times a second
+        and starved the admitted requests of the CPU; a reconnect per refusal paces them."""
         metrics.REJECTED_REQUESTS.labels(reason="queue_full").inc()
-        declared = headers.get("content-length", "")
-        keep_alive = declared.isdigit() and int(declared) <= self._body_cap(scope)[0]
+        limit = self.admission.limit
         detail = (
-            f"the service is full: {self.admission.limit} classification requests in flight in this "
-            f"worker (KDOCT_MAX_QUEUE + batch size); retry after 1 s"
+            f"the service is full: {limit} classification requests in flight in this worker "
+            f"(KDOCT_MAX_QUEUE + batch size); retry after 1 s"
         )
         response = problem_response(
             "overloaded", detail, request_id=request_id, instance=scope["path"],
-            headers={"Retry-After": "1"} if keep_alive else {"Retry-After": "1", "Connection": "close"},
+            headers={"Retry-After": "1", "Connection": "close"},
         )  # fmt: skip
         await response(scope, receive, send)
-        if keep_alive:
-            await self._discard_body(receive)
-
-    async def _discard_body(self, receive: Receive) -> None:
-        while True:
-            try:
-                message = await asyncio.wait_for(receive(), self.body_read_timeout_s)
-            except TimeoutError:
-                return  # the server closes a connection whose request was never completed
-            if message["type"] == "http.disconnect" or not message.get("more_body", False):
-                return
 
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, slug: str, detail: str, request_id: str
