@@ -4,7 +4,8 @@ admits, against the figure of a single client (issue 17, part 3).
     python -m bench.overload [--model tiny|student] [--queue 4] [--seconds 8] [--service-root DIR]
                              [--label TEXT] [--write-docs]
 
-One service (`KDOCT_MAX_QUEUE`=4, batch size adaptive: 1 on CPU, so 5 requests admitted per worker)
+One service (`KDOCT_MAX_QUEUE`=4, batch size adaptive: 1 on CPU, decode threads = cores, so 4 + 1 + 2 = 7
+requests admitted per worker on 2 cores)
 is measured by closed-loop clients (kdoct_testing.load_client): 1 client, then 2x and 4x the
 admitted number and 32. Two client behaviours: "resend at once" (a 503 is followed at once by the
 next request: the worst case) and "honour Retry-After" (a 503 waits the seconds it names). Target:
@@ -100,7 +101,7 @@ def measure(
     model: str, queue: int, seconds: float, service_root: Path
 ) -> tuple[list[list[str]], float, float]:
     """The table's rows, the single-client figure and the 32-client resend-at-once ratio."""
-    admitted = queue + 1  # batch size 1 on CPU
+    admitted = queue + 1 + (os.cpu_count() or 1)  # batch size 1 on CPU; decode threads = cores
     levels = [(2 * admitted, "2x"), (4 * admitted, "4x"), (32, f"{32 / admitted:.1f}x")]
     with tempfile.TemporaryDirectory(prefix="kdoct-overload-") as tmp:
         workdir = Path(tmp)

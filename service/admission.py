@@ -7,8 +7,10 @@ refuses first: RequestContextMiddleware (service/middleware.py) takes a slot aft
 before a byte of the body is read, and gives it back when the request has been answered. A refusal
 then costs only the HTTP head and the key check.
 
-The limit is per process: the student's `max_queue + max_batch_size` (what may wait plus what may
-run), so every admitted request fits in the batcher and its queue is the queue that was configured.
+The limit is per process: `max_queue + max_batch_size + decode threads` (what may wait, what may run,
+and what the decode threads prepare meanwhile: without them the queue runs dry between batches, which
+was measured to halve goodput at twice the admitted load). The batcher's queue is sized to hold every
+admitted request (service/app.py), so an admitted request is never refused after its decode.
 The batcher keeps its own bound as a second line (the teacher's queue, explanations). One event loop
 per process: the counter needs no lock.
 """

@@ -74,7 +74,7 @@ def _load_models(settings: Settings) -> tuple[LoadedModel, LoadedModel | None]:
     return student, teacher
 
 
-def _serve(loaded: LoadedModel, settings: Settings) -> ServedModel:
+def _serve(loaded: LoadedModel, settings: Settings, decode_threads: int) -> ServedModel:
     runtime = loaded.runtime
     if settings.max_batch_wait_ms is not None:
         wait_ms = settings.max_batch_wait_ms
@@ -85,7 +85,10 @@ def _serve(loaded: LoadedModel, settings: Settings) -> ServedModel:
         model_label=loaded.bundle.name,
         max_batch_size=settings.max_batch_size or runtime.preferred_batch_size,
         max_wait_s=wait_ms / 1000.0,
-        max_queue=settings.max_queue,
+        # Admission (service/admission.py) lets in max_queue + batch + decode_threads requests: those
+        # the decode threads finished while the queue was full wait for their turn here instead of
+        # being refused after paying for their decode. The bound stays as a second line.
+        max_queue=settings.max_queue + decode_threads,
         timeout_s=settings.inference_timeout_s,
         num_classes=len(loaded.class_names),
     )
@@ -120,12 +123,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     except KdoctError as exc:
         log.error("refusing to start: %s", exc)
         raise
-    served = [_serve(student, settings)] + ([_serve(teacher, settings)] if teacher else [])
-    # Now that the student's batch size is resolved (adaptive by runtime): what may wait plus what may run.
-    app.state.admission.limit = settings.max_queue + served[0].batcher.max_batch_size
-    pool = ThreadPoolExecutor(
-        max_workers=settings.decode_threads or cpu_count(), thread_name_prefix="kdoct-decode"
-    )
+    decode_threads = settings.decode_threads or cpu_count()
+    served = [_serve(student, settings, decode_threads)]
+    if teacher:
+        served.append(_serve(teacher, settings, decode_threads))
+    # Now that the student's batch size is resolved (adaptive by runtime): what may wait, what may run,
+    # and what the decode threads prepare meanwhile (without them the queue runs dry between batches).
+    app.state.admission.limit = settings.max_queue + served[0].batcher.max_batch_size + decode_threads
+    pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="kdoct-decode")
     limits = ImageLimits(settings.max_image_pixels, settings.max_frames, settings.max_volume_pixels)
     app.state.classifier = Classifier(
         served[0],

@@ -201,7 +201,7 @@ class RequestContextMiddleware:
         limit = self.admission.limit
         detail = (
             f"the service is full: {limit} classification requests in flight in this worker "
-            f"(KDOCT_MAX_QUEUE + batch size); retry after 1 s"
+            f"(KDOCT_MAX_QUEUE + batch size + decode threads); retry after 1 s"
         )
         response = problem_response(
             "overloaded", detail, request_id=request_id, instance=scope["path"],

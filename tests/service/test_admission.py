@@ -86,14 +86,14 @@ def test_a_refused_request_is_answered_without_its_body_being_read():
 
 
 def test_overload_refuses_before_decoding(make_settings, jpeg_paths):
-    """With max_queue 1 and batch 1 (limit 2): two requests in flight, every other one refused
-    without being decoded; the decode count proves it."""
+    """With max_queue 1, batch 1 and one decode thread (limit 3): three requests in flight (one
+    running, two waiting), every other one refused without being decoded; the decode count proves it."""
     release = threading.Event()
     with TestClient(
         create_app(make_settings(max_queue=1, max_batch_size=1, second_opinion="never"))
     ) as client:
         classifier = client.app.state.classifier
-        assert client.app.state.admission.limit == 2
+        assert client.app.state.admission.limit == 3
         runtime = classifier.student.batcher.runtime
         original_predict, original_prepare = runtime.predict, classifier.prepare
         decoded = []
@@ -116,17 +116,17 @@ def test_overload_refuses_before_decoding(make_settings, jpeg_paths):
 
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(post) for _ in range(6)]
-            # Four are refused while the runtime is blocked; then the two admitted ones are answered.
-            while sum(f.done() for f in futures) < 4:
+            # Three are refused while the runtime is blocked; then the three admitted ones are answered.
+            while sum(f.done() for f in futures) < 3:
                 threading.Event().wait(0.02)
             release.set()
             responses = [f.result(timeout=30) for f in futures]
-        assert sorted(r.status_code for r in responses) == [200, 200, 503, 503, 503, 503]
-        assert len(decoded) == 2  # the refused four were never decoded
+        assert sorted(r.status_code for r in responses) == [200, 200, 200, 503, 503, 503]
+        assert len(decoded) == 3  # the refused three were never decoded
         for refused in (r for r in responses if r.status_code == 503):
             assert refused.headers["Retry-After"] == "1"
         assert client.app.state.admission.in_flight == 0
-        assert _queue_full(client) == refused_before + 4
+        assert _queue_full(client) == refused_before + 3
 
 
 def _queue_full(client: TestClient) -> float:
