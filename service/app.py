@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kdoct.errors import ConfigError, KdoctError
 from service import metrics
+from service.admission import Admission
 from service.api import classify, health, inference_protocol, models, page, predictions
 from service.api import metrics as metrics_api
 from service.audit_key import load_audit_key
@@ -73,7 +74,7 @@ def _load_models(settings: Settings) -> tuple[LoadedModel, LoadedModel | None]:
     return student, teacher
 
 
-def _serve(loaded: LoadedModel, settings: Settings) -> ServedModel:
+def _serve(loaded: LoadedModel, settings: Settings, decode_threads: int) -> ServedModel:
     runtime = loaded.runtime
     if settings.max_batch_wait_ms is not None:
         wait_ms = settings.max_batch_wait_ms
@@ -84,7 +85,10 @@ def _serve(loaded: LoadedModel, settings: Settings) -> ServedModel:
         model_label=loaded.bundle.name,
         max_batch_size=settings.max_batch_size or runtime.preferred_batch_size,
         max_wait_s=wait_ms / 1000.0,
-        max_queue=settings.max_queue,
+        # Admission (service/admission.py) lets in max_queue + batch + decode_threads requests: those
+        # the decode threads finished while the queue was full wait for their turn here instead of
+        # being refused after paying for their decode. The bound stays as a second line.
+        max_queue=settings.max_queue + decode_threads,
         timeout_s=settings.inference_timeout_s,
         num_classes=len(loaded.class_names),
     )
@@ -119,10 +123,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     except KdoctError as exc:
         log.error("refusing to start: %s", exc)
         raise
-    served = [_serve(student, settings)] + ([_serve(teacher, settings)] if teacher else [])
-    pool = ThreadPoolExecutor(
-        max_workers=settings.decode_threads or cpu_count(), thread_name_prefix="kdoct-decode"
-    )
+    decode_threads = settings.decode_threads or cpu_count()
+    served = [_serve(student, settings, decode_threads)]
+    if teacher:
+        served.append(_serve(teacher, settings, decode_threads))
+    # Now that the student's batch size is resolved (adaptive by runtime): what may wait, what may run,
+    # and what the decode threads prepare meanwhile (without them the queue runs dry between batches).
+    app.state.admission.limit = settings.max_queue + served[0].batcher.max_batch_size + decode_threads
+    pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="kdoct-decode")
     limits = ImageLimits(settings.max_image_pixels, settings.max_frames, settings.max_volume_pixels)
     app.state.classifier = Classifier(
         served[0],
@@ -213,6 +221,9 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         on_failure=lambda reason: metrics.AUTH_FAILURES.labels(reason=reason).inc(),
     )
     app.state.sink = sink if sink is not None else records.writer
+    # Classifying requests are admitted before their body is read (service/admission.py); the limit is
+    # final once the lifespan has resolved the batch size.
+    app.state.admission = Admission(settings.max_queue + (settings.max_batch_size or 1))
     app.state.ready = False
     app.state.classifier = None
     install_problem_handlers(app)
@@ -231,6 +242,7 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         # Keys are checked before a body is read (docs/SECURITY.md); with auth off there is nothing to check.
         authenticate=app.state.authenticator.identify if auth_enabled else None,
         body_read_timeout_s=settings.body_read_timeout_s,
+        admission=app.state.admission,
     )
     return app
 

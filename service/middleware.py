@@ -9,6 +9,9 @@ Authorization header (`authenticate`) before a byte of the body is read, so an u
 cannot make the service buffer uploads; bodies are capped per route (feedback: 16 KiB) and each read
 of the body must arrive within `body_read_timeout_s` (a slow sender cannot hold a connection open).
 The route's own dependency then checks the key's scope (a cached lookup).
+
+Classifying routes are admitted after the key check and before the body is read (service/admission.py):
+beyond the limit they are refused with 503 + Retry-After at once, without reading or decoding the upload.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
+from service.admission import Admission, admitted_route
 from service.problems import Problem, problem_response
 
 __all__ = ["REQUEST_ID_HEADER", "RequestContextMiddleware"]
@@ -46,12 +50,14 @@ class RequestContextMiddleware:
         known_paths: Collection[str] = (),
         authenticate: Callable[[str | None], Awaitable[object]] | None = None,
         body_read_timeout_s: float | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.known_paths = set(known_paths)
         self.authenticate = authenticate
         self.body_read_timeout_s = body_read_timeout_s
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,15 +86,23 @@ class RequestContextMiddleware:
             await send(message)
 
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        admitted = False
         try:
             if method in _BODY_METHODS:
                 if not await self._authenticated(scope, receive, send_with_id, headers, request_id):
                     return
+                if self.admission is not None and admitted_route(scope["path"]):
+                    if not self.admission.try_enter():
+                        await self._overloaded(scope, receive, send_with_id, request_id)
+                        return
+                    admitted = True  # held until the answer has been sent (finally, below)
                 receive = await self._capped_body(scope, receive, send_with_id, headers, request_id)
                 if receive is None:
                     return
             await self.app(scope, receive, send_with_id)
         finally:
+            if admitted:
+                self.admission.leave()
             route = scope.get("route")
             template = getattr(route, "path", None) or (
                 scope["path"] if scope["path"] in self.known_paths else "unmatched"
@@ -177,6 +191,23 @@ class RequestContextMiddleware:
         metrics.REJECTED_REQUESTS.labels(reason="too_large").inc()
         detail = f"the request body exceeds {cap} bytes {which}"
         await self._refuse(scope, receive, send, "payload-too-large", detail, request_id)
+
+    async def _overloaded(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """Refused before the body is read: the cheapest 503 there is. The connection is closed, the body
+        unread, as for a refused key. Measured (docs/BENCHMARKS.md, goodput under overload): keeping it
+        open made refusals so cheap that clients resending at once were refused 1500 times a second
+        and starved the admitted requests of the CPU; a reconnect per refusal paces them."""
+        metrics.REJECTED_REQUESTS.labels(reason="queue_full").inc()
+        limit = self.admission.limit
+        detail = (
+            f"the service is full: {limit} classification requests in flight in this worker "
+            f"(KDOCT_MAX_QUEUE + batch size + decode threads); retry after 1 s"
+        )
+        response = problem_response(
+            "overloaded", detail, request_id=request_id, instance=scope["path"],
+            headers={"Retry-After": "1", "Connection": "close"},
+        )  # fmt: skip
+        await response(scope, receive, send)
 
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, slug: str, detail: str, request_id: str

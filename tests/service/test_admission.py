@@ -1,0 +1,136 @@
+"""Admission before decode (service/admission.py): beyond the limit a classifying request is refused
+with 503 + Retry-After before a byte of its body is read, and its slot comes back when it is answered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.admission import Admission, admitted_route
+from service.app import create_app
+from service.middleware import RequestContextMiddleware
+
+
+def test_admitted_routes_are_the_classifying_ones():
+    assert admitted_route("/classify")
+    assert admitted_route("/v2/models/student/infer")
+    assert admitted_route("/v2/models/student/versions/1/infer")
+    for path in ("/predictions/x/feedback", "/classify/x", "/v2/models/student", "/health/ready"):
+        assert not admitted_route(path)
+
+
+def test_admission_counts_up_to_its_limit():
+    admission = Admission(2)
+    assert admission.try_enter() and admission.try_enter()
+    assert not admission.try_enter()
+    admission.leave()
+    assert admission.try_enter() and admission.in_flight == 2
+    with pytest.raises(ValueError):
+        Admission(0)
+
+
+def _scope(path: str) -> dict:
+    return {"type": "http", "method": "POST", "path": path, "headers": [(b"content-length", b"3")]}
+
+
+def test_a_refused_request_is_answered_without_its_body_being_read():
+    async def scenario():
+        inside, release = asyncio.Event(), asyncio.Event()
+
+        async def app(scope, receive, send):
+            await receive()
+            if scope["path"] == "/classify":  # the admitted request holds its slot until released
+                inside.set()
+                await release.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        admission = Admission(1)
+        middleware = RequestContextMiddleware(app, max_body_bytes=1024, admission=admission)
+        reads = {"first": 0, "refused": 0, "feedback": 0}
+        sent: dict[str, list[dict]] = {name: [] for name in reads}
+
+        def channel(name):
+            async def receive():
+                reads[name] += 1
+                return {"type": "http.request", "body": b"abc", "more_body": False}
+
+            async def send(message):
+                sent[name].append(message)
+
+            return receive, send
+
+        first = asyncio.create_task(middleware(_scope("/classify"), *channel("first")))
+        await inside.wait()
+        await middleware(_scope("/classify"), *channel("refused"))
+        # Not a classifying route: needs no slot, so it is served while the only slot is held.
+        await middleware(_scope("/predictions/x/feedback"), *channel("feedback"))
+        release.set()
+        await first
+        return admission, reads, sent
+
+    admission, reads, sent = asyncio.run(scenario())
+    start, body = sent["refused"]
+    headers = {name.decode(): value.decode() for name, value in start["headers"]}
+    assert start["status"] == 503 and headers["retry-after"] == "1" and headers["connection"] == "close"
+    problem = json.loads(body["body"])
+    assert problem["type"].endswith("/overloaded") and "full" in problem["detail"]
+    assert reads == {"first": 1, "refused": 0, "feedback": 1}  # the refused body was never read
+    assert sent["first"][0]["status"] == 200 and sent["feedback"][0]["status"] == 200
+    assert admission.in_flight == 0  # the slot came back once the answer was sent
+
+
+def test_overload_refuses_before_decoding(make_settings, jpeg_paths):
+    """With max_queue 1, batch 1 and one decode thread (limit 3): three requests in flight (one
+    running, two waiting), every other one refused without being decoded; the decode count proves it."""
+    release = threading.Event()
+    with TestClient(
+        create_app(make_settings(max_queue=1, max_batch_size=1, second_opinion="never"))
+    ) as client:
+        classifier = client.app.state.classifier
+        assert client.app.state.admission.limit == 3
+        runtime = classifier.student.batcher.runtime
+        original_predict, original_prepare = runtime.predict, classifier.prepare
+        decoded = []
+
+        def blocked(batch):
+            release.wait(30)
+            return original_predict(batch)
+
+        def counting(data):
+            decoded.append(len(data))
+            return original_prepare(data)
+
+        runtime.predict = blocked
+        classifier.prepare = counting
+        refused_before = _queue_full(client)
+        data = jpeg_paths[0].read_bytes()
+
+        def post():
+            return client.post("/classify", files={"file": ("scan.jpeg", data, "image/jpeg")})
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(post) for _ in range(6)]
+            # Three are refused while the runtime is blocked; then the three admitted ones are answered.
+            while sum(f.done() for f in futures) < 3:
+                threading.Event().wait(0.02)
+            release.set()
+            responses = [f.result(timeout=30) for f in futures]
+        assert sorted(r.status_code for r in responses) == [200, 200, 200, 503, 503, 503]
+        assert len(decoded) == 3  # the refused three were never decoded
+        for refused in (r for r in responses if r.status_code == 503):
+            assert refused.headers["Retry-After"] == "1"
+        assert client.app.state.admission.in_flight == 0
+        assert _queue_full(client) == refused_before + 3
+
+
+def _queue_full(client: TestClient) -> float:
+    """kdoct_rejected_requests_total{reason="queue_full"} (the registry is shared by the whole session)."""
+    series = 'kdoct_rejected_requests_total{reason="queue_full"} '
+    line = next(line for line in client.get("/metrics").text.splitlines() if line.startswith(series))
+    return float(line.removeprefix(series))
