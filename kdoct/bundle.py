@@ -1,4 +1,5 @@
-"""Model bundles: a directory with bundle.json, model.safetensors, model.onnx and golden/.
+"""Model bundles: a directory with bundle.json, model.safetensors, model.onnx and golden/ (and, for an
+INT8 student, model.int8.onnx with its own golden expectations).
 
 bundle.json lists the sha256 of every other file in the directory. `load_bundle` verifies all of
 them and the schema version before anything is trusted; any mismatch is a `BundleError` that names
@@ -19,11 +20,13 @@ from kdoct.errors import BundleError
 from kdoct.preprocess import PreprocessSpec
 
 __all__ = [
+    "INT8_ONNX_NAME",
     "MANIFEST_NAME",
     "ONNX_NAME",
     "SCHEMA_VERSION",
     "WEIGHTS_NAME",
     "Bundle",
+    "add_to_bundle",
     "load_bundle",
     "save_bundle",
     "sha256_file",
@@ -33,6 +36,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "bundle.json"
 WEIGHTS_NAME = "model.safetensors"
 ONNX_NAME = "model.onnx"
+INT8_ONNX_NAME = "model.int8.onnx"  # the statically quantized model.onnx (model_training/int8.py)
 ROLES = ("student", "teacher")
 REQUIRED_FIELDS = {
     "name": str,
@@ -93,6 +97,11 @@ class Bundle:
     def onnx_path(self) -> Path | None:
         path = self.path / ONNX_NAME
         return path if ONNX_NAME in self.manifest["files"] else None
+
+    @property
+    def int8_onnx_path(self) -> Path | None:
+        path = self.path / INT8_ONNX_NAME
+        return path if INT8_ONNX_NAME in self.manifest["files"] else None
 
     @property
     def golden_dir(self) -> Path | None:
@@ -173,6 +182,44 @@ def save_bundle(
     manifest["files"] = {name: sha256_file(directory / name) for name in _list_files(directory)}
     text = json.dumps(manifest, indent=2, sort_keys=True)
     (directory / MANIFEST_NAME).write_text(text + "\n")
+    return load_bundle(directory)
+
+
+def add_to_bundle(
+    directory: str | Path, files: Mapping[str, bytes], manifest_updates: Mapping[str, Any]
+) -> Bundle:
+    """Add new files to a verified bundle and re-pin bundle.json with `manifest_updates` merged in.
+
+    The bundle is verified first, so a corrupt bundle is never re-pinned; a file it already lists is
+    never replaced (a pinned file changes only by re-exporting). bundle.json is replaced atomically
+    last; on any failure the new files are removed and the bundle is as it was.
+    """
+    bundle = load_bundle(directory)
+    directory = bundle.path
+    clashes = sorted(name for name in files if name in bundle.manifest["files"] or name == MANIFEST_NAME)
+    if clashes:
+        raise BundleError(f"{directory}: {clashes[0]} is already in the bundle: re-export it instead")
+    manifest = {**bundle.manifest, **dict(manifest_updates)}
+    written: list[Path] = []
+    try:
+        for relative, content in files.items():
+            target = directory / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+            written.append(target)
+        manifest["files"] = {
+            **bundle.manifest["files"],
+            **{name: sha256_file(directory / name) for name in files},
+        }
+        _validate_manifest(manifest, directory / MANIFEST_NAME)
+        staged = directory / (MANIFEST_NAME + ".tmp")
+        staged.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        staged.replace(directory / MANIFEST_NAME)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        (directory / (MANIFEST_NAME + ".tmp")).unlink(missing_ok=True)
+        raise
     return load_bundle(directory)
 
 

@@ -65,6 +65,9 @@ def _load_models(settings: Settings) -> tuple[LoadedModel, LoadedModel | None]:
     )
     teacher = None
     if settings.teacher_bundle is not None:
+        # INT8 is the student's (exported with `export --int8`); the second opinion stays fp32.
+        if settings.precision == "int8":
+            options["precision"] = "fp32"
         teacher = load_model(settings.teacher_bundle, expected_role="teacher", **options)
         if teacher.class_names != student.class_names:
             raise ConfigError(

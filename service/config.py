@@ -68,8 +68,9 @@ class Settings(BaseSettings):
     # Runtime: auto = PyTorch on CUDA when a GPU is present, else ONNX Runtime on CPU.
     runtime: Literal["auto", "onnx", "torch"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Reduced precision is for CUDA only; its golden tolerance is `reduced_precision_tolerance`.
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # fp16/bf16: PyTorch on CUDA only; golden tolerance `reduced_precision_tolerance`. int8: the student's
+    # model.int8.onnx on ONNX Runtime CPU, checked against its own golden outputs (the teacher stays fp32).
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     reduced_precision_tolerance: float = Field(5e-3, gt=0.0, le=0.1)
     # Threads of the one inference session; None = all cores of this machine.
     inference_threads: int | None = Field(None, ge=1, le=256)
@@ -136,7 +137,7 @@ class Settings(BaseSettings):
     def resolved_device(self) -> Literal["cpu", "cuda"]:
         if self.device != "auto":
             return self.device
-        if self.runtime == "onnx":
+        if self.runtime == "onnx" or self.precision == "int8":
             return "cpu"
         return "cuda" if _cuda_available() else "cpu"
 
@@ -163,7 +164,13 @@ class Settings(BaseSettings):
                 )
             if self.runtime == "auto" and not _cuda_available():
                 problems.append("KDOCT_DEVICE=cuda, but PyTorch sees no CUDA device: use KDOCT_DEVICE=auto")
-        if self.precision != "fp32" and (self.device == "cpu" or self.runtime == "onnx"):
+        if self.precision == "int8" and (self.device == "cuda" or self.runtime == "torch"):
+            problems.append(
+                f"KDOCT_PRECISION=int8 serves the student's model.int8.onnx on ONNX Runtime on the CPU only: "
+                f"use KDOCT_RUNTIME=onnx (or auto) and KDOCT_DEVICE=cpu (or auto), not "
+                f"KDOCT_RUNTIME={self.runtime} KDOCT_DEVICE={self.device}"
+            )
+        if self.precision in ("fp16", "bf16") and (self.device == "cpu" or self.runtime == "onnx"):
             problems.append(
                 f"KDOCT_PRECISION={self.precision} is for PyTorch on CUDA only: use fp32 with "
                 f"KDOCT_RUNTIME={self.runtime} KDOCT_DEVICE={self.device}"

@@ -11,7 +11,15 @@ import numpy as np
 
 from kdoct.bundle import Bundle, load_bundle
 from kdoct.errors import BundleError, GoldenMismatchError
-from kdoct.golden import GOLDEN_TOLERANCE, SCORE_TOLERANCE, check_golden
+from kdoct.golden import (
+    EXPECTED_NAME,
+    GOLDEN_TOLERANCE,
+    INT8_EXPECTED_NAME,
+    INT8_SCORE_TOLERANCE,
+    INT8_TOLERANCE,
+    SCORE_TOLERANCE,
+    check_golden,
+)
 from kdoct.preprocess import PreprocessSpec
 from kdoct.safety import SafetyGate, load_gate
 from service.inference.runtime import Runtime, build_runtime
@@ -87,8 +95,15 @@ def load_model(
     warmup_sizes = getattr(model_runtime, "warmup_sizes", lambda rows: sorted({1, max(1, rows)}))
     for rows in warmup_sizes(warmup_batch or model_runtime.preferred_batch_size):
         model_runtime.predict_logits(np.zeros((rows, 3, height, width), dtype=np.float32))
-    fp32 = model_runtime.precision == "fp32"
-    tolerance = GOLDEN_TOLERANCE if fp32 else reduced_precision_tolerance
+    # fp32 and fp16/bf16 reproduce the fp32 golden outputs; INT8 is a different function, checked
+    # against the outputs its own graph recorded at export (kdoct/golden.py).
+    expected, tolerance, score_tolerance = {
+        "fp32": (EXPECTED_NAME, GOLDEN_TOLERANCE, SCORE_TOLERANCE),
+        "int8": (INT8_EXPECTED_NAME, INT8_TOLERANCE, INT8_SCORE_TOLERANCE),
+    }.get(
+        model_runtime.precision,
+        (EXPECTED_NAME, reduced_precision_tolerance, reduced_precision_score_tolerance),
+    )
     try:
         difference = check_golden(
             bundle.golden_dir,
@@ -96,7 +111,8 @@ def load_model(
             model_runtime.predict,
             tolerance,
             gate=gate,
-            score_tolerance=SCORE_TOLERANCE if fp32 else reduced_precision_score_tolerance,
+            score_tolerance=score_tolerance,
+            expected_name=expected,
         )
     except GoldenMismatchError as exc:
         raise GoldenMismatchError(

@@ -39,9 +39,16 @@ class OnnxRuntime:
     name = "onnx"
 
     def __init__(
-        self, onnx_path: Path, *, device: str = "cpu", threads: int = 1, spinning: str = "auto"
+        self,
+        onnx_path: Path,
+        *,
+        device: str = "cpu",
+        threads: int = 1,
+        spinning: str = "auto",
+        precision: str = "fp32",
     ) -> None:
-        """`spinning`: "auto" (on CPU with several threads, serve with whichever of spinning and
+        """`precision`: "fp32" (model.onnx) or "int8" (model.int8.onnx, as the caller chose).
+        `spinning`: "auto" (on CPU with several threads, serve with whichever of spinning and
         parked intra-op threads is faster now: service/inference/thread_policy.py), "on" or "off"."""
         if spinning not in ("auto", "on", "off"):
             raise ValueError(f"spinning must be auto, on or off, not {spinning!r}")
@@ -68,7 +75,7 @@ class OnnxRuntime:
         self.thread_policy = FastestVariant(tuple(self._sessions))
         self.session = next(iter(self._sessions.values()))
         self.device = device
-        self.precision = "fp32"
+        self.precision = precision
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         # Bundles exported since the safety gate have a second output, the penultimate features.

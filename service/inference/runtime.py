@@ -54,8 +54,21 @@ def build_runtime(
             )
         from service.inference.onnx_runtime import OnnxRuntime
 
+        if precision == "int8":
+            if bundle.int8_onnx_path is None:
+                raise ConfigError(
+                    f"{bundle.path}: KDOCT_PRECISION=int8, but the bundle has no model.int8.onnx: add it "
+                    f"with `python -m model_training export --from-bundle {bundle.path} --int8`, or use fp32"
+                )
+            if device != "cpu":
+                raise ConfigError("KDOCT_PRECISION=int8 runs on ONNX Runtime on the CPU only")
+            return OnnxRuntime(
+                bundle.int8_onnx_path, device=device, threads=threads or cpu_count(), precision="int8"
+            )
         return OnnxRuntime(bundle.onnx_path, device=device, threads=threads or cpu_count())
     if runtime == "torch":
+        if precision == "int8":
+            raise ConfigError("KDOCT_PRECISION=int8 is served by ONNX Runtime on the CPU, not PyTorch")
         from service.inference.torch_runtime import TorchRuntime
 
         return TorchRuntime(

@@ -1,0 +1,122 @@
+"""`export --int8`: the INT8 student of a tiny gated bundle, its accuracy gate (kept and refused), the
+bundle's pins of model.int8.onnx and its own golden outputs."""
+
+import shutil
+
+import pytest
+
+from kdoct.bundle import INT8_ONNX_NAME, MANIFEST_NAME, load_bundle
+from kdoct.errors import BundleError, GoldenMismatchError
+from kdoct.golden import INT8_EXPECTED_NAME, INT8_SCORE_TOLERANCE, INT8_TOLERANCE, check_golden
+from kdoct.safety import load_gate
+from kdoct_testing.bundles import CLASSES, build_test_bundle, gate_images, gray_images
+from model_training.cli import main
+from service.inference.onnx_runtime import OnnxRuntime
+
+_DIRS = {"normal": "NORMAL", "drusen": "DRUSEN", "cnv": "CNV"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, sample_dir, sample_jpegs):
+    """DIR/student (a tiny gated bundle, as a `final` run leaves it) and DIR/split.csv: the images the
+    gate was fitted on are the training role, the next ones the validation role."""
+    root = tmp_path_factory.mktemp("int8-run")
+    golden = gray_images([sample_jpegs["CNV"][0], sample_jpegs["NORMAL"][0]])
+    build_test_bundle(
+        root / "student",
+        "test_efficientnet",
+        (64, 64),
+        "student",
+        golden,
+        seed=3,
+        gate=gate_images(sample_dir),
+    )
+    rows = ["path,label,patient_id,role"]
+    for label, folder in _DIRS.items():
+        paths = sorted((sample_dir / folder).glob("*.jpeg"))[:36]
+        rows += [f"{p},{label},{p.stem},{'train' if i < 24 else 'val'}" for i, p in enumerate(paths)]
+    (root / "split.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _copy(run_dir, tmp_path):
+    shutil.copytree(run_dir, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _unchanged(bundle_dir, manifest_before):
+    assert (bundle_dir / MANIFEST_NAME).read_bytes() == manifest_before
+    assert not (bundle_dir / INT8_ONNX_NAME).exists()
+    assert not (bundle_dir / "golden" / INT8_EXPECTED_NAME).exists()
+    load_bundle(bundle_dir)
+
+
+def test_export_int8_from_bundle_pins_the_int8_model_and_its_own_golden_outputs(run_dir, tmp_path, capsys):
+    run = _copy(run_dir, tmp_path)
+    # A random tiny model's gate threshold sits among near-identical scores, so INT8 flips a few of its
+    # verdicts: the gate limit is lowered here explicitly (and recorded); the refusal test keeps it.
+    assert (
+        main(["export", "--from-bundle", str(run / "student"), "--int8", "--min-gate-agreement", "0.9"]) == 0
+    )
+    bundle = load_bundle(run / "student")
+    files = bundle.manifest["files"]
+    assert {INT8_ONNX_NAME, "model.onnx", f"golden/{INT8_EXPECTED_NAME}", "golden/expected.json"} <= set(
+        files
+    )
+    figures = bundle.manifest["int8"]
+    assert figures["validation_images"] == 36 and figures["calibration_images"] == 72
+    assert figures["label_agreement"] >= 0.99 and figures["limits"]["min_gate_agreement"] == 0.9
+    assert figures["source"]["split"] == "split.csv" and figures["source"]["fold"] is None
+    assert "INT8 against fp32" in capsys.readouterr().out
+    # The INT8 graph keeps the features output and reproduces its own golden outputs and gate scores,
+    # not the fp32 ones it was derived from.
+    runtime = OnnxRuntime(bundle.int8_onnx_path, threads=1, precision="int8")
+    assert runtime.has_features
+    gate = load_gate(bundle.path, files)
+    check_golden(
+        bundle.golden_dir, bundle.preprocess, runtime.predict, INT8_TOLERANCE, gate=gate,
+        score_tolerance=INT8_SCORE_TOLERANCE, expected_name=INT8_EXPECTED_NAME,
+    )  # fmt: skip
+    with pytest.raises(GoldenMismatchError):
+        check_golden(bundle.golden_dir, bundle.preprocess, runtime.predict, gate=gate)
+    # A second INT8 model is refused: pinned files are replaced only by re-exporting.
+    with pytest.raises(BundleError, match="already has"):
+        from model_training.int8 import add_int8
+
+        add_int8(bundle.path, calibration_images=[object()], val_images=[object()], val_labels=[0])
+
+
+def test_a_tampered_int8_model_is_refused(run_dir, tmp_path):
+    run = _copy(run_dir, tmp_path)
+    assert (
+        main(["export", "--from-bundle", str(run / "student"), "--int8", "--min-gate-agreement", "0.9"]) == 0
+    )
+    with open(run / "student" / INT8_ONNX_NAME, "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError, match="model.int8.onnx: sha256 mismatch"):
+        load_bundle(run / "student")
+
+
+def test_int8_is_refused_and_nothing_written_when_it_misses_the_limits(run_dir, tmp_path, capsys):
+    from model_training.int8 import Int8Gate, add_int8
+    from model_training.int8_data import int8_images
+
+    run = _copy(run_dir, tmp_path)
+    bundle_dir = run / "student"
+    before = (bundle_dir / MANIFEST_NAME).read_bytes()
+    # Default limits: the tiny model's INT8 features change more than 1 % of the gate's verdicts.
+    assert main(["export", "--from-bundle", str(bundle_dir), "--int8"]) == 2
+    assert "safety gate's OOD verdict" in capsys.readouterr().err
+    _unchanged(bundle_dir, before)
+    # The accuracy rule: a limit no INT8 model can meet (it must gain a point) refuses it too.
+    bundle = load_bundle(bundle_dir)
+    images = int8_images(bundle.manifest["provenance"], bundle.class_names, run / "split.csv")
+    with pytest.raises(BundleError, match="points of accuracy"):
+        add_int8(
+            bundle_dir, calibration_images=images.calibration[:8], val_images=images.val,
+            val_labels=images.val_labels, limits=Int8Gate(max_accuracy_drop=-0.01, min_gate_agreement=0.0),
+        )  # fmt: skip
+    _unchanged(bundle_dir, before)
+    # A split that is not the one the bundle records is refused before anything is quantized.
+    with pytest.raises(BundleError, match="not the split"):
+        int8_images({"fold": None, "folds_fingerprint": "0" * 64}, CLASSES, run / "split.csv")
