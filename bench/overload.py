@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n\n".join(
         [
             f"### {args.label or 'This checkout'}: `{command.strip()}`",
-            f"Measured {now()} on {machine()}, other jobs running on the same cores. "
+            f"Measured {now()} on {machine()}. "
             f"Single client: {single:.1f} img/s; 32 clients resending at once: {ratio:.2f} x that "
             f"(target >= {TARGET}: **{met}**).",
             markdown_table(HEADER, rows),

@@ -27,6 +27,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 from service.admission import Admission, admitted_route
+
+# A refusal is held this long (no slot, no CPU: the event loop serves others meanwhile) before it is
+# sent. Without it, clients that resend at once were refused ~600 times a second and that HTTP work
+# took the CPU from the admitted requests (docs/BENCHMARKS.md, goodput under overload).
+OVERLOAD_PACING_S = 0.2
 from service.problems import Problem, problem_response
 
 __all__ = ["REQUEST_ID_HEADER", "RequestContextMiddleware"]
@@ -207,6 +212,7 @@ class RequestContextMiddleware:
             "overloaded", detail, request_id=request_id, instance=scope["path"],
             headers={"Retry-After": "1", "Connection": "close"},
         )  # fmt: skip
+        await asyncio.sleep(OVERLOAD_PACING_S)
         await response(scope, receive, send)
 
     async def _refuse(
