@@ -27,14 +27,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 from service.admission import Admission, admitted_route
+from service.problems import Problem, problem_response
+
+__all__ = ["REQUEST_ID_HEADER", "RequestContextMiddleware"]
 
 # A refusal is held this long (no slot, no CPU: the event loop serves others meanwhile) before it is
 # sent. Without it, clients that resend at once were refused ~600 times a second and that HTTP work
 # took the CPU from the admitted requests (docs/BENCHMARKS.md, goodput under overload).
 OVERLOAD_PACING_S = 0.2
-from service.problems import Problem, problem_response
-
-__all__ = ["REQUEST_ID_HEADER", "RequestContextMiddleware"]
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Client ids end up in logs and records: only short, plain ones are echoed (no log injection).
