@@ -55,3 +55,31 @@ def bench_bundle(role: str) -> Path:
     )
     scratch.rename(out)
     return out
+
+
+def bench_int8_bundle() -> Path:
+    """The student bench bundle plus its INT8 model (`export --int8`'s quantisation, calibrated on
+    sample B-scans). Random weights make the INT8/fp32 agreement meaningless, so its limits are off
+    here: for speed only (accuracy agreement: docs/BENCHMARKS.md, "INT8 student", on trained weights)."""
+    import shutil
+
+    from model_training.int8 import Int8Gate, add_int8
+
+    out = CACHE / f"student-{ARCHS['student']}-{INPUT_SIZE[0]}-gated-int8"
+    if (out / "bundle.json").is_file():
+        return out
+    scratch = out.with_name(out.name + ".partial")
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    shutil.copytree(bench_bundle("student"), scratch)
+    images = gate_images(SAMPLE_DIR)
+    add_int8(
+        scratch,
+        calibration_images=images.train,
+        val_images=images.val,
+        val_labels=[0] * len(images.val),
+        limits=Int8Gate(min_agreement=0.0, max_accuracy_drop=1.0, min_gate_agreement=0.0),
+        source={"note": "random weights, sample B-scans: for speed measurements only"},
+    )
+    scratch.rename(out)
+    return out

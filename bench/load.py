@@ -78,7 +78,7 @@ def fixed_rate_load(quick: bool, service_figures: dict | None = None) -> str:
     seconds = 6.0 if quick else 20.0
     measured = None
     if service_figures:
-        backend = list(service_figures["service"].values())[-1]
+        backend = service_figures["service"][service_figures["production"]]
         measured = max(level["images_per_s"] for level in backend.values())
     capacity = measured
     if capacity is None:

@@ -213,6 +213,7 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         batch_size=settings.writer_batch_size,
         statement_timeout_s=settings.db_statement_timeout_s,
         lock_timeout_s=settings.db_lock_timeout_s,
+        record_ack=settings.record_ack,
         record_deadline_s=settings.record_deadline_s,
         on_append=app.state.anchor.note,
     )

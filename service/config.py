@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     db_statement_timeout_s: float = Field(5.0, gt=0.0, le=3600.0)
     db_lock_timeout_s: float = Field(2.0, gt=0.0, le=3600.0)
     record_deadline_s: float = Field(5.0, gt=0.0, le=3600.0)
+    # When an answer may go out (docs/RECORDS.md, "Durability"): `spool`, once its record is fsync'd to
+    # the local journal in spool_dir, the database insert following in the background (~0.1-3 ms,
+    # the spool must be durable storage: a volume that outlives the process and the host's reboot);
+    # `database`, once the record is committed (or, past record_deadline_s, spooled).
+    record_ack: Literal["spool", "database"] = "spool"
     # PostgreSQL: what to do when the service's role could rewrite the records (owner, superuser, or
     # UPDATE/DELETE/TRUNCATE on them): log an error, or refuse to start (docker compose sets refuse).
     db_role_check: Literal["warn", "refuse"] = "warn"

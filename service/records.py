@@ -115,6 +115,10 @@ class PredictionSink(Protocol):
     async def ready(self) -> bool:
         """Whether the sink can take records now (for /health/ready)."""
 
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait (at most timeout_s) until the records answered so far can be read back from the
+        database; False if they could not be in time. Immediate for a sink that commits first."""
+
 
 class MemorySink:
     """Keeps the last `capacity` rows in memory: for tests and local demos, not an audit log."""
@@ -140,6 +144,9 @@ class MemorySink:
 
     async def ready(self) -> bool:
         return self.accepting
+
+    async def flush(self, timeout_s: float) -> bool:
+        return True
 
     def get(self, prediction_id: uuid.UUID | str) -> dict[str, Any] | None:
         key = prediction_id if isinstance(prediction_id, uuid.UUID) else uuid.UUID(str(prediction_id))

@@ -95,6 +95,9 @@ async def _query(work):
         ) from None  # fmt: skip
 
 
+_READ_YOUR_ANSWER_S = 2.0
+
+
 def _out(row: Prediction) -> PredictionOut:
     return PredictionOut.model_validate(row, from_attributes=True)
 
@@ -147,6 +150,10 @@ async def get_prediction(
             return row
 
     row = await _query(load)
+    if row is None and await request.app.state.sink.flush(_READ_YOUR_ANSWER_S):
+        # Answers go out once their record is journaled (KDOCT_RECORD_ACK=spool), the insert follows
+        # within milliseconds: a read right after an answer from this process waits for it.
+        row = await _query(load)
     if row is None:
         raise Problem("not-found", f"no prediction {prediction_id} on record")
     record = _out(row)

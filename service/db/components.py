@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +18,7 @@ from kdoct.errors import ConfigError
 from service.db.chain import ChainLink
 from service.db.observer import MetricsObserver
 from service.db.session import is_postgresql, make_engine, make_sessionmaker
+from service.db.spool_first import SpoolFirstWriter
 from service.db.writer import DurableWriter
 
 __all__ = ["Records", "build_records"]
@@ -45,9 +47,12 @@ def build_records(
     batch_size: int = 256,
     statement_timeout_s: float | None = None,
     lock_timeout_s: float | None = None,
+    record_ack: Literal["spool", "database"] = "database",
     record_deadline_s: float | None = None,
     on_append: Callable[[ChainLink], None] | None = None,
 ) -> Records:
+    """record_ack: when an answer may go out: once its rows are fsync'd to the local journal and the
+    insert follows (spool, service/db/spool_first.py), or once they are committed (database)."""
     if not auth_enabled:
         if is_postgresql(database_url):
             raise ConfigError(
@@ -59,13 +64,14 @@ def build_records(
         )
     engine = make_engine(database_url, statement_timeout_s=statement_timeout_s, lock_timeout_s=lock_timeout_s)
     sessions = make_sessionmaker(engine)
-    writer = DurableWriter(
-        engine,
-        Path(spool_dir),
-        queue_size=queue_size,
-        batch_size=batch_size,
-        record_deadline_s=record_deadline_s,
-        observer=MetricsObserver(),
-        on_append=on_append,
-    )
+    common = {
+        "queue_size": queue_size,
+        "batch_size": batch_size,
+        "observer": MetricsObserver(),
+        "on_append": on_append,
+    }
+    if record_ack == "spool":
+        writer: DurableWriter = SpoolFirstWriter(engine, Path(spool_dir), **common)
+    else:
+        writer = DurableWriter(engine, Path(spool_dir), record_deadline_s=record_deadline_s, **common)
     return Records(engine=engine, sessions=sessions, writer=writer)

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from service.db.rows import row_from_json, row_to_json
 
-__all__ = ["Spool", "SpoolFile"]
+__all__ = ["Spool", "SpoolFile", "fsync_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,30 @@ class Spool:
     def has_files(self) -> bool:
         return self.spool_dir.is_dir() and any(self.spool_dir.glob(SPOOL_GLOB))
 
-    def backlog(self) -> int:
-        """Rows waiting in every spool file of the directory (all processes)."""
+    def claimable(self) -> bool:
+        """Whether some spool file is held by no live process (a spool-first writer's own journal is
+        always there and always held: it is not a reason to replay)."""
+        if not self.spool_dir.is_dir():
+            return False
+        for path in self.spool_dir.glob(SPOOL_GLOB):
+            if path == self._active_path:
+                continue
+            try:
+                with path.open("rb") as handle:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True  # the probe's lock goes with its handle
+            except (FileNotFoundError, BlockingIOError):
+                continue
+        return False
+
+    def backlog(self, exclude: frozenset[Path] | set[Path] = frozenset()) -> int:
+        """Rows waiting in the spool files of the directory (all processes), but those in ``exclude``."""
         if not self.spool_dir.is_dir():
             return 0
         total = 0
         for path in self.spool_dir.glob(SPOOL_GLOB):
+            if path in exclude:
+                continue
             try:
                 with path.open("rb") as handle:
                     total += sum(1 for line in handle if line.endswith(b"\n"))
@@ -111,7 +129,7 @@ class Spool:
             path = self.spool_dir / f"spool-{os.getpid()}-{uuid.uuid4().hex}.jsonl"
             handle = path.open("a", encoding="utf-8")
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            _fsync_dir(self.spool_dir)  # the new file's name must survive a crash too
+            fsync_dir(self.spool_dir)  # the new file's name must survive a crash too
             self._active, self._active_path = handle, path
         return self._active
 
@@ -130,7 +148,7 @@ def _read_rows(path: Path, handle: IO[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

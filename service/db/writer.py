@@ -116,7 +116,7 @@ class DurableWriter:
         # Spool files left by an earlier run (or a crashed worker) are replayed as soon as possible.
         self._spool_pending = await asyncio.to_thread(self.spool.has_files)
         if self._spool_pending:
-            self.observer.spool_backlog(await asyncio.to_thread(self.spool.backlog))
+            await asyncio.to_thread(self._report_backlog)
         self._task = asyncio.create_task(self._run(), name="kdoct-record-writer")
 
     async def record(self, records: Sequence[dict[str, Any]]) -> None:
@@ -139,6 +139,10 @@ class DurableWriter:
         except TimeoutError:
             await asyncio.to_thread(self._spool_overdue, rows)
 
+    async def flush(self, timeout_s: float) -> bool:
+        """Every answered record is already committed, or spooled for a database that is not there."""
+        return True
+
     def _spool_overdue(self, rows: list[dict[str, Any]]) -> None:
         """The database missed this request's deadline: put its rows on the spool (fsync'd) so that it
         can be answered. OSError (no spool either) propagates: the request gets its 503."""
@@ -157,7 +161,7 @@ class DurableWriter:
                 self.spool_dir,
             )
         self._spool_pending = True
-        self.observer.spool_backlog(self.spool.backlog())
+        self._report_backlog()
 
     @property
     def degraded(self) -> bool:
@@ -252,7 +256,7 @@ class DurableWriter:
                 return
         self.spool.append(rows)  # OSError propagates: nothing took the rows
         self._spool_pending = True
-        self.observer.spool_backlog(self.spool.backlog())
+        self._report_backlog()
 
     def _insert(self, rows: list[dict[str, Any]]) -> bool:
         started = time.perf_counter()
@@ -288,18 +292,17 @@ class DurableWriter:
             log.warning("database reachable again after %.1f s", time.monotonic() - self._db_down_since)
             self._db_down_since = None
         if not self._spool_pending:
-            self._spool_pending = self.spool.has_files()
+            self._spool_pending = self._replay_pending()
         if self._spool_pending:
             self._replay_one()
 
     def _replay_one(self) -> None:
         """Replay one spool file into the database (our own active files are released first)."""
-        self.spool.release()
-        self._release_overdue()
+        self._release_own()
         try:
             with self.spool.claim_one() as claimed:
                 if claimed is None:
-                    self._spool_pending = self.spool.has_files()  # files locked by others stay theirs
+                    self._spool_pending = self._replay_pending()  # files locked by others stay theirs
                     return
                 started = time.perf_counter()
                 for start in range(0, len(claimed.rows), _REPLAY_CHUNK):
@@ -315,8 +318,21 @@ class DurableWriter:
         except OSError as exc:
             log.error("spool replay could not read %s: %s", self.spool_dir, exc)
         finally:
-            self._spool_pending = self.spool.has_files()
-            self.observer.spool_backlog(self.spool.backlog())
+            self._spool_pending = self._replay_pending()
+            self._report_backlog()
+
+    # What a spool-first writer (service/db/spool_first.py) sees differently ------------------
+
+    def _release_own(self) -> None:
+        """Let go of this process's spool files, so they can be replayed."""
+        self.spool.release()
+        self._release_overdue()
+
+    def _replay_pending(self) -> bool:
+        return self.spool.has_files()
+
+    def _report_backlog(self) -> None:
+        self.observer.spool_backlog(self.spool.backlog())
 
 
 def _brief(exc: SQLAlchemyError) -> str:

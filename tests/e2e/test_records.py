@@ -68,6 +68,16 @@ def stored(database_url: str) -> dict[str, str]:
         return {str(row_id): sha for row_id, sha in conn.execute("SELECT id, input_sha256 FROM predictions")}
 
 
+def on_record(database_url: str, prediction_ids, timeout_s: float = 15.0) -> None:
+    """Until every answered id is a row: answers go out once their record is journaled (fsync'd), the
+    insert follows (KDOCT_RECORD_ACK=spool, docs/RECORDS.md), so a row may trail its answer."""
+    wanted = set(prediction_ids)
+    deadline = time.monotonic() + timeout_s
+    while missing := wanted - set(stored(database_url)):
+        assert time.monotonic() < deadline, f"{len(missing)} answered predictions never reached the database"
+        time.sleep(0.05)
+
+
 def _libpq(database_url: str) -> str:
     return database_url.replace("postgresql+psycopg://", "postgresql://", 1)
 
@@ -94,6 +104,7 @@ def test_every_answer_is_one_row_with_the_upload_sha256_across_two_workers(pg_se
     }
     assert all(r.json()["input"]["sha256"] == answered[r.json()["prediction_id"]] for r in responses)
 
+    on_record(pg_server.database_url, answered)
     rows = stored(pg_server.database_url)
     new_rows = {row_id: sha for row_id, sha in rows.items() if row_id not in before}
     assert new_rows == answered  # exactly one row per answer, none extra, with the uploaded bytes' hash
@@ -150,6 +161,7 @@ def test_predictions_are_append_only_and_audit_verify_catches_a_row_altered_behi
     response = classify(pg_server, uploads[0])
     assert response.status_code == 200
     prediction_id = response.json()["prediction_id"]
+    on_record(pg_server.database_url, [prediction_id])
     with psycopg.connect(_libpq(pg_server.database_url), autocommit=True) as conn:
         for statement in (
             "UPDATE predictions SET label = 'cnv' WHERE id = %s",
@@ -187,6 +199,7 @@ def test_the_servers_checkpoints_catch_a_truncated_tail(pg_server, uploads):
     response = classify(pg_server, uploads[1])
     assert response.status_code == 200
     prediction_id = response.json()["prediction_id"]
+    on_record(pg_server.database_url, [prediction_id])
     with psycopg.connect(_libpq(pg_server.database_url), autocommit=True) as conn:
         sequence = conn.execute(
             "SELECT sequence FROM predictions WHERE id = %s", (prediction_id,)
@@ -235,6 +248,7 @@ def test_request_ids_are_stored_keyed_and_every_read_is_logged_with_its_reader(p
     response = classify(pg_server, uploads[2], headers={"X-Request-ID": mrn})
     assert response.status_code == 200 and response.headers["X-Request-ID"] == mrn
     prediction_id = response.json()["prediction_id"]
+    on_record(pg_server.database_url, [prediction_id])
 
     with psycopg.connect(_libpq(pg_server.database_url)) as conn:
         stored_id = conn.execute(

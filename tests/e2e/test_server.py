@@ -29,6 +29,19 @@ def test_real_jpegs_get_probabilities_for_every_class_summing_to_one(server, jpe
         assert abs(sum(probabilities.values()) - 1.0) <= 1e-6
 
 
+def test_a_prediction_is_readable_right_after_its_answer(server, jpegs):
+    """Answers go out once their record is fsync'd to the journal, the insert follows (the default
+    KDOCT_RECORD_ACK=spool); a read that follows an answer waits for it, so it never misses."""
+    for path in jpegs[:24]:
+        answer = classify(server["url"], path.read_bytes())
+        assert answer.status_code == 200, answer.text
+        prediction_id = answer.json()["prediction_id"]
+        read = httpx.get(f"{server['url']}/predictions/{prediction_id}", timeout=30)
+        assert read.status_code == 200, read.text
+        assert read.json()["id"] == prediction_id
+        assert read.json()["input_sha256"] == answer.json()["input"]["sha256"]
+
+
 def test_dicom_single_and_multi_frame_get_per_frame_results(server, jpegs):
     frames = [jpeg_gray(path) for path in jpegs[:8]]
     frames = [frame for frame in frames if frame.shape == frames[0].shape][:4]

@@ -1,0 +1,214 @@
+"""SpoolFirstWriter: an answer waits for its rows to be fsync'd to the local journal, not for the
+database commit; the insert follows in the background (``KDOCT_RECORD_ACK=spool``).
+
+Two tasks. The journal task takes whatever requests are queued, appends their rows to the journal
+(service/db/journal.py) with one write and one fsync (group commit), and releases those requests.
+The insert task takes the journaled rows from memory, inserts them into the database in batches
+(ids are new, so no lookups), and tells the journal, which unlinks a sealed segment once every row in
+it is committed. Rows not inserted from memory (the database is down, or more than ``memory_rows``
+are waiting) stay in their segment, which is then closed and replayed by the ordinary spool replay
+(DurableWriter): it skips the ids the database already has, so each row ends up there exactly once,
+whether the process lives, stops, or crashes between the fsync and the commit.
+
+If the journal cannot be written (disk full, read-only volume), a batch falls back to what
+DurableWriter does: commit to the database before answering, else 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from sqlalchemy import Engine
+
+from service.db.journal import Journal, Segment
+from service.db.writer import _STOP, DurableWriter
+
+__all__ = ["SpoolFirstWriter"]
+
+log = logging.getLogger(__name__)
+
+_QUIET_S = 1.0  # no insert for this long: the journal's current segment is let go
+_REPLAY = object()  # wakes the insert task: rows were left for replay
+_Journaled = tuple[Segment, list[dict[str, Any]]]
+
+
+class SpoolFirstWriter(DurableWriter):
+    def __init__(
+        self,
+        engine: Engine,
+        spool_dir: str | os.PathLike[str],
+        *,
+        segment_bytes: int = 4 << 20,
+        memory_rows: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("record_deadline_s") is not None:
+            raise ValueError("a spool-first writer never waits for the database: no record deadline")
+        super().__init__(engine, spool_dir, **kwargs)
+        self.journal = Journal(self.spool_dir, segment_bytes=segment_bytes)
+        # Journaled rows waiting for their insert, at most; beyond it they are replayed from the file.
+        self.memory_rows = memory_rows if memory_rows is not None else 4 * self.queue_size
+        self._inserts: asyncio.Queue | None = None
+        self._insert_task: asyncio.Task | None = None
+        self._in_memory = 0
+        self._handed_over: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._inserts = asyncio.Queue()
+        self._handed_over = asyncio.Event()
+        self._handed_over.set()
+        await super().start()
+        self._insert_task = asyncio.create_task(self._insert_loop(), name="kdoct-record-inserter")
+
+    async def stop(self) -> None:
+        """Journal everything queued, insert what the database takes, leave the rest for replay."""
+        await super().stop()
+        self._insert_task = None
+        await asyncio.to_thread(self.journal.close)
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until every row journaled so far has been inserted (or left for replay): a read that
+        follows an answer in this process then finds its row. False if that took longer than timeout_s."""
+        if self._handed_over is None:
+            return True
+        try:
+            await asyncio.wait_for(self._handed_over.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    # The journal task (DurableWriter's queue) -------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._queue is not None and self._inserts is not None
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            rows = list(item[0])
+            while len(rows) < self.batch_size and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)
+                rows.extend(nxt[0])
+            await self._journal(batch, rows)
+        self._inserts.put_nowait(_STOP)
+        if self._insert_task is not None:
+            await self._insert_task
+
+    async def _journal(self, batch: list[tuple[list, asyncio.Future]], rows: list[dict[str, Any]]) -> None:
+        try:
+            segment = await asyncio.to_thread(self.journal.append, rows)
+        except OSError as exc:
+            log.error("journal in %s not writable (%s); committing before answering", self.spool_dir, exc)
+            await self._write(batch, rows)  # the database, else a 503 for each request
+            return
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
+        self._hand_over(segment, rows)
+
+    def _hand_over(self, segment: Segment, rows: list[dict[str, Any]]) -> None:
+        assert self._inserts is not None and self._handed_over is not None
+        if self._in_memory + len(rows) > self.memory_rows:
+            # The database is slower than the traffic: these rows are replayed from the file instead
+            # of piling up in memory.
+            self.journal.leave_for_replay(segment, len(rows))
+            if not self._spool_pending:
+                self._spool_pending = True
+                self._inserts.put_nowait(_REPLAY)  # the insert task may be waiting out a long timeout
+            return
+        self._in_memory += len(rows)
+        self._handed_over.clear()
+        self._inserts.put_nowait((segment, rows))
+
+    # The insert task ---------------------------------------------------------------------------
+
+    async def _insert_loop(self) -> None:
+        assert self._inserts is not None and self._handed_over is not None
+        stopping = False
+        last_maintained = time.monotonic()
+        while not stopping:
+            interval = self.retry_interval_s if self._spool_pending else self.rescan_interval_s
+            timeout = max(0.0, min(_QUIET_S, last_maintained + interval - time.monotonic()))
+            try:
+                item = await asyncio.wait_for(self._inserts.get(), timeout=timeout)
+            except TimeoutError:
+                # Quiet: let the current segment go (every row in it is in the database, so it is
+                # unlinked); probe a down database and replay only once per interval.
+                await asyncio.to_thread(self.journal.seal_active)
+                if time.monotonic() - last_maintained >= interval:
+                    await asyncio.to_thread(self._maintain)
+                    last_maintained = time.monotonic()
+                continue
+            if item is _STOP:
+                break
+            if item is _REPLAY:
+                await asyncio.to_thread(self._idle)
+                last_maintained = time.monotonic()
+                continue
+            items: list[_Journaled] = [item]
+            count = len(item[1])
+            while count < self.batch_size and not self._inserts.empty():
+                nxt = self._inserts.get_nowait()
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                if nxt is _REPLAY:
+                    continue  # replayed after this batch anyway (_spool_pending is set)
+                items.append(nxt)
+                count += len(nxt[1])
+            try:
+                await asyncio.to_thread(self._insert_journaled, items)
+            finally:
+                self._in_memory -= count
+                if self._in_memory == 0:
+                    self._handed_over.set()
+            if self._spool_pending and self._db_down_since is None:
+                await asyncio.to_thread(self._replay_one)
+
+    def _insert_journaled(self, items: list[_Journaled]) -> None:
+        now = time.monotonic()
+        inserted = False
+        if self._db_down_since is None or now - self._last_attempt >= self.retry_interval_s:
+            self._last_attempt = now
+            inserted = self._insert([row for _, rows in items for row in rows])
+        for segment, rows in items:
+            if inserted:
+                self.journal.committed(segment, len(rows))
+            else:
+                self.journal.leave_for_replay(segment, len(rows))
+        if not inserted:
+            self._spool_pending = True
+            self._report_backlog()
+
+    def _idle(self) -> None:
+        """Nothing to insert: let the current segment go (it is unlinked, every row being in the
+        database), then probe a down database and replay what waits."""
+        self.journal.seal_active()
+        self._maintain()
+
+    # DurableWriter's hooks --------------------------------------------------------------------
+
+    def _release_own(self) -> None:
+        super()._release_own()
+        self.journal.seal_active(only_if_left_for_replay=True)
+
+    def _replay_pending(self) -> bool:
+        # Our own journal and other processes' are always there and held: only a file nobody holds
+        # (a crashed process's, or one of ours left for replay) needs replaying.
+        return self.journal.awaiting_replay() or self.spool.claimable()
+
+    def _report_backlog(self) -> None:
+        in_flight = self.journal.in_flight_paths()
+        self.observer.spool_backlog(self.spool.backlog(exclude=in_flight))
