@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--only service,models,load,faults,fuzz,profile,fixes]`: run the benchmarks
-and rewrite their sections of docs/BENCHMARKS.md (other sections of the file are kept)."""
+"""`python -m bench [--quick] [--only service,models,load,faults,fuzz,profile,fixes,int8,overload]`: run the
+benchmarks and rewrite their sections of docs/BENCHMARKS.md (other sections of the file are kept)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tqdm import tqdm
 from bench.bundles import CACHE
 from bench.report import machine, now, write_section
 
-ITEMS = ("service", "models", "load", "faults", "fuzz", "profile", "fixes")
+ITEMS = ("service", "models", "load", "faults", "fuzz", "profile", "fixes", "int8", "overload")
 log = logging.getLogger("bench")
 
 
@@ -50,6 +50,22 @@ def _run_item(item: str, quick: bool, state: dict) -> str:
         from bench.fixes import fixes_before_after
 
         return fixes_before_after(quick)
+    if item == "int8":
+        from bench.bundles import default_model
+        from bench.int8 import int8_section
+
+        model = default_model()
+        repeats = 5 if quick else 15
+        command = f"python -m bench.int8 --bundle {model.name}/student --split {model.name}/split.csv"
+        return "## INT8 student against fp32 (the default model)\n\n" + int8_section(
+            model / "student", model / "split.csv", repeats, f"{command} --repeats {repeats}"
+        )
+    if item == "overload":
+        from bench.overload import overload_text
+
+        return "## Goodput under overload (EfficientNet-B2 student, `KDOCT_MAX_QUEUE=4`)\n\n" + overload_text(
+            "student", 4, 4.0 if quick else 8.0
+        )
     raise ValueError(item)
 
 

@@ -57,6 +57,26 @@ def bench_bundle(role: str) -> Path:
     return out
 
 
+def default_model() -> Path:
+    """var/default-model, the trained default model `make run` serves (its student and split.csv),
+    trained here first if it is missing (minutes on 2 cores), exactly as scripts/run-local.sh does."""
+    import subprocess
+    import sys
+
+    out = REPO_ROOT / "var" / "default-model"
+    if not (out / "student" / "bundle.json").is_file():
+        log.info("training the default model into %s (as `make run` does)", out)
+        subprocess.run(
+            [
+                sys.executable, "-m", "model_training", "final",
+                "--config", "model_training/configs/oct2017_sample.yaml", "--out", str(out),
+                "--epochs-from", "model_training/configs/results/oct2017_sample/report.json",
+            ],
+            check=True, cwd=REPO_ROOT,
+        )  # fmt: skip
+    return out
+
+
 def bench_int8_bundle() -> Path:
     """The student bench bundle plus its INT8 model (`export --int8`'s quantisation, calibrated on
     sample B-scans). Random weights make the INT8/fp32 agreement meaningless, so its limits are off

@@ -53,17 +53,10 @@ def _measure(runtime: OnnxRuntime, images: np.ndarray, repeats: int) -> dict:
     return {"latency": latency, "best": best, "labels": predicted.argmax(1)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--split", type=Path, required=True, help="the run's split.csv (test role)")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--write-docs", action="store_true")
-    args = parser.parse_args(argv)
-    bundle = load_bundle(args.bundle)
-    split = read_final_split(args.split)
+def int8_section(bundle_dir: Path, split_path: Path, repeats: int, command: str) -> str:
+    """The fp32/INT8 table of the bundle on the test images of its split, as markdown."""
+    bundle = load_bundle(bundle_dir)
+    split = read_final_split(split_path)
     index = {name: i for i, name in enumerate(bundle.class_names)}
     test = split["test"] or split["val"]
     images = preprocess_batch([open_image(s.path) for s in test], bundle.preprocess)
@@ -76,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             quantize_onnx(bundle.onnx_path, int8_path, calibration, bundle.preprocess)
         threads = cpu_count()
         runs = {
-            "fp32": _measure(OnnxRuntime(bundle.onnx_path, threads=threads), images, args.repeats),
-            "int8": _measure(OnnxRuntime(int8_path, threads=threads, precision="int8"), images, args.repeats),
+            "fp32": _measure(OnnxRuntime(bundle.onnx_path, threads=threads), images, repeats),
+            "int8": _measure(OnnxRuntime(int8_path, threads=threads, precision="int8"), images, repeats),
         }
     rows = []
     for name, run in runs.items():
@@ -100,13 +93,25 @@ def main(argv: list[str] | None = None) -> int:
         ["model", "batch 1 ms", "best batch (ms)", "img/s batch 1", "img/s best", "test accuracy"], rows
     )
     met = "met" if ratio >= TARGET else "not met"
-    command = "python -m bench.int8 " + shlex.join(sys.argv[1:] if argv is None else argv)
-    section = (
-        f"{BEGIN}\n`{command}` ({now()}; {machine()}; {bundle.name}, {len(labels)} test images, "
-        f"medians of {args.repeats} runs, {threads} threads)\n\n{table}\n\n"
+    return (
+        f"`{command}` ({now()}; {machine()}; {bundle.name}, {len(labels)} test images, "
+        f"medians of {repeats} runs, {threads} threads)\n\n{table}\n\n"
         f"INT8 / fp32 images/s: **{ratio:.2f}x** at the best batch, {ratio_b1:.2f}x at batch 1; target "
-        f"{TARGET}x: **{met}**. INT8 gives the fp32 label for {agreement:.1%} of the test images.\n{END}"
+        f"{TARGET}x: **{met}**. INT8 gives the fp32 label for {agreement:.1%} of the test images."
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--split", type=Path, required=True, help="the run's split.csv (test role)")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args(argv)
+    command = "python -m bench.int8 " + shlex.join(sys.argv[1:] if argv is None else argv)
+    section = f"{BEGIN}\n{int8_section(args.bundle, args.split, args.repeats, command)}\n{END}"
     print(section)
     if args.write_docs:
         text = DOCS.read_text()

@@ -149,6 +149,16 @@ HEADER = [
 ]  # fmt: skip
 
 
+def overload_text(model: str, queue: int, seconds: float, service_root: Path = REPO_ROOT) -> str:
+    """The measured rows and the verdict against the target, as markdown."""
+    rows, single, ratio = measure(model, queue, seconds, service_root)
+    met = "met" if ratio >= TARGET else "NOT met"
+    return (
+        f"Measured {now()} on {machine()}. Single client: {single:.1f} img/s; 32 clients resending at "
+        f"once: {ratio:.2f} x that (target >= {TARGET}: **{met}**).\n\n{markdown_table(HEADER, rows)}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__)
     parser.add_argument("--model", choices=("tiny", "student"), default="tiny")
@@ -161,16 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true", help=f"append the table to {DOCS.name}")
     args = parser.parse_args(argv)
     command = "python -m bench.overload " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    rows, single, ratio = measure(args.model, args.queue, args.seconds, args.service_root.resolve())
-    met = "met" if ratio >= TARGET else "NOT met"
-    text = "\n\n".join(
-        [
-            f"### {args.label or 'This checkout'}: `{command.strip()}`",
-            f"Measured {now()} on {machine()}. "
-            f"Single client: {single:.1f} img/s; 32 clients resending at once: {ratio:.2f} x that "
-            f"(target >= {TARGET}: **{met}**).",
-            markdown_table(HEADER, rows),
-        ]
+    text = f"### {args.label or 'This checkout'}: `{command.strip()}`\n\n" + overload_text(
+        args.model, args.queue, args.seconds, args.service_root.resolve()
     )
     print(text)
     if args.write_docs:

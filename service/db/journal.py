@@ -81,10 +81,11 @@ class Journal:
             if segment is not None and (segment.left_for_replay or not only_if_left_for_replay):
                 self._seal(segment)
 
-    def in_flight_paths(self) -> set[Path]:
-        """Files whose rows are on their way to the database from memory (not a backlog)."""
+    def rows_awaiting_replay(self) -> int:
+        """Rows in this process's open segments that only a replay will insert (the whole segment:
+        replay skips the rows already stored)."""
         with self._lock:
-            return {segment.path for segment in self._open if not segment.left_for_replay}
+            return sum(segment.written for segment in self._open if segment.left_for_replay)
 
     def awaiting_replay(self) -> bool:
         """Whether a segment of ours holds rows that only a replay will insert."""

@@ -70,22 +70,24 @@ class Spool:
                 continue
             try:
                 with path.open("rb") as handle:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return True  # the probe's lock goes with its handle
-            except (FileNotFoundError, BlockingIOError):
+                    if _unheld(handle):
+                        return True
+            except FileNotFoundError:
                 continue
         return False
 
-    def backlog(self, exclude: frozenset[Path] | set[Path] = frozenset()) -> int:
-        """Rows waiting in the spool files of the directory (all processes), but those in ``exclude``."""
+    def backlog(self, *, unheld_only: bool = False) -> int:
+        """Rows waiting in the spool files of the directory (all processes); with ``unheld_only``, in
+        those no live process holds (a spool-first writer's journals are held while their rows are on
+        their way to the database: not a backlog)."""
         if not self.spool_dir.is_dir():
             return 0
         total = 0
         for path in self.spool_dir.glob(SPOOL_GLOB):
-            if path in exclude:
-                continue
             try:
                 with path.open("rb") as handle:
+                    if unheld_only and not _unheld(handle):
+                        continue
                     total += sum(1 for line in handle if line.endswith(b"\n"))
             except FileNotFoundError:
                 continue  # replayed by another process meanwhile
@@ -132,6 +134,15 @@ class Spool:
             fsync_dir(self.spool_dir)  # the new file's name must survive a crash too
             self._active, self._active_path = handle, path
         return self._active
+
+
+def _unheld(handle: IO[bytes]) -> bool:
+    """Whether no live process holds the file (the probe's own lock goes with its handle)."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _read_rows(path: Path, handle: IO[str]) -> list[dict[str, Any]]:

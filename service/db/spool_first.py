@@ -210,5 +210,7 @@ class SpoolFirstWriter(DurableWriter):
         return self.journal.awaiting_replay() or self.spool.claimable()
 
     def _report_backlog(self) -> None:
-        in_flight = self.journal.in_flight_paths()
-        self.observer.spool_backlog(self.spool.backlog(exclude=in_flight))
+        # Files nobody holds (crashed processes', ours closed for replay) and our own segments whose
+        # rows were left for replay; not the journals whose rows are on their way from memory.
+        backlog = self.spool.backlog(unheld_only=True) + self.journal.rows_awaiting_replay()
+        self.observer.spool_backlog(backlog)

@@ -224,7 +224,7 @@ def test_journal_segments_rotate_and_are_unlinked_once_committed(tmp_path: Path,
     journal.committed(first, 2)
     assert not first.path.exists()
     journal.leave_for_replay(second, 3)
-    assert second.path.exists() and journal.in_flight_paths() == set()
+    assert second.path.exists() and journal.rows_awaiting_replay() == 0  # closed: no longer ours
     # Closed, so another process can claim it for replay.
     with Spool(tmp_path).claim_one() as claimed:
         assert claimed is not None and claimed.path == second.path and len(claimed.rows) == 3
@@ -240,3 +240,46 @@ def test_closing_with_unsettled_rows_leaves_them_for_replay(tmp_path: Path, make
     with Spool(tmp_path).claim_one() as claimed:
         assert claimed is not None
         assert [row["id"] for row in claimed.rows] == [row["id"] for row in rows]
+
+
+class _Backlog:
+    """The writer's observer, keeping what it last reported as the spool backlog."""
+
+    def __init__(self) -> None:
+        self.reported: list[int] = []
+
+    def db_write(self, seconds: float, rows: int) -> None:
+        pass
+
+    def db_failure(self) -> None:
+        pass
+
+    def spool_backlog(self, rows: int) -> None:
+        self.reported.append(rows)
+
+
+def test_backlog_is_what_waits_for_replay_not_a_live_journal(
+    engine: Engine, tmp_path: Path, record_factory
+) -> None:
+    spool_dir = tmp_path / "spool"
+    down = make_engine(UNREACHABLE_PG)
+
+    async def scenario() -> None:
+        # Another worker's journal, live and held: its rows are on their way, not a backlog.
+        other = SpoolFirstWriter(engine, spool_dir)
+        await other.start()
+        await other.record([record_factory() for _ in range(4)])
+        assert await other.flush(10) and len(_journal_files(spool_dir)) == 1
+        observed = _Backlog()
+        writer = SpoolFirstWriter(down, spool_dir, observer=observed)
+        await writer.start()
+        assert observed.reported == [0]
+        # With the database down, this worker's rows wait for replay: they are the backlog.
+        for _ in range(3):
+            await writer.record([record_factory()])
+        await _until(lambda: observed.reported[-1] == 3)
+        await writer.stop()
+        await other.stop()
+
+    asyncio.run(scenario())
+    down.dispose()
