@@ -15,6 +15,10 @@ from, on two independent checks.
 Both live in the bundle as `safety/gate.json` and `safety/ood.safetensors`, pinned by bundle.json
 like every file, produced by model_training (model_training/safety_fit.py) and re-checked by the
 golden check. Training and the service compute the same numbers from the same functions here.
+
+An INT8 model computes other features, so it gets out-of-distribution statistics of its own, fitted
+on its own features of the same training and validation images (`safety/gate.int8.json`,
+`safety/ood.int8.safetensors`, model_training/int8.py); the quality bounds are the image's, shared.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ __all__ = [
     "GATE_FILES",
     "GATE_FORMAT",
     "GATE_JSON",
+    "INT8_GATE_FILES",
+    "INT8_GATE_JSON",
+    "INT8_OOD_ARRAYS",
     "OOD_ARRAYS",
     "OOD_REASON",
     "QUALITY_FEATURES",
@@ -45,6 +52,7 @@ __all__ = [
     "QualityBounds",
     "SafetyGate",
     "load_gate",
+    "ood_files",
     "quality_features",
 ]
 
@@ -52,6 +60,9 @@ GATE_FORMAT = "kdoct-safety-gate-1"
 GATE_JSON = "safety/gate.json"
 OOD_ARRAYS = "safety/ood.safetensors"
 GATE_FILES = (GATE_JSON, OOD_ARRAYS)
+INT8_GATE_JSON = "safety/gate.int8.json"
+INT8_OOD_ARRAYS = "safety/ood.int8.safetensors"
+INT8_GATE_FILES = (INT8_GATE_JSON, INT8_OOD_ARRAYS)
 OOD_REASON = "out_of_distribution"
 
 # The measurements, in the order of the feature vector. All on a gray copy scaled to [0, 1], reduced by
@@ -223,48 +234,77 @@ class SafetyGate:
 
     def files(self) -> dict[str, bytes]:
         """The bundle files (GATE_FILES) of this gate."""
-        from safetensors.numpy import save
-
-        document = {
+        summary = {
             **self.summary,
-            "format": GATE_FORMAT,
             "quality": {**self.summary.get("quality", {}), "bounds": self.quality.to_json()},
-            "ood": {**self.summary.get("ood", {}), "threshold": self.ood.threshold, "dims": self.ood.dims},
         }
-        arrays = {
-            "projection": np.ascontiguousarray(self.ood.projection, dtype=np.float32),
-            "class_means": np.ascontiguousarray(self.ood.class_means, dtype=np.float32),
-        }
-        return {
-            GATE_JSON: (json.dumps(document, indent=1, sort_keys=True) + "\n").encode(),
-            OOD_ARRAYS: save(arrays),
-        }
+        return ood_files(self.ood, summary, GATE_JSON, OOD_ARRAYS)
 
 
-def load_gate(bundle_dir: Path, listed: Mapping[str, str]) -> SafetyGate | None:
-    """The gate of a verified bundle (`listed`: its bundle.json files), or None when it has none."""
-    present = [name for name in GATE_FILES if name in listed]
-    if not present:
-        return None
-    if len(present) != len(GATE_FILES):
-        raise BundleError(f"{bundle_dir}: the safety gate needs both {' and '.join(GATE_FILES)}")
+def ood_files(
+    ood: OodDetector, summary: Mapping[str, Any], json_name: str, arrays_name: str
+) -> dict[str, bytes]:
+    """A JSON document (`summary`, the detector's threshold and dimensions) and the detector's arrays."""
+    from safetensors.numpy import save
+
+    document = {
+        **summary,
+        "format": GATE_FORMAT,
+        "ood": {**summary.get("ood", {}), "threshold": ood.threshold, "dims": ood.dims},
+    }
+    arrays = {
+        "projection": np.ascontiguousarray(ood.projection, dtype=np.float32),
+        "class_means": np.ascontiguousarray(ood.class_means, dtype=np.float32),
+    }
+    return {
+        json_name: (json.dumps(document, indent=1, sort_keys=True) + "\n").encode(),
+        arrays_name: save(arrays),
+    }
+
+
+def _read_ood(bundle_dir: Path, json_name: str, arrays_name: str) -> tuple[OodDetector, dict[str, Any]]:
     from safetensors.numpy import load_file
 
     try:
-        document = json.loads((bundle_dir / GATE_JSON).read_text())
+        document = json.loads((bundle_dir / json_name).read_text())
         if document.get("format") != GATE_FORMAT:
             raise ValueError(f"format {document.get('format')!r} is not {GATE_FORMAT}")
-        arrays = load_file(str(bundle_dir / OOD_ARRAYS))
+        arrays = load_file(str(bundle_dir / arrays_name))
         projection, means = arrays["projection"], arrays["class_means"]
         threshold = float(document["ood"]["threshold"])
-        quality = QualityBounds.from_json(document["quality"]["bounds"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{bundle_dir}: unreadable safety gate: {exc}") from exc
+        raise BundleError(f"{bundle_dir}: unreadable safety gate ({json_name}): {exc}") from exc
     square = projection.ndim == 2 and projection.shape[0] == projection.shape[1]
     if not square or means.ndim != 2 or means.shape[1] != projection.shape[0] or not math.isfinite(threshold):
         raise BundleError(
-            f"{bundle_dir}: inconsistent safety gate arrays (projection {projection.shape}, "
+            f"{bundle_dir}: inconsistent safety gate arrays in {arrays_name} (projection {projection.shape}, "
             f"class means {means.shape}, threshold {threshold})"
         )
     summary = {k: v for k, v in document.items() if k != "format"}
-    return SafetyGate(quality=quality, ood=OodDetector(projection, means, threshold), summary=summary)
+    return OodDetector(projection, means, threshold), summary
+
+
+def _listed(bundle_dir: Path, listed: Mapping[str, str], names: tuple[str, str]) -> bool:
+    present = [name for name in names if name in listed]
+    if present and len(present) != len(names):
+        raise BundleError(f"{bundle_dir}: the safety gate needs both {' and '.join(names)}")
+    return bool(present)
+
+
+def load_gate(bundle_dir: Path, listed: Mapping[str, str], precision: str = "fp32") -> SafetyGate | None:
+    """The gate of a verified bundle (`listed`: its bundle.json files), or None when it has none.
+    `precision` "int8": with the INT8 model's own out-of-distribution statistics where the bundle has
+    them (bundles whose INT8 model kept the fp32 verdicts use the fp32 ones)."""
+    if not _listed(bundle_dir, listed, GATE_FILES):
+        return None
+    ood, summary = _read_ood(bundle_dir, GATE_JSON, OOD_ARRAYS)
+    try:
+        quality = QualityBounds.from_json(summary["quality"]["bounds"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{bundle_dir}: unreadable safety gate quality bounds: {exc}") from exc
+    if precision == "int8" and _listed(bundle_dir, listed, INT8_GATE_FILES):
+        int8_ood, own = _read_ood(bundle_dir, INT8_GATE_JSON, INT8_OOD_ARRAYS)
+        if int8_ood.dims != ood.dims:
+            raise BundleError(f"{bundle_dir}: the INT8 gate has {int8_ood.dims} dimensions, not {ood.dims}")
+        ood, summary = int8_ood, {**summary, **own, "precision": "int8"}
+    return SafetyGate(quality=quality, ood=ood, summary=summary)

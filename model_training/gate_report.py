@@ -123,15 +123,19 @@ def _read_rows(manifest: Path) -> list[dict[str, str]]:
 class _Scorer:
     """The bundle as the service runs it by default: its ONNX graph on ONNX Runtime, and its gate."""
 
-    def __init__(self, bundle_dir: Path) -> None:
+    def __init__(self, bundle_dir: Path, precision: str = "fp32") -> None:
         import onnxruntime as ort
 
         self.bundle = load_bundle(bundle_dir)
-        gate = load_gate(self.bundle.path, self.bundle.manifest["files"])
-        if gate is None or self.bundle.onnx_path is None:
-            raise ConfigError(f"{bundle_dir}: the bundle has no safety gate or no ONNX graph: re-export it")
+        gate = load_gate(self.bundle.path, self.bundle.manifest["files"], precision)
+        graph = self.bundle.int8_onnx_path if precision == "int8" else self.bundle.onnx_path
+        if gate is None or graph is None:
+            raise ConfigError(
+                f"{bundle_dir}: the bundle has no safety gate or no {precision} ONNX graph: re-export it"
+            )
         self.gate: SafetyGate = gate
-        self.session = ort.InferenceSession(str(self.bundle.onnx_path), providers=["CPUExecutionProvider"])
+        self.precision = precision
+        self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
 
     def judge(self, images: list[Image.Image], batch_size: int = 32) -> dict[str, Any]:
         logits, features = [], []
@@ -163,9 +167,11 @@ def _group(judged: dict[str, Any], names: list[str] | None = None) -> dict[str, 
     return group
 
 
-def gate_report(run_dir: Path, ood_manifest: Path, ood_label: str = "DME") -> dict[str, Any]:
+def gate_report(
+    run_dir: Path, ood_manifest: Path, ood_label: str = "DME", precision: str = "fp32"
+) -> dict[str, Any]:
     """The report of `run_dir` (a `final` run with a test slice) against `ood_manifest`'s `ood_label`
-    images of unseen patients and the non-OCT sets."""
+    images of unseen patients and the non-OCT sets; `precision` int8: its INT8 model and gate."""
     from sklearn.metrics import roc_auc_score
 
     from model_training.final import read_final_split
@@ -177,7 +183,7 @@ def gate_report(run_dir: Path, ood_manifest: Path, ood_label: str = "DME") -> di
             f"{run_dir}/split.csv has no test patients: train with `final --test-fraction 0.15` so that the "
             f"gate is measured on patients no one tuned on"
         )
-    scorer = _Scorer(run_dir / "student")
+    scorer = _Scorer(run_dir / "student", precision)
     class_names = scorer.bundle.class_names
     tuned_on = {s.patient_id for s in split["train"] + split["val"]}
 
@@ -205,6 +211,7 @@ def gate_report(run_dir: Path, ood_manifest: Path, ood_label: str = "DME") -> di
     return {
         "run": str(run_dir),
         "bundle": {"name": scorer.bundle.name, "sha256": scorer.bundle.sha256},
+        "precision": precision,
         "ood_threshold": scorer.gate.ood.threshold,
         "in_distribution_test": {
             **_group(test),
@@ -234,7 +241,8 @@ def _percent(value: float | None) -> str:
 def report_markdown(report: dict[str, Any], command: str) -> str:
     test, near = report["in_distribution_test"], report["near_ood"]
     lines = [
-        f"Student `{report['bundle']['name']}` (bundle sha256 {report['bundle']['sha256'][:16]}…), "
+        f"Student `{report['bundle']['name']}` (bundle sha256 {report['bundle']['sha256'][:16]}…, "
+        f"{report.get('precision', 'fp32')} model and gate), "
         f"out-of-distribution threshold {report['ood_threshold']:.4f}. Command: `{command}`",
         "",
         "| images | n | flagged (gradable: false) | by reason |",

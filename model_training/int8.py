@@ -11,8 +11,10 @@ ones none (docs/BENCHMARKS.md).
 The quantized graph keeps both outputs, logits and the penultimate `features` the safety gate scores.
 It is refused (BundleError, the bundle untouched) unless, on the validation images, it gives the fp32
 model's label for at least `min_agreement` of them, loses at most `max_accuracy_drop` of accuracy, and
-its features keep the gate's out-of-distribution verdicts (same share), and it still refuses the gate's
-probes. Its golden outputs are recorded in golden/expected.int8.json, its figures in bundle.json "int8".
+it still refuses the gate's probes. Its features are not the fp32 model's, so (given the training
+images' labels) the gate's out-of-distribution statistics are fitted again on them, as for fp32; without
+the labels it must keep the fp32 gate's verdicts (`min_gate_agreement`). Its golden outputs are
+recorded in golden/expected.int8.json, its figures in bundle.json "int8".
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from kdoct.errors import BundleError
 from kdoct.golden import INT8_EXPECTED_NAME, gate_probes, golden_expected, read_golden
 from kdoct.preprocess import PreprocessSpec, preprocess_batch
 from kdoct.probabilities import softmax
-from kdoct.safety import SafetyGate, load_gate
+from kdoct.safety import INT8_GATE_JSON, INT8_OOD_ARRAYS, SafetyGate, load_gate, ood_files
 
 __all__ = ["Int8Gate", "add_int8", "quantize_onnx"]
 
@@ -116,8 +118,9 @@ def _figures(
     images: Sequence[Image.Image],
     labels: np.ndarray,
     gate: SafetyGate | None,
+    int8_gate: SafetyGate | None,
 ) -> dict[str, Any]:
-    """INT8 against fp32 on the validation images."""
+    """INT8 against fp32 on the validation images (the INT8 features scored by `int8_gate`)."""
     spec = bundle.preprocess
     fp32_logits, fp32_features = _outputs(bundle.onnx_path, images, spec)
     int8_logits, int8_features = _outputs(int8_path, images, spec)
@@ -131,23 +134,26 @@ def _figures(
         "accuracy_int8": float((int8_labels == labels).mean()),
         "max_abs_diff_probabilities": float(dp.max()),
     }
-    if gate is not None:
-        fp32_scores, int8_scores = gate.ood.scores(fp32_features), gate.ood.scores(int8_features)
-        threshold = gate.ood.threshold
-        same = (fp32_scores > threshold) == (int8_scores > threshold)
+    if gate is not None and int8_gate is not None:
+        fp32_scores, int8_scores = gate.ood.scores(fp32_features), int8_gate.ood.scores(int8_features)
+        same = (fp32_scores > gate.ood.threshold) == (int8_scores > int8_gate.ood.threshold)
         figures["ood_verdict_agreement"] = float(same.mean())
         figures["max_abs_diff_ood_score"] = float(np.abs(fp32_scores - int8_scores).max())
+        figures["ood_flag_rate"] = {
+            "fp32": float((fp32_scores > gate.ood.threshold).mean()),
+            "int8": float((int8_scores > int8_gate.ood.threshold).mean()),
+        }
     return figures
 
 
-def _refusal(figures: dict[str, Any], limits: Int8Gate) -> str | None:
+def _refusal(figures: dict[str, Any], limits: Int8Gate, own_gate: bool) -> str | None:
     drop = figures["accuracy_fp32"] - figures["accuracy_int8"]
     if figures["label_agreement"] < limits.min_agreement:
         return f"it gives the fp32 label for {figures['label_agreement']:.1%} (< {limits.min_agreement:.1%})"
     if drop > limits.max_accuracy_drop + 1e-12:
         return f"it loses {100 * drop:.2f} points of accuracy (> {100 * limits.max_accuracy_drop:.2f})"
     agreement = figures.get("ood_verdict_agreement", 1.0)
-    if agreement < limits.min_gate_agreement:
+    if not own_gate and agreement < limits.min_gate_agreement:
         return f"its features change the safety gate's OOD verdict on {1 - agreement:.1%} of images"
     return None
 
@@ -168,18 +174,55 @@ def _golden(bundle: Bundle, int8_path: Path, gate: SafetyGate | None) -> bytes:
     return golden_expected(len(golden.images), softmax(logits), verdicts)
 
 
+def _own_gate(
+    bundle: Bundle,
+    int8_path: Path,
+    gate: SafetyGate,
+    train_images: Sequence[Image.Image],
+    train_labels: Sequence[int],
+    val_images: Sequence[Image.Image],
+) -> SafetyGate:
+    """The gate with out-of-distribution statistics fitted on the INT8 model's own features, as
+    model_training/safety_fit.py fits the fp32 ones (same images, same share kept)."""
+    from model_training.safety_fit import fit_ood
+
+    _, train_features = _outputs(int8_path, train_images, bundle.preprocess)
+    _, val_features = _outputs(int8_path, val_images, bundle.preprocess)
+    keep = float(gate.summary["ood"]["keep"])
+    ood, info = fit_ood(train_features, np.asarray(train_labels), len(bundle.class_names), val_features, keep)
+    val_quality = [gate.quality_reason(image) for image in val_images]
+    flagged = sum(
+        v.reason is not None for v in SafetyGate(gate.quality, ood, {}).verdicts(val_quality, val_features)
+    )
+    summary = {
+        "ood": info,
+        "validation": {
+            "images": len(val_images),
+            "flagged_total": flagged,
+            "flag_rate": round(flagged / len(val_images), 4),
+        },
+    }
+    return SafetyGate(quality=gate.quality, ood=ood, summary=summary)
+
+
 def add_int8(
     bundle_dir: str | Path,
     *,
     calibration_images: Sequence[Image.Image],
     val_images: Sequence[Image.Image],
     val_labels: Sequence[int],
+    calibration_labels: Sequence[int] | None = None,
     limits: Int8Gate = Int8Gate(),
     source: dict[str, Any] | None = None,
 ) -> Bundle:
     """Quantize the bundle's model.onnx, check it against fp32 on the validation images and, when it
     passes, add model.int8.onnx and golden/expected.int8.json to the bundle (bundle.json re-pinned,
-    figures under "int8"). `source`: where the images came from, recorded with the figures."""
+    figures under "int8"). `source`: where the images came from, recorded with the figures.
+
+    With `calibration_labels` (the classes of the calibration = training images) and a gated bundle,
+    the INT8 model gets its own out-of-distribution statistics (kdoct/safety.py INT8_GATE_FILES),
+    fitted on its own features; its verdicts then stand on their own, and their agreement with the
+    fp32 gate's is reported, not required. Without them it must keep the fp32 gate's verdicts."""
     bundle = load_bundle(bundle_dir)
     if bundle.onnx_path is None or bundle.golden_dir is None:
         raise BundleError(f"{bundle.path}: INT8 needs the bundle's model.onnx and golden/: re-export it")
@@ -188,17 +231,23 @@ def add_int8(
     if not calibration_images or not val_images:
         raise BundleError("INT8 needs calibration (training) images and validation images")
     gate = load_gate(bundle.path, bundle.manifest["files"])
+    own_gate = gate is not None and calibration_labels is not None
     with tempfile.TemporaryDirectory() as scratch:
         int8_path = Path(scratch) / INT8_ONNX_NAME
         quantize_onnx(bundle.onnx_path, int8_path, calibration_images, bundle.preprocess)
-        figures = _figures(bundle, int8_path, val_images, np.asarray(val_labels), gate)
+        int8_gate = gate
+        if own_gate:
+            assert gate is not None and calibration_labels is not None
+            int8_gate = _own_gate(bundle, int8_path, gate, calibration_images, calibration_labels, val_images)
+        figures = _figures(bundle, int8_path, val_images, np.asarray(val_labels), gate, int8_gate)
         figures.update(
             calibration_images=len(calibration_images),
             limits=dataclasses.asdict(limits),
+            own_safety_gate=own_gate,
             **({"source": source} if source else {}),
         )
         log.info("INT8 against fp32 on the validation images: %s", figures)
-        why = _refusal(figures, limits)
+        why = _refusal(figures, limits, own_gate)
         if why is not None:
             raise BundleError(
                 f"{bundle.path}: the INT8 model is refused, nothing was written: on {len(val_images)} "
@@ -206,6 +255,9 @@ def add_int8(
             )
         files = {
             INT8_ONNX_NAME: int8_path.read_bytes(),
-            f"golden/{INT8_EXPECTED_NAME}": _golden(bundle, int8_path, gate),
+            f"golden/{INT8_EXPECTED_NAME}": _golden(bundle, int8_path, int8_gate),
         }
+        if own_gate:
+            assert int8_gate is not None
+            files.update(ood_files(int8_gate.ood, int8_gate.summary, INT8_GATE_JSON, INT8_OOD_ARRAYS))
     return add_to_bundle(bundle.path, files, {"int8": figures})

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Int8Images:
     calibration: list[Image.Image]
+    calibration_labels: list[int]  # class index of each calibration (training) image
     val: list[Image.Image]
     val_labels: list[int]
     source: dict[str, Any]  # the split file, its fold and fingerprint: recorded in bundle.json
@@ -78,11 +79,13 @@ def int8_images(
         log.warning("the bundle records no split fingerprint: trusting %s as its split", split_path)
     split = _read_split(split_path, fold)
     index = {name: i for i, name in enumerate(class_names)}
-    calibration = [open_image(s.path) for s in _spread(split["train"], max_calibration)]
+    train = _spread(split["train"], max_calibration)
+    calibration = [open_image(s.path) for s in train]
     val = [open_image(s.path) for s in split["val"]]
     try:
+        calibration_labels = [index[s.label] for s in train]
         labels = [index[s.label] for s in split["val"]]
     except KeyError as exc:
-        raise BundleError(f"{split_path}: validation label {exc} is not one of {class_names}") from None
+        raise BundleError(f"{split_path}: label {exc} is not one of {class_names}") from None
     source = {"split": split_path.name, "fold": fold, "split_sha256": actual}
-    return Int8Images(calibration, val, labels, source)
+    return Int8Images(calibration, calibration_labels, val, labels, source)

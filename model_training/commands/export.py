@@ -101,6 +101,7 @@ def _add_int8(bundle_dir: Path, args: argparse.Namespace, stage_root: Path | Non
     return add_int8(
         bundle.path,
         calibration_images=images.calibration,
+        calibration_labels=images.calibration_labels,
         val_images=images.val,
         val_labels=images.val_labels,
         source=images.source,

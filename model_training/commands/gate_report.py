@@ -27,16 +27,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="manifest.csv (path,label,patient_id) holding images of a class the model never learned",
     )
     parser.add_argument("--ood-label", default="DME", help="that class's label in the manifest (default DME)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="int8: the bundle's INT8 model with its own gate statistics (export --int8); writes "
+        "gate_report.int8.json/.md",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from model_training.gate_report import gate_report, report_markdown
 
-    report = gate_report(args.run, args.ood_manifest, args.ood_label)
+    report = gate_report(args.run, args.ood_manifest, args.ood_label, args.precision)
     command = "python -m model_training " + shlex.join(sys.argv[1:])
     markdown = report_markdown(report, command)
-    (args.run / "gate_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.run / "gate_report.md").write_text(markdown)
+    stem = "gate_report" if args.precision == "fp32" else f"gate_report.{args.precision}"
+    (args.run / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.run / f"{stem}.md").write_text(markdown)
     print(markdown)
     return 0

@@ -3,7 +3,8 @@ database commit; the insert follows in the background (``KDOCT_RECORD_ACK=spool`
 
 Two tasks. The journal task takes whatever requests are queued, appends their rows to the journal
 (service/db/journal.py) with one write and one fsync (group commit), and releases those requests.
-The insert task takes the journaled rows from memory, inserts them into the database in batches
+The insert task takes the journaled rows from memory, gathers what arrives within ``coalesce_s``
+(0.25 s; a read waiting for its row cuts the wait), inserts them into the database in one transaction
 (ids are new, so no lookups), and tells the journal, which unlinks a sealed segment once every row in
 it is committed. Rows not inserted from memory (the database is down, or more than ``memory_rows``
 are waiting) stay in their segment, which is then closed and replayed by the ordinary spool replay
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _QUIET_S = 1.0  # no insert for this long: the journal's current segment is let go
 _REPLAY = object()  # wakes the insert task: rows were left for replay
+_FLUSH = object()  # a read waits for its row: insert what is gathered now
 _Journaled = tuple[Segment, list[dict[str, Any]]]
 
 
@@ -44,6 +46,7 @@ class SpoolFirstWriter(DurableWriter):
         *,
         segment_bytes: int = 4 << 20,
         memory_rows: int | None = None,
+        coalesce_s: float = 0.25,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("record_deadline_s") is not None:
@@ -52,6 +55,8 @@ class SpoolFirstWriter(DurableWriter):
         self.journal = Journal(self.spool_dir, segment_bytes=segment_bytes)
         # Journaled rows waiting for their insert, at most; beyond it they are replayed from the file.
         self.memory_rows = memory_rows if memory_rows is not None else 4 * self.queue_size
+        # An insert waits this long for more journaled rows to share its transaction (flush() cuts it).
+        self.coalesce_s = coalesce_s
         self._inserts: asyncio.Queue | None = None
         self._insert_task: asyncio.Task | None = None
         self._in_memory = 0
@@ -77,6 +82,8 @@ class SpoolFirstWriter(DurableWriter):
         follows an answer in this process then finds its row. False if that took longer than timeout_s."""
         if self._handed_over is None:
             return True
+        if not self._handed_over.is_set() and self._inserts is not None:
+            self._inserts.put_nowait(_FLUSH)  # the insert task stops gathering and inserts now
         try:
             await asyncio.wait_for(self._handed_over.wait(), timeout_s)
         except TimeoutError:
@@ -157,17 +164,9 @@ class SpoolFirstWriter(DurableWriter):
                 await asyncio.to_thread(self._idle)
                 last_maintained = time.monotonic()
                 continue
-            items: list[_Journaled] = [item]
-            count = len(item[1])
-            while count < self.batch_size and not self._inserts.empty():
-                nxt = self._inserts.get_nowait()
-                if nxt is _STOP:
-                    stopping = True
-                    break
-                if nxt is _REPLAY:
-                    continue  # replayed after this batch anyway (_spool_pending is set)
-                items.append(nxt)
-                count += len(nxt[1])
+            if item is _FLUSH:
+                continue  # nothing was waiting
+            items, count, stopping = await self._gather(item)
             try:
                 await asyncio.to_thread(self._insert_journaled, items)
             finally:
@@ -176,6 +175,34 @@ class SpoolFirstWriter(DurableWriter):
                     self._handed_over.set()
             if self._spool_pending and self._db_down_since is None:
                 await asyncio.to_thread(self._replay_one)
+
+    async def _gather(self, first: _Journaled) -> tuple[list[_Journaled], int, bool]:
+        """`first` and what else arrives within coalesce_s, up to batch_size rows, for one transaction:
+        the database shares the cores with inference, and one commit for several answers costs it less.
+        A read waiting for its row (flush) or stop ends the wait. Returns (items, rows, stopping)."""
+        assert self._inserts is not None
+        items, count = [first], len(first[1])
+        deadline = time.monotonic() + self.coalesce_s
+        while count < self.batch_size:
+            if self._inserts.empty():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    nxt = await asyncio.wait_for(self._inserts.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                nxt = self._inserts.get_nowait()
+            if nxt is _STOP:
+                return items, count, True
+            if nxt is _FLUSH:
+                break
+            if nxt is _REPLAY:
+                continue  # replayed after this batch anyway (_spool_pending is set)
+            items.append(nxt)
+            count += len(nxt[1])
+        return items, count, False
 
     def _insert_journaled(self, items: list[_Journaled]) -> None:
         now = time.monotonic()

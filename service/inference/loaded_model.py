@@ -81,14 +81,15 @@ def load_model(
             f"{path}: the bundle has no golden/ inputs, so the service cannot prove it reproduces the model: "
             f"re-export it with model_training"
         )
-    gate = load_gate(bundle.path, bundle.manifest["files"]) if safety_gate else None
-    if safety_gate and gate is None:
+    if safety_gate and load_gate(bundle.path, bundle.manifest["files"]) is None:
         raise BundleError(
             f"{path}: the bundle has no safety gate (safety/gate.json), and KDOCT_SAFETY_GATE=on: re-export "
             f"it with this version of model_training, or set KDOCT_SAFETY_GATE=off (research use only)"
         )
     spec = bundle.preprocess
     model_runtime = build_runtime(bundle, runtime, device, precision, threads)
+    # The INT8 model's features have out-of-distribution statistics of their own (kdoct/safety.py).
+    gate = load_gate(bundle.path, bundle.manifest["files"], model_runtime.precision) if safety_gate else None
     height, width = spec.input_size
     # Every batch shape the batcher can produce runs once here, so no live request pays for a
     # runtime's first-use work on a new shape (kernel selection, memory planning).

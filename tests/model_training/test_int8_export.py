@@ -8,7 +8,7 @@ import pytest
 from kdoct.bundle import INT8_ONNX_NAME, MANIFEST_NAME, load_bundle
 from kdoct.errors import BundleError, GoldenMismatchError
 from kdoct.golden import INT8_EXPECTED_NAME, INT8_SCORE_TOLERANCE, INT8_TOLERANCE, check_golden
-from kdoct.safety import load_gate
+from kdoct.safety import INT8_GATE_FILES, INT8_GATE_JSON, load_gate
 from kdoct_testing.bundles import CLASSES, build_test_bundle, gate_images, gray_images
 from model_training.cli import main
 from service.inference.onnx_runtime import OnnxRuntime
@@ -53,26 +53,33 @@ def _unchanged(bundle_dir, manifest_before):
 
 def test_export_int8_from_bundle_pins_the_int8_model_and_its_own_golden_outputs(run_dir, tmp_path, capsys):
     run = _copy(run_dir, tmp_path)
-    # A random tiny model's gate threshold sits among near-identical scores, so INT8 flips a few of its
-    # verdicts: the gate limit is lowered here explicitly (and recorded); the refusal test keeps it.
-    assert (
-        main(["export", "--from-bundle", str(run / "student"), "--int8", "--min-gate-agreement", "0.9"]) == 0
-    )
+    assert main(["export", "--from-bundle", str(run / "student"), "--int8"]) == 0
     bundle = load_bundle(run / "student")
     files = bundle.manifest["files"]
-    assert {INT8_ONNX_NAME, "model.onnx", f"golden/{INT8_EXPECTED_NAME}", "golden/expected.json"} <= set(
-        files
-    )
+    assert {
+        INT8_ONNX_NAME, "model.onnx", f"golden/{INT8_EXPECTED_NAME}", "golden/expected.json", *INT8_GATE_FILES
+    } <= set(files)  # fmt: skip
     figures = bundle.manifest["int8"]
     assert figures["validation_images"] == 36 and figures["calibration_images"] == 72
-    assert figures["label_agreement"] >= 0.99 and figures["limits"]["min_gate_agreement"] == 0.9
+    assert figures["label_agreement"] >= 0.99 and figures["own_safety_gate"] is True
+    assert set(figures["ood_flag_rate"]) == {"fp32", "int8"} and 0 <= figures["ood_verdict_agreement"] <= 1
     assert figures["source"]["split"] == "split.csv" and figures["source"]["fold"] is None
     assert "INT8 against fp32" in capsys.readouterr().out
+    # The INT8 model's gate: the fp32 quality bounds, out-of-distribution statistics of its own features
+    # (same share of the validation images kept).
+    fp32_gate, gate = load_gate(bundle.path, files), load_gate(bundle.path, files, "int8")
+    assert gate.quality.to_json() == fp32_gate.quality.to_json() and gate.summary["precision"] == "int8"
+    assert gate.ood.threshold != fp32_gate.ood.threshold
+    assert gate.summary["ood"]["keep"] == fp32_gate.summary["ood"]["keep"]
     # The INT8 graph keeps the features output and reproduces its own golden outputs and gate scores,
     # not the fp32 ones it was derived from.
     runtime = OnnxRuntime(bundle.int8_onnx_path, threads=1, precision="int8")
     assert runtime.has_features
-    gate = load_gate(bundle.path, files)
+    with pytest.raises(GoldenMismatchError):  # its scores are not those of the fp32 statistics
+        check_golden(
+            bundle.golden_dir, bundle.preprocess, runtime.predict, INT8_TOLERANCE, gate=fp32_gate,
+            score_tolerance=INT8_SCORE_TOLERANCE, expected_name=INT8_EXPECTED_NAME,
+        )  # fmt: skip
     check_golden(
         bundle.golden_dir, bundle.preprocess, runtime.predict, INT8_TOLERANCE, gate=gate,
         score_tolerance=INT8_SCORE_TOLERANCE, expected_name=INT8_EXPECTED_NAME,
@@ -88,12 +95,23 @@ def test_export_int8_from_bundle_pins_the_int8_model_and_its_own_golden_outputs(
 
 def test_a_tampered_int8_model_is_refused(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path)
-    assert (
-        main(["export", "--from-bundle", str(run / "student"), "--int8", "--min-gate-agreement", "0.9"]) == 0
-    )
+    assert main(["export", "--from-bundle", str(run / "student"), "--int8"]) == 0
     with open(run / "student" / INT8_ONNX_NAME, "ab") as handle:
         handle.write(b"\0")
     with pytest.raises(BundleError, match="model.int8.onnx: sha256 mismatch"):
+        load_bundle(run / "student")
+
+
+def test_the_int8_gate_files_are_pinned_and_go_together(run_dir, tmp_path):
+    run = _copy(run_dir, tmp_path)
+    assert main(["export", "--from-bundle", str(run / "student"), "--int8"]) == 0
+    bundle = load_bundle(run / "student")
+    half = {name: digest for name, digest in bundle.manifest["files"].items() if name != INT8_GATE_JSON}
+    with pytest.raises(BundleError, match="needs both"):
+        load_gate(bundle.path, half, "int8")
+    with open(run / "student" / INT8_GATE_JSON, "a") as handle:
+        handle.write(" ")
+    with pytest.raises(BundleError, match="gate.int8.json: sha256 mismatch"):
         load_bundle(run / "student")
 
 
@@ -104,13 +122,17 @@ def test_int8_is_refused_and_nothing_written_when_it_misses_the_limits(run_dir, 
     run = _copy(run_dir, tmp_path)
     bundle_dir = run / "student"
     before = (bundle_dir / MANIFEST_NAME).read_bytes()
-    # Default limits: the tiny model's INT8 features change more than 1 % of the gate's verdicts.
-    assert main(["export", "--from-bundle", str(bundle_dir), "--int8"]) == 2
-    assert "safety gate's OOD verdict" in capsys.readouterr().err
-    _unchanged(bundle_dir, before)
-    # The accuracy rule: a limit no INT8 model can meet (it must gain a point) refuses it too.
     bundle = load_bundle(bundle_dir)
     images = int8_images(bundle.manifest["provenance"], bundle.class_names, run / "split.csv")
+    # Without the training images' labels the INT8 model keeps the fp32 gate, whose verdicts the tiny
+    # model's INT8 features change on more than 1 % of the validation images.
+    with pytest.raises(BundleError, match="safety gate's OOD verdict"):
+        add_int8(
+            bundle_dir, calibration_images=images.calibration, val_images=images.val,
+            val_labels=images.val_labels,
+        )  # fmt: skip
+    _unchanged(bundle_dir, before)
+    # The accuracy rule: a limit no INT8 model can meet (it must gain a point) refuses it too.
     with pytest.raises(BundleError, match="points of accuracy"):
         add_int8(
             bundle_dir, calibration_images=images.calibration[:8], val_images=images.val,

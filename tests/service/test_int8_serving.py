@@ -25,10 +25,13 @@ def int8_student(bundles, tmp_path_factory, sample_dir):
     (root / "split.csv").write_text("\n".join(rows) + "\n")
     # This random student's logits are near-ties, so INT8 changes labels (the export's gate refuses it,
     # tests/model_training/test_int8_export.py); serving is what is tested here, so the limits are off.
+    # With the training labels it gets its own out-of-distribution statistics: its golden gate scores
+    # are reproduced only if the service scores INT8 features with them, not with the fp32 ones.
     images = int8_images({}, CLASSES, root / "split.csv")
     add_int8(
         root / "student", calibration_images=images.calibration, val_images=images.val,
-        val_labels=images.val_labels, limits=Int8Gate(0.0, 1.0, 0.0),
+        val_labels=images.val_labels, calibration_labels=images.calibration_labels,
+        limits=Int8Gate(0.0, 1.0, 0.0),
     )  # fmt: skip
     return root / "student"
 
