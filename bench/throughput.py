@@ -72,11 +72,8 @@ def _images_per_s(run, chunks: list[np.ndarray], seconds: float) -> tuple[float,
     return done / (time.perf_counter() - began), latencies
 
 
-def bare_onnx(
-    bundle_dir: Path, seconds: float, batch_sizes=(1, 2, 4, 8), precision: str = "fp32"
-) -> BareResult:
-    """The bare forward, with ORT's own thread spinning on and off: the faster one is the baseline, so
-    the service is compared with the best the bare model does on this machine."""
+def _bare_inputs(bundle_dir: Path, precision: str):
+    """The bundle's graph of `precision` and a function giving its preprocessed B-scans in batches."""
     from PIL import Image
 
     from kdoct.bundle import load_bundle
@@ -93,6 +90,24 @@ def bare_onnx(
     def chunks(batch: int) -> list[np.ndarray]:
         return [np.ascontiguousarray(inputs[i : i + batch]) for i in range(0, len(inputs) - batch + 1, batch)]
 
+    return onnx_path, chunks
+
+
+def bare_batch1(bundle_dir: Path, seconds: float, precision: str, spinning: bool) -> tuple[float, float]:
+    """(images/s, median ms) of the bare forward at batch 1: re-measured around each service run, so
+    that the machine's speed at that moment (a shared host's varies by 2x over minutes) is its baseline."""
+    onnx_path, chunks = _bare_inputs(bundle_dir, precision)
+    rate, latencies = _images_per_s(_session(onnx_path, spinning), chunks(1), seconds)
+    return rate, statistics.median(latencies)
+
+
+def bare_onnx(
+    bundle_dir: Path, seconds: float, batch_sizes=(1, 2, 4, 8), precision: str = "fp32"
+) -> BareResult:
+    """The bare forward, with ORT's own thread spinning on and off: the faster one is the baseline, so
+    the service is compared with the best the bare model does on this machine."""
+
+    onnx_path, chunks = _bare_inputs(bundle_dir, precision)
     batch1, latencies = {}, {}
     for spinning in (True, False):
         batch1[spinning], latencies[spinning] = _images_per_s(
@@ -118,6 +133,12 @@ def bare_onnx(
 def service_backends() -> list[tuple[str, str | None]]:
     """(label, database URL) of the record sinks to measure with."""
     return [("SQLite", "sqlite"), ("PostgreSQL", "postgresql")]
+
+
+@dataclass(frozen=True)
+class _Baseline:
+    batch1_images_per_s: float
+    batch1_median_ms: float
 
 
 @dataclass(frozen=True)
@@ -192,21 +213,26 @@ def service_vs_bare(quick: bool, settings: dict[str, str] | None = None) -> tupl
         precision: bare_onnx(bundle, 3.0 if quick else 10.0, precision=precision)
         for precision, bundle in bundles.items()
     }
-    rows, figures = [], {"bare": {p: b.__dict__ for p, b in bare.items()}, "service": {}}
+    bare_seconds = 3.0 if quick else 6.0
+    rows, figures = [], {"bare": {p: b.__dict__ for p, b in bare.items()}, "service": {}, "bare_around": {}}
     verdicts = []
     for variant in VARIANTS:
         workdir = CACHE / "runs" / f"service-{uuid.uuid4().hex[:6]}"
         url, drop = database_url(variant.database, workdir.parent / workdir.name)
         workdir.mkdir(parents=True, exist_ok=True)
         env = {**(settings or {}), **dict(variant.settings)}
+        bundle, spinning = bundles[variant.precision], bare[variant.precision].spinning
+        around = [bare_batch1(bundle, bare_seconds, variant.precision, spinning)]
         try:
-            with ServiceProcess(
-                bundles[variant.precision], workdir, database_url=url, settings=env
-            ) as server:
+            with ServiceProcess(bundle, workdir, database_url=url, settings=env) as server:
                 results = measure_service(server, seconds)
         finally:
             drop()
-        baseline = bare[variant.precision]
+        around.append(bare_batch1(bundle, bare_seconds, variant.precision, spinning))
+        baseline = _Baseline(
+            statistics.mean(rate for rate, _ in around), statistics.mean(ms for _, ms in around)
+        )
+        figures["bare_around"][variant.label] = around
         figures["service"][variant.label] = {level: _summary(result) for level, result in results.items()}
         for level, result in results.items():
             overhead = result.p(50) - baseline.batch1_median_ms if level == 1 else None
@@ -214,6 +240,7 @@ def service_vs_bare(quick: bool, settings: dict[str, str] | None = None) -> tupl
                 [
                     variant.label,
                     str(level),
+                    fmt(baseline.batch1_images_per_s) if level == 1 else "",
                     fmt(result.throughput),
                     fmt(result.p(50)),
                     fmt(result.p(95)),
@@ -239,11 +266,14 @@ def service_vs_bare(quick: bool, settings: dict[str, str] | None = None) -> tupl
             f"(512x496 typical) over HTTP/1.1 keep-alive (one client thread per connection); "
             f"closed loop, {seconds:g} s per level after 1 s warm-up. Each service row is compared with the "
             f"bare model of its own precision at batch 1 (fp32 `model.onnx`, or the INT8 `model.int8.onnx` "
-            f"`export --int8` adds). Bare fp32 batch 1: {fp32.batch1_by_spinning[True]:.1f} images/s with "
-            f"ORT's thread spinning on, {fp32.batch1_by_spinning[False]:.1f} with it off; INT8: "
-            f"{int8.batch1_by_spinning[True]:.1f} and {int8.batch1_by_spinning[False]:.1f}; the faster of "
-            f"each (median {fp32.batch1_median_ms:.1f} ms fp32, {int8.batch1_median_ms:.1f} ms INT8) is the "
-            f"baseline. Records: *spool first* answers once the record is fsync'd to the local journal "
+            f"`export --int8` adds), measured for {bare_seconds:g} s just before and just after that "
+            f"configuration's levels with ORT's faster thread setting: their mean is its baseline "
+            f"(this shared host's speed drifts by up to 2x within minutes, so a baseline from another "
+            f"moment says little). At the start, bare fp32 batch 1: "
+            f"{fp32.batch1_by_spinning[True]:.1f} images/s with ORT's thread spinning on, "
+            f"{fp32.batch1_by_spinning[False]:.1f} with it off; INT8: {int8.batch1_by_spinning[True]:.1f} "
+            f"and {int8.batch1_by_spinning[False]:.1f}. Records: *spool first* answers once the record "
+            f"is fsync'd to the local journal "
             f"(`KDOCT_RECORD_ACK=spool`, the default), *commit first* once it is committed (`database`). "
             f"Load average when the run began: {load_before:.1f} on {os.cpu_count()} cores (above about 1, "
             f"other work shares the cores and the ratios are noisy).",
@@ -258,6 +288,7 @@ def service_vs_bare(quick: bool, settings: dict[str, str] | None = None) -> tupl
                 [
                     "records",
                     "concurrency",
+                    "bare b1 img/s (around it)",
                     "images/s",
                     "p50 ms",
                     "p95 ms",

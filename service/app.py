@@ -34,7 +34,7 @@ from service.imaging import ImageLimits
 from service.inference.batcher import Batcher
 from service.inference.classifier import Classifier, ServedModel
 from service.inference.loaded_model import LoadedModel, load_model
-from service.inference.runtime import cpu_count
+from service.inference.runtime import cpu_count, keep_blas_to_one_thread
 from service.logs import configure_logging
 from service.middleware import RequestContextMiddleware
 from service.pipeline import ClassificationPipeline
@@ -121,11 +121,13 @@ def _check_database_role(engine, mode: str) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     sink: PredictionSink = app.state.sink
+    keep_blas_to_one_thread()
     try:
         student, teacher = await asyncio.to_thread(_load_models, settings)
     except KdoctError as exc:
         log.error("refusing to start: %s", exc)
         raise
+    keep_blas_to_one_thread()  # again: loading may have brought in another OpenBLAS (scipy's)
     decode_threads = settings.decode_threads or cpu_count()
     served = [_serve(student, settings, decode_threads)]
     if teacher:

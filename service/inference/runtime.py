@@ -16,7 +16,7 @@ import numpy as np
 from kdoct.bundle import Bundle
 from kdoct.errors import ConfigError
 
-__all__ = ["Runtime", "build_runtime", "cpu_count"]
+__all__ = ["Runtime", "build_runtime", "cpu_count", "keep_blas_to_one_thread"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,17 @@ class Runtime(Protocol):
         """(logits, penultimate features or None when the model does not give them)."""
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def keep_blas_to_one_thread() -> None:
+    """numpy's OpenBLAS threads spin for a while after each product (the safety gate's OOD score,
+    every request) on the very cores ONNX Runtime's threads need next: measured, the service's
+    forward ran 1.3-1.6x slower than the same session in a plain loop, and 1.0-1.3x with one OpenBLAS
+    thread (bench/answer_timing.py, docs/BENCHMARKS.md). Its products here are small: one thread does.
+    Only OpenBLAS: a PyTorch runtime's own thread pool is the inference engine and is left alone."""
+    from threadpoolctl import ThreadpoolController
+
+    ThreadpoolController().select(internal_api="openblas").limit(limits=1)
 
 
 def cpu_count() -> int:

@@ -275,3 +275,18 @@ def test_answers_are_never_cached_nor_sniffed(client, jpeg_paths):
     ):
         assert response.headers["cache-control"] == "no-store"
         assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_service_keeps_numpys_openblas_to_one_thread(make_settings):
+    """OpenBLAS threads spin after each product and take the cores ONNX Runtime needs next
+    (service/inference/runtime.py keep_blas_to_one_thread; measured in bench/answer_timing.py). The
+    limit holds where the products run: the event loop's thread (the OOD scores of every request)."""
+    from threadpoolctl import threadpool_info
+
+    def openblas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["internal_api"] == "openblas"]
+
+    with TestClient(create_app(make_settings())) as client:
+        assert client.portal is not None
+        in_the_loop = client.portal.call(openblas_threads)
+    assert in_the_loop and set(in_the_loop) == {1}, in_the_loop
