@@ -98,6 +98,14 @@ async def _query(work):
 _READ_YOUR_ANSWER_S = 2.0
 
 
+async def _caught_up(request: Request) -> None:
+    """Answers go out once their record is journaled (KDOCT_RECORD_ACK=spool) and the insert follows
+    within 0.25 s: before a read or feedback, this worker inserts what it has answered (immediate when
+    nothing waits), so a client finds what it was just answered. A database that does not take them
+    in time leaves the read to what is there."""
+    await request.app.state.sink.flush(_READ_YOUR_ANSWER_S)
+
+
 def _out(row: Prediction) -> PredictionOut:
     return PredictionOut.model_validate(row, from_attributes=True)
 
@@ -149,11 +157,8 @@ async def get_prediction(
                 queries.log_reads(session, [row], client_id=client.id, request_id=reader, route=route)
             return row
 
+    await _caught_up(request)
     row = await _query(load)
-    if row is None and await request.app.state.sink.flush(_READ_YOUR_ANSWER_S):
-        # Answers go out once their record is journaled (KDOCT_RECORD_ACK=spool), the insert follows
-        # within milliseconds: a read right after an answer from this process waits for it.
-        row = await _query(load)
     if row is None:
         raise Problem("not-found", f"no prediction {prediction_id} on record")
     record = _out(row)
@@ -186,6 +191,7 @@ async def list_predictions(
         created_from, created_to, label, model_version, refer, stored, gradable=gradable
     )
     reader = _stored_request_id(request, request.state.request_id)
+    await _caught_up(request)
 
     def load():
         with sessions() as session:
@@ -209,8 +215,14 @@ async def list_predictions(
     summary="Record the clinician's label for a prediction",
 )
 async def add_feedback(
-    prediction_id: uuid.UUID, body: FeedbackIn, sessions: SessionsDep, client: FeedbackClientDep
+    prediction_id: uuid.UUID,
+    body: FeedbackIn,
+    request: Request,
+    sessions: SessionsDep,
+    client: FeedbackClientDep,
 ) -> FeedbackOut:
+    await _caught_up(request)
+
     def store():
         with sessions() as session:
             return queries.add_feedback(session, prediction_id, body.label, body.note, client.id)
