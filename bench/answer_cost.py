@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 from fastapi.routing import serialize_response
 
-from bench.report import machine, markdown_table, now
+from bench.report import machine, markdown_table, now, write_block
 from service.api.classify import router
 from service.inference.classifier import Classification, Opinion, Result
 from service.pipeline import ClassificationPipeline
@@ -138,14 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     if args.write_docs:
-        current = DOCS.read_text()
-        block = f"{BEGIN}\n{text.strip()}\n{END}"
-        if BEGIN in current:
-            head, rest = current.split(BEGIN, 1)
-            current = head + block + rest.split(END, 1)[1]
-        else:
-            current = current.rstrip() + "\n\n## The typed answer of POST /classify\n\n" + block + "\n"
-        DOCS.write_text(current)
+        write_block(BEGIN, END, text, heading="The typed answer of POST /classify")
     return 0
 
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.report import machine, markdown_table, now
+from bench.report import machine, markdown_table, now, write_block
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- chain_writers:begin -->", "<!-- chain_writers:end -->"
@@ -182,19 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     if args.write_docs:
-        current = DOCS.read_text()
-        block = f"{BEGIN}\n{text.strip()}\n{END}"
-        if BEGIN in current:
-            head, rest = current.split(BEGIN, 1)
-            current = head + block + rest.split(END, 1)[1]
-        else:
-            current = (
-                current.rstrip()
-                + "\n\n## Records: several processes sharing one PostgreSQL\n\n"
-                + block
-                + "\n"
-            )
-        DOCS.write_text(current)
+        write_block(BEGIN, END, text, heading="Records: several processes sharing one PostgreSQL")
     return 0
 
 

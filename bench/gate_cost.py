@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from bench.bundles import sample_jpegs
-from bench.report import machine, markdown_table, now
+from bench.report import machine, markdown_table, now, write_block
 from kdoct.bundle import load_bundle
 from kdoct.safety import OodDetector, QualityBounds, load_gate, quality_features
 
@@ -93,14 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     if args.write_docs:
-        current = DOCS.read_text()
-        block = f"{BEGIN}\n{text.strip()}\n{END}"
-        if BEGIN in current:
-            head, rest = current.split(BEGIN, 1)
-            current = head + block + rest.split(END, 1)[1]
-        else:
-            current = current.rstrip() + "\n\n## The safety gate's cost per image\n\n" + block + "\n"
-        DOCS.write_text(current)
+        write_block(BEGIN, END, text, heading="The safety gate's cost per image")
     return 0
 
 

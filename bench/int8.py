@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.report import machine, markdown_table, now
+from bench.report import machine, markdown_table, now, write_block
 from kdoct.bundle import load_bundle
 from kdoct.preprocess import preprocess_batch
 from model_training.data.image_cache import open_image
@@ -30,7 +30,6 @@ from model_training.int8 import quantize_onnx
 from service.inference.onnx_runtime import OnnxRuntime
 from service.inference.runtime import cpu_count
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
 BATCHES = (1, 4, 8, 16)
 TARGET = 1.8
@@ -111,15 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
     command = "python -m bench.int8 " + shlex.join(sys.argv[1:] if argv is None else argv)
-    section = f"{BEGIN}\n{int8_section(args.bundle, args.split, args.repeats, command)}\n{END}"
+    section = int8_section(args.bundle, args.split, args.repeats, command)
     print(section)
     if args.write_docs:
-        text = DOCS.read_text()
-        if BEGIN in text:
-            text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-        else:
-            text = text.rstrip("\n") + "\n\n## INT8 student (issue 17)\n\n" + section + "\n"
-        DOCS.write_text(text)
+        write_block(BEGIN, END, section, heading="INT8 student (issue 17)")
     return 0
 
 

@@ -23,12 +23,11 @@ import os
 import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench.bundles import CACHE, REPO_ROOT, SAMPLE_DIR, bench_bundle, sample_jpegs
 from bench.report import fmt, machine, markdown_table, now
-from kdoct_testing.load_client import Connection, LoadResult, _note, build_classify_requests, closed_loop
+from kdoct_testing.load_client import LoadResult, build_classify_requests, closed_loop
 from kdoct_testing.server import running_service
 
 DOCS = REPO_ROOT / "docs" / "BENCHMARKS.md"
@@ -36,37 +35,9 @@ BEGIN, END = "<!-- overload:begin -->", "<!-- overload:end -->"
 TARGET = 0.9
 
 
-async def honouring_retry_after(
-    host: str, port: int, requests: list[bytes], *, concurrency: int, duration_s: float, warmup_s: float = 1.0
-) -> LoadResult:
+def honouring_retry_after(host: str, port: int, requests: list[bytes], **kwargs):
     """`closed_loop`, except that a client answered 503 waits the Retry-After it was given."""
-    measure_from = time.perf_counter() + warmup_s
-    stop_at = measure_from + duration_s
-    result = LoadResult(duration_s=duration_s)
-
-    async def worker(index: int) -> None:
-        connection = Connection(host, port)
-        position = index
-        while (now_ := time.perf_counter()) < stop_at:
-            payload = requests[position % len(requests)]
-            position += concurrency
-            try:
-                status, headers, _ = await connection.request(payload)
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                if time.perf_counter() >= measure_from:
-                    result.statuses[f"error: {type(exc).__name__}"] += 1
-                await asyncio.sleep(0.01)
-                continue
-            finished = time.perf_counter()
-            if measure_from <= finished <= stop_at:
-                result.sent += 1
-                _note(result, status, headers, (finished - now_) * 1000)
-            if status == 503:
-                await asyncio.sleep(min(float(headers.get("retry-after", "1")), stop_at - finished))
-        connection.close()
-
-    await asyncio.gather(*(worker(index) for index in range(concurrency)))
-    return result
+    return closed_loop(host, port, requests, honour_retry_after=True, **kwargs)
 
 
 def _bundle(model: str) -> Path:

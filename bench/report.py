@@ -60,12 +60,17 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def write_section(key: str, text: str, path: Path = DOCS) -> None:
     """Put `text` between `<!-- bench:KEY:begin -->` and its end marker, appending the block if new."""
-    begin, end = f"<!-- bench:{key}:begin -->", f"<!-- bench:{key}:end -->"
+    write_block(f"<!-- bench:{key}:begin -->", f"<!-- bench:{key}:end -->", text, path=path)
+
+
+def write_block(begin: str, end: str, text: str, heading: str | None = None, path: Path = DOCS) -> None:
+    """Put `text` between the markers `begin` and `end`; a new block is appended (under `## heading`)."""
     block = f"{begin}\n{text.strip()}\n{end}"
     current = path.read_text() if path.exists() else TITLE
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(current):
         updated = pattern.sub(lambda _: block, current)
     else:
-        updated = current.rstrip() + "\n\n" + block + "\n"
+        title = f"## {heading}\n\n" if heading else ""
+        updated = current.rstrip() + "\n\n" + title + block + "\n"
     path.write_text(updated)

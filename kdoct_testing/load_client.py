@@ -133,9 +133,17 @@ def _note(result: LoadResult, status: int, headers: dict[str, str], latency_ms: 
 
 
 async def closed_loop(
-    host: str, port: int, requests: list[bytes], *, concurrency: int, duration_s: float, warmup_s: float = 1.0
+    host: str,
+    port: int,
+    requests: list[bytes],
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float = 1.0,
+    honour_retry_after: bool = False,
 ) -> LoadResult:
-    """`concurrency` connections send back to back for warmup + duration; only the last part counts."""
+    """`concurrency` connections send back to back for warmup + duration; only the last part counts.
+    `honour_retry_after`: a client answered 503 first waits the Retry-After it was given."""
     began = time.perf_counter()
     measure_from = began + warmup_s
     stop_at = measure_from + duration_s
@@ -159,6 +167,8 @@ async def closed_loop(
             if measure_from <= finished <= stop_at:
                 result.sent += 1
                 _note(result, status, headers, (finished - now) * 1000)
+            if honour_retry_after and status == 503:
+                await asyncio.sleep(min(float(headers.get("retry-after", "1")), stop_at - finished))
         connection.close()
 
     await asyncio.gather(*(worker(index) for index in range(concurrency)))

@@ -99,15 +99,7 @@ class SpoolFirstWriter(DurableWriter):
             item = await self._queue.get()
             if item is _STOP:
                 break
-            batch = [item]
-            rows = list(item[0])
-            while len(rows) < self.batch_size and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is _STOP:
-                    stopping = True
-                    break
-                batch.append(nxt)
-                rows.extend(nxt[0])
+            batch, rows, stopping = self._take_batch(item)
             await self._journal(batch, rows)
         self._inserts.put_nowait(_STOP)
         if self._insert_task is not None:

@@ -218,18 +218,25 @@ class DurableWriter:
                 continue
             if item is _STOP:
                 return
-            batch = [item]
-            rows = list(item[0])
-            while len(rows) < self.batch_size and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is _STOP:
-                    await self._write(batch, rows)
-                    return
-                batch.append(nxt)
-                rows.extend(nxt[0])
+            batch, rows, stopping = self._take_batch(item)
             await self._write(batch, rows)
+            if stopping:
+                return
             if self._spool_pending and self._db_down_since is None:
                 await asyncio.to_thread(self._replay_one)
+
+    def _take_batch(self, first: tuple[list, asyncio.Future]) -> tuple[list, list[dict[str, Any]], bool]:
+        """`first` and whatever else is queued, up to batch_size rows: (requests, their rows, whether
+        stop()'s marker came next)."""
+        assert self._queue is not None
+        batch, rows = [first], list(first[0])
+        while len(rows) < self.batch_size and not self._queue.empty():
+            nxt = self._queue.get_nowait()
+            if nxt is _STOP:
+                return batch, rows, True
+            batch.append(nxt)
+            rows.extend(nxt[0])
+        return batch, rows, False
 
     async def _write(self, batch: list[tuple[list, asyncio.Future]], rows: list[dict[str, Any]]) -> None:
         try:

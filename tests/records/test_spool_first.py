@@ -11,39 +11,20 @@ import textwrap
 import time
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, text
 
+from kdoct_testing.records import UNREACHABLE_PG, count_rows, stored_rows, until
 from service.db.audit import verify
 from service.db.journal import Journal
-from service.db.models import Prediction
 from service.db.session import make_engine
 from service.db.spool import Spool
 from service.db.spool_first import SpoolFirstWriter
 
-UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _stored(engine: Engine) -> dict[str, str]:
-    with engine.connect() as conn:
-        return {str(i): s for i, s in conn.execute(select(Prediction.id, Prediction.input_sha256))}
-
-
-def _count(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.scalar(select(func.count()).select_from(Prediction))
 
 
 def _journal_files(spool_dir: Path) -> list[Path]:
     return sorted(spool_dir.glob("spool-*.jsonl"))
-
-
-async def _until(condition, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 def test_rows_reach_the_database_once_and_the_journal_is_let_go(
@@ -59,13 +40,13 @@ def test_rows_reach_the_database_once_and_the_journal_is_let_go(
         await asyncio.gather(*(writer.record([r]) for r in records[:40]))
         await writer.record(records[40:])
         assert await writer.flush(10)
-        assert len(_stored(engine)) == 60
+        assert len(stored_rows(engine)) == 60
         # Only the segment still being appended to may remain while the writer runs.
         assert len(_journal_files(spool_dir)) <= 1
         await writer.stop()
 
     asyncio.run(scenario())
-    assert _stored(engine) == {str(r["id"]): r["input_sha256"] for r in records}
+    assert stored_rows(engine) == {str(r["id"]): r["input_sha256"] for r in records}
     assert verify(engine).ok
     assert _journal_files(spool_dir) == []
 
@@ -98,7 +79,7 @@ def test_answers_do_not_wait_for_a_stalled_database(pg_url: str, tmp_path: Path,
         asyncio.run(scenario())
     finally:
         blocker.dispose()
-    assert _stored(engine) == {str(r["id"]): r["input_sha256"] for r in records}
+    assert stored_rows(engine) == {str(r["id"]): r["input_sha256"] for r in records}
     assert verify(engine).ok
     assert _journal_files(spool_dir) == []
     engine.dispose()
@@ -127,11 +108,11 @@ def test_unreachable_database_leaves_the_journal_for_replay(
     async def back_up() -> None:
         writer = SpoolFirstWriter(engine, spool_dir, retry_interval_s=0.05)
         await writer.start()
-        await _until(lambda: _count(engine) == 6)
+        await until(lambda: count_rows(engine) == 6)
         await writer.stop()
 
     asyncio.run(back_up())
-    assert _stored(engine) == {str(r["id"]): r["input_sha256"] for r in records}
+    assert stored_rows(engine) == {str(r["id"]): r["input_sha256"] for r in records}
     assert _journal_files(spool_dir) == []
     assert verify(engine).ok
     engine.dispose()
@@ -146,11 +127,11 @@ def test_memory_cap_sends_rows_through_replay_exactly_once(
         writer = SpoolFirstWriter(engine, tmp_path / "spool", memory_rows=2, retry_interval_s=0.05)
         await writer.start()
         await asyncio.gather(*(writer.record([r]) for r in records))
-        await _until(lambda: _count(engine) == 30)
+        await until(lambda: count_rows(engine) == 30)
         await writer.stop()
 
     asyncio.run(scenario())
-    assert _stored(engine) == {str(r["id"]): r["input_sha256"] for r in records}
+    assert stored_rows(engine) == {str(r["id"]): r["input_sha256"] for r in records}
     assert verify(engine).ok
 
 
@@ -165,7 +146,7 @@ def test_unwritable_journal_falls_back_to_committing_first(
         writer = SpoolFirstWriter(engine, not_a_directory)
         await writer.start()
         await writer.record([record])
-        assert str(record["id"]) in _stored(engine)  # committed before record() returned
+        assert str(record["id"]) in stored_rows(engine)  # committed before record() returned
         await writer.stop()
 
     asyncio.run(scenario())
@@ -201,17 +182,17 @@ def test_killed_between_fsync_and_commit_replays_each_row_once(
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120, cwd=REPO)
     engine = make_engine(db_url)
     assert Spool(spool_dir).backlog() == 200  # every answered row is on the journal
-    committed_before = _count(engine)
+    committed_before = count_rows(engine)
     assert committed_before <= 200
 
     async def restarted() -> None:
         writer = SpoolFirstWriter(engine, spool_dir, retry_interval_s=0.05)
         await writer.start()
-        await _until(lambda: not _journal_files(spool_dir))
+        await until(lambda: not _journal_files(spool_dir))
         await writer.stop()
 
     asyncio.run(restarted())
-    assert _count(engine) == 200
+    assert count_rows(engine) == 200
     assert verify(engine).ok
     engine.dispose()
 
@@ -277,7 +258,7 @@ def test_backlog_is_what_waits_for_replay_not_a_live_journal(
         # With the database down, this worker's rows wait for replay: they are the backlog.
         for _ in range(3):
             await writer.record([record_factory()])
-        await _until(lambda: observed.reported[-1] == 3)
+        await until(lambda: observed.reported[-1] == 3)
         await writer.stop()
         await other.stop()
 

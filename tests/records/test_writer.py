@@ -5,32 +5,17 @@ and a drained queue on stop."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
+from kdoct_testing.records import UNREACHABLE_PG, count_rows, stored_rows, until
 from service.db.audit import verify
-from service.db.models import Prediction
 from service.db.session import make_engine
 from service.db.spool import Spool
 from service.db.writer import DurableWriter
 from service.records import RecordUnavailable
-
-# Nothing listens on port 1: connections are refused at once.
-UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
-
-
-def _stored(engine: Engine) -> dict[str, str]:
-    """prediction id -> input sha256 of every stored row."""
-    with engine.connect() as conn:
-        return {str(i): s for i, s in conn.execute(select(Prediction.id, Prediction.input_sha256))}
-
-
-def _count(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.scalar(select(func.count()).select_from(Prediction))
 
 
 def test_records_are_committed_before_record_returns(engine: Engine, tmp_path: Path, record_factory) -> None:
@@ -43,11 +28,11 @@ def test_records_are_committed_before_record_returns(engine: Engine, tmp_path: P
         # Concurrent callers end up batched together; each still waits for its own commit.
         await asyncio.gather(*(writer.record([r]) for r in records[:10]))
         await writer.record(records[10:])
-        assert len(_stored(engine)) == 20
+        assert len(stored_rows(engine)) == 20
         await writer.stop()
 
     asyncio.run(scenario())
-    assert _stored(engine) == {str(r["id"]): r["input_sha256"] for r in records}
+    assert stored_rows(engine) == {str(r["id"]): r["input_sha256"] for r in records}
     assert verify(engine).ok
     assert not Spool(tmp_path / "spool").has_files()
 
@@ -77,11 +62,11 @@ def test_unreachable_database_spools_then_replays_once(
         writer = DurableWriter(engine, spool_dir, retry_interval_s=0.05)
         await writer.start()
         await writer.record([records[0]])
-        await _until(lambda: not Spool(spool_dir).has_files())
+        await until(lambda: not Spool(spool_dir).has_files())
         await writer.stop()
 
     asyncio.run(back_up())
-    assert _stored(engine) == {str(r["id"]): r["input_sha256"] for r in records}
+    assert stored_rows(engine) == {str(r["id"]): r["input_sha256"] for r in records}
     assert verify(engine).ok
     engine.dispose()
 
@@ -126,7 +111,7 @@ def test_stop_drains_the_queue(engine: Engine, tmp_path: Path, record_factory) -
         await asyncio.gather(*pending)
 
     asyncio.run(scenario())
-    assert _count(engine) == 50
+    assert count_rows(engine) == 50
 
 
 def test_postgresql_outage_loses_and_duplicates_nothing(pg_cluster, tmp_path: Path, record_factory) -> None:
@@ -135,7 +120,7 @@ def test_postgresql_outage_loses_and_duplicates_nothing(pg_cluster, tmp_path: Pa
 
     upgrade(pg_cluster.url)
     engine = make_engine(pg_cluster.url)
-    before = _count(engine)
+    before = count_rows(engine)
     spool_dir = tmp_path / "spool"
     answered = []
 
@@ -154,7 +139,7 @@ def test_postgresql_outage_loses_and_duplicates_nothing(pg_cluster, tmp_path: Pa
                 await asyncio.sleep(0.01)
             if phase == "down":
                 assert Spool(spool_dir).backlog() > 0
-        await _until(lambda: not Spool(spool_dir).has_files(), timeout=30)
+        await until(lambda: not Spool(spool_dir).has_files(), timeout=30)
         await writer.stop()
 
     try:
@@ -162,7 +147,7 @@ def test_postgresql_outage_loses_and_duplicates_nothing(pg_cluster, tmp_path: Pa
     finally:
         if not _accepting(pg_cluster):
             pg_cluster.start()
-    stored = _stored(engine)
+    stored = stored_rows(engine)
     assert len(stored) - before == len(answered) == 45
     assert all(stored[str(r["id"])] == r["input_sha256"] for r in answered)
     assert verify(engine).ok
@@ -178,11 +163,3 @@ def _accepting(cluster) -> bool:
         return False
     finally:
         engine.dispose()
-
-
-async def _until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
