@@ -3,9 +3,9 @@
 Under overload the micro-batcher's bounded queue (service/inference/batcher.py) refuses with 503, but
 only after the request was read, decoded and preprocessed: every refusal cost a full decode, so the
 more clients resent at once, the less CPU was left for the requests that were answered. Admission
-refuses first: RequestContextMiddleware (service/middleware.py) takes a slot after the key check and
-before a byte of the body is read, and gives it back when the request has been answered. A refusal
-then costs only the HTTP head and the key check.
+refuses first: the ingress gate (service/ingress/gate.py) takes a slot for the doors that decode and
+infer, after the key and scope checks and before a byte of the body is read; the slot comes back when
+the request has been answered. A refusal then costs only the HTTP head and the key check.
 
 The limit is per process: `max_queue + max_batch_size + decode threads` (what may wait, what may run,
 and what the decode threads prepare meanwhile: without them the queue runs dry between batches, which
@@ -17,20 +17,7 @@ per process: the counter needs no lock.
 
 from __future__ import annotations
 
-import re
-
-__all__ = ["Admission", "admitted_route"]
-
-# The routes that decode and infer an upload: POST /classify and the Open Inference Protocol's infer.
-_ADMITTED_ROUTES = (
-    re.compile(r"/classify"),
-    re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/infer"),
-)
-
-
-def admitted_route(path: str) -> bool:
-    """Whether a POST to `path` needs an admission slot."""
-    return any(route.fullmatch(path) for route in _ADMITTED_ROUTES)
+__all__ = ["Admission"]
 
 
 class Admission:

@@ -35,8 +35,11 @@ from service.inference.batcher import Batcher
 from service.inference.classifier import Classifier, ServedModel
 from service.inference.loaded_model import LoadedModel, load_model
 from service.inference.runtime import cpu_count, keep_blas_to_one_thread
+from service.ingress.body import MemoryShare
+from service.ingress.budget import MemoryBudget, RequestLimits
+from service.ingress.gate import IngressGate
 from service.logs import configure_logging
-from service.middleware import RequestContextMiddleware
+from service.middleware import BodyPolicy, RequestContextMiddleware
 from service.pipeline import ClassificationPipeline
 from service.problems import install_problem_handlers
 from service.records import PredictionSink
@@ -98,6 +101,11 @@ def _serve(loaded: LoadedModel, settings: Settings, decode_threads: int) -> Serv
     return ServedModel(loaded=loaded, batcher=batcher)
 
 
+def _input_bytes(loaded: LoadedModel) -> int:
+    height, width = loaded.spec.input_size
+    return 3 * height * width * 4
+
+
 def _check_database_role(engine, mode: str) -> None:
     """Log (or refuse, KDOCT_DB_ROLE_CHECK=refuse) a database role that could rewrite the records. A
     database that is down now is not checked: the service starts on its spool (docs/RECORDS.md)."""
@@ -135,6 +143,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Now that the student's batch size is resolved (adaptive by runtime): what may wait, what may run,
     # and what the decode threads prepare meanwhile (without them the queue runs dry between batches).
     app.state.admission.limit = settings.max_queue + served[0].batcher.max_batch_size + decode_threads
+    # Each frame of a request becomes a float32 input of each model's size (ingress budget, per frame).
+    app.state.gate.input_bytes_per_frame = sum(_input_bytes(item.loaded) for item in served)
     pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="kdoct-decode")
     limits = ImageLimits(settings.max_image_pixels, settings.max_frames, settings.max_volume_pixels)
     app.state.classifier = Classifier(
@@ -230,6 +240,13 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
     # Classifying requests are admitted before their body is read (service/admission.py); the limit is
     # final once the lifespan has resolved the batch size.
     app.state.admission = Admission(settings.max_queue + (settings.max_batch_size or 1))
+    budget = MemoryBudget(settings.memory_budget_bytes)
+    app.state.gate = IngressGate(
+        app.state.admission,
+        budget,
+        RequestLimits(max_frames=settings.max_frames, max_pixels=settings.max_volume_pixels),
+        max_in_flight_per_key=settings.max_in_flight_per_key,
+    )
     app.state.ready = False
     app.state.classifier = None
     install_problem_handlers(app)
@@ -243,12 +260,17 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
     known_paths = {getattr(route, "path", "") for route in app.routes}
     app.add_middleware(
         RequestContextMiddleware,
-        max_body_bytes=settings.max_upload_bytes,
+        gate=app.state.gate,
+        body=BodyPolicy(
+            max_upload_bytes=settings.max_upload_bytes,
+            read_timeout_s=settings.body_read_timeout_s,
+            min_rate=settings.min_body_bytes_per_s,
+            max_json_bytes=settings.max_json_bytes,
+        ),
+        share=MemoryShare(settings.memory_budget_bytes // 4, settings.body_spill_dir),
         known_paths=known_paths,
-        # Keys are checked before a body is read (docs/SECURITY.md); with auth off there is nothing to check.
-        authenticate=app.state.authenticator.identify if auth_enabled else None,
-        body_read_timeout_s=settings.body_read_timeout_s,
-        admission=app.state.admission,
+        # Keys and scopes are checked before a body is read (docs/SECURITY.md); auth off: nothing to check.
+        authenticate=app.state.authenticator.authenticate if auth_enabled else None,
     )
     return app
 

@@ -96,6 +96,19 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(16_000_000, ge=64, le=500_000_000)
     max_frames: int = Field(256, ge=1, le=10_000)
     max_volume_pixels: int = Field(150_000_000, ge=64, le=4_000_000_000)
+    # The ingress layer (service/ingress/, docs/SECURITY.md). max_frames and max_volume_pixels above
+    # bound a whole request (all the elements of a /v2 request together), not only one upload.
+    # What the requests in flight in one worker may hold (bodies, decoded images, model inputs), counted
+    # from headers before decoding: a request that would exceed it now gets 503, one that alone would
+    # exceed it 413. A quarter of it may hold bodies still arriving; beyond, they go to body_spill_dir.
+    memory_budget_bytes: int = Field(1024 * MiB, ge=16 * MiB, le=1024 * 1024 * MiB)
+    body_spill_dir: Path | None = None  # None: the system's temporary directory
+    # A body must arrive at this average rate once body_read_timeout_s has passed (408 otherwise).
+    min_body_bytes_per_s: float = Field(16 * 1024, gt=0.0, le=1e12)
+    # The JSON part of an Open Inference Protocol request is parsed whole: larger tensors go as binary.
+    max_json_bytes: int = Field(8 * MiB, ge=1024, le=1024 * MiB)
+    # Requests one API key may have in flight in one worker; None: half the admission limit.
+    max_in_flight_per_key: int | None = Field(None, ge=1, le=100_000)
 
     # Records: every answered prediction goes to this database (SQLite embedded, PostgreSQL in
     # production) through a durable writer; while the database is unreachable, to the spool directory.

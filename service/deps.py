@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.inference.classifier import Classifier
+from service.ingress.budget import Ticket
 from service.pipeline import ClassificationPipeline
 from service.problems import Problem
 from service.records import PredictionSink
@@ -23,6 +24,7 @@ __all__ = [
     "SessionsDep",
     "SettingsDep",
     "SinkDep",
+    "TicketDep",
     "get_client",
 ]
 
@@ -61,6 +63,15 @@ async def get_client(client: Client = Depends(_require_classify)) -> str | None:
     return client.id
 
 
+async def get_ticket(request: Request) -> Ticket:
+    """The request's ingress ticket (service/ingress/): what its body and images are charged to. Every
+    route that takes a body is a door, so the middleware has issued one before the route runs."""
+    ticket = getattr(request.state, "ticket", None)
+    if ticket is None:
+        raise RuntimeError(f"{request.url.path} is not an ingress door (service/ingress/doors.py)")
+    return ticket
+
+
 async def get_sessions(request: Request) -> sessionmaker[Session]:
     return request.app.state.records.sessions
 
@@ -70,6 +81,7 @@ ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 PipelineDep = Annotated[ClassificationPipeline, Depends(get_pipeline)]
 SinkDep = Annotated[PredictionSink, Depends(get_sink)]
 ClientDep = Annotated[str | None, Depends(get_client)]
+TicketDep = Annotated[Ticket, Depends(get_ticket)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 ReadClientDep = Annotated[Client, Depends(require_scope("read"))]
 FeedbackClientDep = Annotated[Client, Depends(require_scope("feedback"))]

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +35,16 @@ from pydicom.pixels import get_decoder, iter_pixels
 from service.dicom_inflate import DicomTooLarge, MalformedDicom, inflate_data_set
 from service.problems import Problem
 
-__all__ = ["DecodedUpload", "DicomSource", "ImageLimits", "ImageRejected", "decode_upload", "sniff_format"]
+__all__ = [
+    "DecodedUpload",
+    "DicomSource",
+    "ImageLimits",
+    "ImageRejected",
+    "ImageShape",
+    "decode_upload",
+    "probe_upload",
+    "sniff_format",
+]
 
 # Pillow only warns between MAX_IMAGE_PIXELS and twice that; the service must never decode a bomb,
 # so the warning is an error for this process. Our own, lower limit is checked explicitly as well.
@@ -90,6 +101,19 @@ def _invalid(detail: str) -> ImageRejected:
 
 def _bomb(detail: str) -> ImageRejected:
     return ImageRejected("decompression-bomb", detail, reason="decompression_bomb")
+
+
+@dataclass(frozen=True)
+class ImageShape:
+    """An upload as its header describes it, read before any pixel is decoded (probe_upload)."""
+
+    width: int
+    height: int
+    frames: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height * self.frames
 
 
 @dataclass(frozen=True)
@@ -162,13 +186,32 @@ def sniff_format(data: bytes) -> str:
     )
 
 
-def decode_upload(data: bytes, limits: ImageLimits) -> DecodedUpload:
-    """Validate and decode an upload. Raises ImageRejected (a Problem) for every bad input."""
+def probe_upload(data: bytes, limits: ImageLimits) -> ImageShape:
+    """The upload's size and frame count from its header alone, checked against the per-image limits:
+    what the ingress budget (service/ingress/) is charged before a pixel is decoded. Raises the same
+    ImageRejected as decode_upload for a header it would refuse."""
+    kind = sniff_format(data)
+    if kind == "dicom":
+        return _probe_dicom(data, limits)
+    with _open_raster(data, kind) as image:
+        width, height = _raster_checks(image, _PIL_FORMATS[kind], limits)
+    return ImageShape(width, height, 1)
+
+
+def decode_upload(data: bytes, limits: ImageLimits, expected: ImageShape | None = None) -> DecodedUpload:
+    """Validate and decode an upload. Raises ImageRejected (a Problem) for every bad input.
+    `expected`: what probe_upload found (and the budget was charged for); a decode that finds
+    another shape is refused."""
     kind = sniff_format(data)
     digest = hashlib.sha256(data).hexdigest()
     if kind == "dicom":
-        return _decode_dicom(data, limits, digest)
-    return _decode_raster(data, kind, limits, digest)
+        upload = _decode_dicom(data, limits, digest)
+    else:
+        upload = _decode_raster(data, kind, limits, digest)
+    found = ImageShape(upload.width, upload.height, len(upload.frames))
+    if expected is not None and found != expected:
+        raise _invalid(f"the image decodes to {found}, not the {expected} its header announced")
+    return upload
 
 
 def _check_size(width: int, height: int, frames: int, limits: ImageLimits) -> None:
@@ -188,33 +231,43 @@ def _check_size(width: int, height: int, frames: int, limits: ImageLimits) -> No
         )
 
 
-def _decode_raster(data: bytes, kind: str, limits: ImageLimits, digest: str) -> DecodedUpload:
+def _open_raster(data: bytes, kind: str) -> Image.Image:
+    """The image opened lazily (its header read, no pixel decoded)."""
     name = _PIL_FORMATS[kind]
     try:
-        image = Image.open(io.BytesIO(data), formats=[name])
+        return Image.open(io.BytesIO(data), formats=[name])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb(f"the {name} image is too large to decode safely: {exc}") from None
     except UnidentifiedImageError:
         raise _invalid(f"the {name} header is corrupt or incomplete") from None
     except Exception as exc:  # noqa: BLE001 - Pillow plugins raise TypeError, KeyError... on corrupt headers
         raise _invalid(f"the {name} header cannot be read: {exc}") from None
+
+
+def _raster_checks(image: Image.Image, name: str, limits: ImageLimits) -> tuple[int, int]:
+    """Size, frame count and pixel mode from the header; (width, height)."""
+    width, height = image.size
+    _check_size(width, height, 1, limits)
+    try:
+        frames = getattr(image, "n_frames", 1)
+        animated = getattr(image, "is_animated", False)
+    except Exception as exc:  # noqa: BLE001 - as above (found by the decoder fuzz in tests/hostile)
+        raise _invalid(f"the {name} file is corrupt: {exc}") from None
+    if frames > 1 or animated:
+        raise _invalid(
+            f"the {name} file holds {frames} frames (animated or multi-page): send one B-scan per "
+            f"image, or a multi-frame DICOM for a volume"
+        )
+    if image.mode not in _ACCEPTED_MODES:
+        raise _invalid(f"{name} pixel mode {image.mode!r} is not supported: send 8- or 16-bit gray or RGB")
+    return width, height
+
+
+def _decode_raster(data: bytes, kind: str, limits: ImageLimits, digest: str) -> DecodedUpload:
+    name = _PIL_FORMATS[kind]
+    image = _open_raster(data, kind)
     with image:
-        width, height = image.size
-        _check_size(width, height, 1, limits)
-        try:
-            frames = getattr(image, "n_frames", 1)
-            animated = getattr(image, "is_animated", False)
-        except Exception as exc:  # noqa: BLE001 - as above (found by the decoder fuzz in tests/hostile)
-            raise _invalid(f"the {name} file is corrupt: {exc}") from None
-        if frames > 1 or animated:
-            raise _invalid(
-                f"the {name} file holds {frames} frames (animated or multi-page): send one B-scan per "
-                f"image, or a multi-frame DICOM for a volume"
-            )
-        if image.mode not in _ACCEPTED_MODES:
-            raise _invalid(
-                f"{name} pixel mode {image.mode!r} is not supported: send 8- or 16-bit gray or RGB"
-            )
+        width, height = _raster_checks(image, name, limits)
         try:
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -224,8 +277,14 @@ def _decode_raster(data: bytes, kind: str, limits: ImageLimits, digest: str) -> 
         return DecodedUpload(format=kind, frames=[image], width=width, height=height, input_sha256=digest)
 
 
-def _read_dicom(data: bytes, limits: ImageLimits) -> pydicom.Dataset:
-    """The data set, read within the memory bounds of the module docstring."""
+class _HeaderRead(Exception):  # noqa: N818 - not an error: stops inflating once the header is known
+    def __init__(self, shape: ImageShape) -> None:
+        self.shape = shape
+
+
+def _read_dicom(data: bytes, limits: ImageLimits, *, header_only: bool = False) -> pydicom.Dataset:
+    """The data set, read within the memory bounds of the module docstring. `header_only`: stop before
+    the pixel data (a deflated data set raises _HeaderRead as soon as its image attributes are known)."""
     stream = io.BytesIO(data)
     stream.seek(132)  # preamble and DICM, checked by sniff_format
     meta = read_dataset(
@@ -241,10 +300,16 @@ def _read_dicom(data: bytes, limits: ImageLimits) -> pydicom.Dataset:
             reason="unsupported_media_type",
         )
     if syntax != uid.DeflatedExplicitVRLittleEndian:
-        return pydicom.dcmread(io.BytesIO(data), force=False)
+        return pydicom.dcmread(io.BytesIO(data), force=False, stop_before_pixels=header_only)
+
+    def check_size(columns: int, rows: int, frames: int) -> None:
+        _check_size(columns, rows, frames, limits)
+        if header_only:
+            raise _HeaderRead(ImageShape(columns, rows, frames))
+
     body = inflate_data_set(
         data[stream.tell() :],
-        lambda columns, rows, frames: _check_size(columns, rows, frames, limits),
+        check_size,
         header_bytes=DICOM_HEADER_BYTES,
         element_bytes=DICOM_ELEMENT_BYTES,
     )
@@ -296,12 +361,13 @@ def _check_encapsulated(pixel_data: bytes, frames: int, rows: int, columns: int,
             )
 
 
-def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUpload:
-    # Messages here name DICOM attributes, never their values: a value may identify the patient.
+@contextmanager
+def _dicom_errors() -> Iterator[None]:
+    """Reading errors as ImageRejected. Messages name DICOM attributes, never their values: a value may
+    identify the patient."""
     try:
-        dataset = _read_dicom(data, limits)
-        _check_elements(dataset)
-    except ImageRejected:
+        yield
+    except (ImageRejected, _HeaderRead):
         raise
     except DicomTooLarge as exc:
         raise _bomb(str(exc)) from None
@@ -311,6 +377,40 @@ def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUploa
         raise _invalid("the DICOM file is not valid (no DICM preamble or file meta information)") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt files
         raise _invalid(f"the DICOM file is corrupt ({type(exc).__name__})") from None
+
+
+@dataclass(frozen=True)
+class _ImageAttributes:
+    rows: int
+    columns: int
+    frames: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    photometric: str
+
+
+def _image_attributes(dataset: pydicom.Dataset) -> _ImageAttributes:
+    try:
+        bits_allocated = int(dataset.BitsAllocated)
+        return _ImageAttributes(
+            rows=int(dataset.Rows),
+            columns=int(dataset.Columns),
+            frames=int(dataset.get("NumberOfFrames", 1) or 1),
+            samples=int(dataset.get("SamplesPerPixel", 1)),
+            bits_allocated=bits_allocated,
+            bits_stored=int(dataset.get("BitsStored", bits_allocated)),
+            signed=int(dataset.get("PixelRepresentation", 0)) == 1,
+            photometric=str(dataset.get("PhotometricInterpretation", "MONOCHROME2")),
+        )
+    except (AttributeError, TypeError, ValueError):
+        raise _invalid(
+            "the DICOM image attributes (Rows, Columns, BitsAllocated...) are missing or invalid"
+        ) from None
+
+
+def _refuse_dicomdir(dataset: pydicom.Dataset) -> None:
     meta_class = str(getattr(dataset.file_meta, "MediaStorageSOPClassUID", ""))
     if meta_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in dataset:
         raise ImageRejected(
@@ -318,20 +418,32 @@ def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUploa
             "a DICOMDIR is not accepted: send the image file itself",
             reason="unsupported_media_type",
         )
+
+
+def _probe_dicom(data: bytes, limits: ImageLimits) -> ImageShape:
+    with _dicom_errors():
+        try:
+            dataset = _read_dicom(data, limits, header_only=True)
+        except _HeaderRead as read:
+            return read.shape
+        _check_elements(dataset)
+    _refuse_dicomdir(dataset)
+    image = _image_attributes(dataset)
+    _check_size(image.columns, image.rows, image.frames, limits)
+    return ImageShape(image.columns, image.rows, image.frames)
+
+
+def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUpload:
+    with _dicom_errors():
+        dataset = _read_dicom(data, limits)
+        _check_elements(dataset)
+    _refuse_dicomdir(dataset)
     if "PixelData" not in dataset:
         raise _invalid("the DICOM file holds no pixel data (PixelData): send an image object")
-    try:
-        rows, columns = int(dataset.Rows), int(dataset.Columns)
-        frames = int(dataset.get("NumberOfFrames", 1) or 1)
-        samples = int(dataset.get("SamplesPerPixel", 1))
-        bits_allocated = int(dataset.BitsAllocated)
-        bits_stored = int(dataset.get("BitsStored", bits_allocated))
-        signed = int(dataset.get("PixelRepresentation", 0)) == 1
-        photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
-    except (AttributeError, TypeError, ValueError):
-        raise _invalid(
-            "the DICOM image attributes (Rows, Columns, BitsAllocated...) are missing or invalid"
-        ) from None
+    image = _image_attributes(dataset)
+    rows, columns, frames, samples = image.rows, image.columns, image.frames, image.samples
+    bits_allocated, bits_stored = image.bits_allocated, image.bits_stored
+    signed, photometric = image.signed, image.photometric
     if frames < 1 or rows < 1 or columns < 1:
         raise _invalid(f"the DICOM image has {frames} frame(s) of {columns}x{rows} pixels: nothing to read")
     _check_size(columns, rows, frames, limits)

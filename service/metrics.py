@@ -31,6 +31,9 @@ __all__ = [
     "DB_WRITE_DURATION",
     "DB_WRITE_FAILURES",
     "INFERENCE_DURATION",
+    "INGRESS_IN_FLIGHT",
+    "INGRESS_MEMORY",
+    "INGRESS_SPILLED_BODIES",
     "MODEL_INFO",
     "MODEL_READY",
     "PREDICTIONS",
@@ -81,6 +84,9 @@ REJECTION_REASONS = (
     "inference_failed",
     "not_ready",
     "not_acceptable",
+    "memory_budget",
+    "key_in_flight",
+    "body_too_slow",
 )
 
 REQUEST_DURATION = Histogram(
@@ -128,6 +134,20 @@ SPOOL_BACKLOG = Gauge(
     "kdoct_spool_backlog",
     "Prediction records spooled locally, awaiting the database",
     multiprocess_mode="livemax",
+)
+# The ingress layer (service/ingress/): what requests in flight hold, and bodies held on disk.
+INGRESS_MEMORY = Gauge(
+    "kdoct_ingress_memory_bytes",
+    "Bytes charged to the memory budget by requests in flight (bodies, decoded images, inputs)",
+    multiprocess_mode="livesum",
+)
+INGRESS_IN_FLIGHT = Gauge(
+    "kdoct_ingress_in_flight", "Requests in flight past the ingress gate, by door", ["door"],
+    multiprocess_mode="livesum",
+)  # fmt: skip
+INGRESS_SPILLED_BODIES = Counter(
+    "kdoct_ingress_spilled_bodies_total",
+    "Request bodies held in a temporary file because the in-memory share of the budget was taken",
 )
 AUTH_FAILURES = Counter("kdoct_auth_failures_total", "Failed authentications, by reason", ["reason"])
 MODEL_INFO = Gauge(

@@ -1,17 +1,13 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: it costs a task and a copy per request).
 
 RequestContextMiddleware gives every request an id (the client's X-Request-ID when it is sane, else
-a new one), echoes it, caps the request body before the app sees it (Starlette spools file parts to
-disk without any bound), and observes kdoct_request_duration_seconds by route template.
-
-Nothing expensive happens before authentication: a request with a body is authenticated from its
-Authorization header (`authenticate`) before a byte of the body is read, so an unauthenticated client
-cannot make the service buffer uploads; bodies are capped per route (feedback: 16 KiB) and each read
-of the body must arrive within `body_read_timeout_s` (a slow sender cannot hold a connection open).
-The route's own dependency then checks the key's scope (a cached lookup).
-
-Classifying routes are admitted after the key check and before the body is read (service/admission.py):
-beyond the limit they are refused with 503 + Retry-After at once, without reading or decoding the upload.
+a new one), echoes it, and observes kdoct_request_duration_seconds by route template. It is also the
+HTTP adapter of the ingress layer (service/ingress/): a request with a body is matched to its door,
+and before a byte of the body is read its key is checked for the door's scope (401/403), the gate
+takes the key's in-flight count and, for doors that decode and infer, an admission slot (429/503); the
+body is then read within its size, time and memory budgets (413/408/503) and charged to the request's
+Ticket, which the app finds in `request.state.ticket` and which is closed once the answer has gone out.
+A body-bearing request that matches no door is answered by the app (404/405) without its body being read.
 """
 
 from __future__ import annotations
@@ -21,29 +17,69 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
-from service.admission import Admission, admitted_route
+from service.ingress.body import Body, BodyLimits, MemoryShare, declared_length, read_body
+from service.ingress.budget import Ticket
+from service.ingress.doors import Door, HttpDoors
+from service.ingress.gate import IngressGate
 from service.problems import Problem, problem_response
+from service.security import ANONYMOUS, Client
 
-__all__ = ["REQUEST_ID_HEADER", "RequestContextMiddleware"]
+__all__ = ["INFERENCE_HEADER_LENGTH", "REQUEST_ID_HEADER", "BodyPolicy", "RequestContextMiddleware"]
 
-# A refusal is held this long (no slot, no CPU: the event loop serves others meanwhile) before it is
-# sent. Without it, clients that resend at once were refused ~600 times a second and that HTTP work
-# took the CPU from the admitted requests (docs/BENCHMARKS.md, goodput under overload).
+# A refusal for lack of room (no slot, the key's cap, the memory budget) is held this long before it is
+# sent (no slot, no CPU: the event loop serves others meanwhile). Without it, clients that resend at once
+# were refused ~600 times a second and that HTTP work took the CPU from the admitted requests
+# (docs/BENCHMARKS.md, goodput under overload).
 OVERLOAD_PACING_S = 0.2
+_PACED_REASONS = {"queue_full", "key_in_flight", "memory_budget"}
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# The Open Inference Protocol's header: the length of the JSON part of a body with binary tensor data.
+INFERENCE_HEADER_LENGTH = "Inference-Header-Content-Length"
 # Client ids end up in logs and records: only short, plain ones are echoed (no log injection).
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
-# Routes whose bodies are small JSON: no reason to accept megabytes there.
-FEEDBACK_BODY_BYTES = 16 << 10
-_SMALL_BODY_ROUTES = (re.compile(r"/predictions/[^/]+/feedback"),)
+
+Authenticate = Callable[[str | None, str], Awaitable[Client]]
+
+
+@dataclass(frozen=True)
+class BodyPolicy:
+    max_upload_bytes: int
+    read_timeout_s: float
+    min_rate: float  # bytes/s after the grace of read_timeout_s
+    max_json_bytes: int  # the JSON part of a door's body that is parsed whole (the /v2 request)
+
+    def limits(self, door: Door, headers: Headers) -> BodyLimits:
+        """The door's body limits; a JSON part over max_json_bytes is refused from its headers."""
+        if door.max_body_bytes is not None:
+            return self._limits(door.max_body_bytes, "for this route")
+        if door.json_part:
+            json_length = declared_length(headers.get(INFERENCE_HEADER_LENGTH), INFERENCE_HEADER_LENGTH)
+            if json_length is None:  # the whole body is JSON
+                if self.max_json_bytes < self.max_upload_bytes:
+                    return self._limits(self.max_json_bytes, _JSON_LIMIT)
+            elif json_length > self.max_json_bytes:
+                raise Problem(
+                    "payload-too-large",
+                    f"the JSON part of the request ({INFERENCE_HEADER_LENGTH}: {json_length}) exceeds "
+                    f"{self.max_json_bytes} bytes {_JSON_LIMIT}",
+                    reason="too_large",
+                )
+        return self._limits(self.max_upload_bytes, "(KDOCT_MAX_UPLOAD_BYTES)")
+
+    def _limits(self, max_bytes: int, what: str) -> BodyLimits:
+        return BodyLimits(max_bytes, what, self.read_timeout_s, self.min_rate)
+
+
+_JSON_LIMIT = "(KDOCT_MAX_JSON_BYTES): send tensors and images as binary data (binary tensor data extension)"
 
 
 class RequestContextMiddleware:
@@ -51,18 +87,18 @@ class RequestContextMiddleware:
         self,
         app: ASGIApp,
         *,
-        max_body_bytes: int,
+        gate: IngressGate,
+        body: BodyPolicy,
+        share: MemoryShare,
         known_paths: Collection[str] = (),
-        authenticate: Callable[[str | None], Awaitable[object]] | None = None,
-        body_read_timeout_s: float | None = None,
-        admission: Admission | None = None,
+        authenticate: Authenticate | None = None,
     ) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.gate = gate
+        self.body = body
+        self.share = share
         self.known_paths = set(known_paths)
         self.authenticate = authenticate
-        self.body_read_timeout_s = body_read_timeout_s
-        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,6 +112,7 @@ class RequestContextMiddleware:
         state["request_id"] = request_id
         state["started"] = started
         status = 500
+        close_connection = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -88,26 +125,43 @@ class RequestContextMiddleware:
                 if not scope["path"].startswith("/static/"):
                     response_headers["Cache-Control"] = "no-store"
                 response_headers["X-Content-Type-Options"] = "nosniff"
+                if close_connection:  # a body left unread is not drained: the connection goes
+                    response_headers["Connection"] = "close"
             await send(message)
 
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-        admitted = False
+        ticket: Ticket | None = None
+        body: Body | None = None
         try:
             if method in _BODY_METHODS:
-                if not await self._authenticated(scope, receive, send_with_id, headers, request_id):
-                    return
-                if self.admission is not None and admitted_route(scope["path"]):
-                    if not self.admission.try_enter():
-                        await self._overloaded(scope, receive, send_with_id, request_id)
+                door = HttpDoors.match(method, scope["path"])
+                if door is None:
+                    close_connection = True
+                    receive = _body_never_read
+                else:
+                    try:
+                        ticket = await self._enter(door, scope, headers)
+                        state["ticket"] = ticket
+                        limits = self.body.limits(door, headers)
+                        body = await read_body(
+                            receive,
+                            declared=declared_length(headers.get("content-length"), "Content-Length"),
+                            limits=limits,
+                            share=self.share,
+                            ticket=ticket,
+                        )
+                    except Problem as problem:
+                        await self._refuse(scope, receive, send_with_id, problem, request_id)
                         return
-                    admitted = True  # held until the answer has been sent (finally, below)
-                receive = await self._capped_body(scope, receive, send_with_id, headers, request_id)
-                if receive is None:
-                    return
+                    if body is None:
+                        return  # the client went away
+                    receive = body.replay(receive)
             await self.app(scope, receive, send_with_id)
         finally:
-            if admitted:
-                self.admission.leave()
+            if body is not None:
+                body.close()
+            if ticket is not None:
+                ticket.close()
             route = scope.get("route")
             template = getattr(route, "path", None) or (
                 scope["path"] if scope["path"] in self.known_paths else "unmatched"
@@ -116,116 +170,35 @@ class RequestContextMiddleware:
                 time.perf_counter() - started
             )
 
-    async def _authenticated(
-        self, scope: Scope, receive: Receive, send: Send, headers: Headers, request_id: str
-    ) -> bool:
-        """Whether the request may have its body read; otherwise it has been answered (401/503) and
-        its connection is closed with the body unread. Routes without a body check keys themselves."""
-        if self.authenticate is None:
-            return True
-        authorization = headers.get("authorization", "")
-        scheme, _, token = authorization.partition(" ")
-        try:
-            await self.authenticate(token.strip() if scheme.lower() == "bearer" and token.strip() else None)
-        except Problem as problem:
-            headers_out = {**problem.headers, "Connection": "close"}
-            response = problem_response(
-                problem.slug,
-                problem.detail,
-                request_id=request_id,
-                instance=scope["path"],
-                headers=headers_out,
-            )
-            await response(scope, receive, send)
-            return False
-        return True
-
-    def _body_cap(self, scope: Scope) -> tuple[int, str]:
-        if _small_body(scope):
-            return FEEDBACK_BODY_BYTES, "for this route"
-        return self.max_body_bytes, "(KDOCT_MAX_UPLOAD_BYTES)"
-
-    async def _capped_body(
-        self, scope: Scope, receive: Receive, send: Send, headers: Headers, request_id: str
-    ) -> Receive | None:
-        """Read the body up to the cap and return a receive that replays it; None when answered already."""
-        cap, which = self._body_cap(scope)
-        declared = headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                await self._refuse(
-                    scope, receive, send, "bad-request", "invalid Content-Length header", request_id
-                )
-                return None
-            if int(declared) > cap:
-                await self._too_large(scope, receive, send, request_id, cap, which)
-                return None
-        chunks, size = [], 0
-        while True:
-            try:
-                message = await asyncio.wait_for(receive(), self.body_read_timeout_s)
-            except TimeoutError:
-                detail = f"the request body did not arrive within {self.body_read_timeout_s:g} s"
-                await self._refuse(scope, receive, send, "request-timeout", detail, request_id)
-                return None
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > cap:
-                await self._too_large(scope, receive, send, request_id, cap, which)
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return replay
-
-    async def _too_large(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, cap: int, which: str
-    ) -> None:
-        metrics.REJECTED_REQUESTS.labels(reason="too_large").inc()
-        detail = f"the request body exceeds {cap} bytes {which}"
-        await self._refuse(scope, receive, send, "payload-too-large", detail, request_id)
-
-    async def _overloaded(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        """Refused before the body is read: the cheapest 503 there is. The connection is closed, the body
-        unread, as for a refused key. Measured (docs/BENCHMARKS.md, goodput under overload): keeping it
-        open made refusals so cheap that clients resending at once were refused 1500 times a second
-        and starved the admitted requests of the CPU; a reconnect per refusal paces them."""
-        metrics.REJECTED_REQUESTS.labels(reason="queue_full").inc()
-        limit = self.admission.limit
-        detail = (
-            f"the service is full: {limit} classification requests in flight in this worker "
-            f"(KDOCT_MAX_QUEUE + batch size + decode threads); retry after 1 s"
-        )
-        response = problem_response(
-            "overloaded", detail, request_id=request_id, instance=scope["path"],
-            headers={"Retry-After": "1", "Connection": "close"},
-        )  # fmt: skip
-        await asyncio.sleep(OVERLOAD_PACING_S)
-        await response(scope, receive, send)
+    async def _enter(self, door: Door, scope: Scope, headers: Headers) -> Ticket:
+        """Key and scope (401/403), then the gate (429/503): nothing of the body is read before."""
+        client = ANONYMOUS
+        if self.authenticate is not None:
+            authorization = headers.get("authorization", "")
+            scheme, _, token = authorization.partition(" ")
+            bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+            client = await self.authenticate(bearer, door.scope)
+        return self.gate.enter(door, client)
 
     async def _refuse(
-        self, scope: Scope, receive: Receive, send: Send, slug: str, detail: str, request_id: str
+        self, scope: Scope, receive: Receive, send: Send, problem: Problem, request_id: str
     ) -> None:
-        if slug in ("bad-request", "request-timeout"):
-            metrics.REJECTED_REQUESTS.labels(reason="bad_request").inc()
-        # The rest of the body is not read: close the connection rather than drain it.
+        """Answered with the body unread (or not all read): the connection is closed, not drained."""
+        if problem.reason:
+            metrics.REJECTED_REQUESTS.labels(reason=problem.reason).inc()
         response = problem_response(
-            slug, detail, request_id=request_id, instance=scope["path"], headers={"Connection": "close"}
+            problem.slug,
+            problem.detail,
+            status=problem.status,
+            request_id=request_id,
+            instance=scope["path"],
+            headers={**problem.headers, "Connection": "close"},
         )
+        if problem.reason in _PACED_REASONS:
+            await asyncio.sleep(OVERLOAD_PACING_S)
         await response(scope, receive, send)
 
 
-def _small_body(scope: Scope) -> bool:
-    return any(route.fullmatch(scope["path"]) for route in _SMALL_BODY_ROUTES)
+async def _body_never_read() -> Message:
+    """The receive of a request that matches no door: its body is not for any route to read."""
+    return {"type": "http.disconnect"}

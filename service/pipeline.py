@@ -18,15 +18,18 @@ returns it, so what is stored and what is answered cannot drift apart.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service.api.schemas import ClassifyResponse, Explanation, FrameResult, InputInfo, SecondOpinion, Timing
 from service.explain import Explainer, ExplainerBusy
-from service.imaging import DecodedUpload, DicomSource
+from service.imaging import DecodedUpload, DicomSource, ImageShape
 from service.inference.batcher import BatcherClosed, InferenceError, QueueFull
 from service.inference.classifier import Classification, Classifier, Opinion, Prepared
 from service.inference.second_opinion import Policy
+from service.ingress.budget import Ticket
 from service.problems import Problem
 from service.records import new_prediction_id
 
@@ -50,6 +53,7 @@ class ClassificationPipeline:
         self,
         data: bytes,
         *,
+        ticket: Ticket,
         policy: Policy,
         explain: bool,
         request_id: str,
@@ -59,7 +63,7 @@ class ClassificationPipeline:
         """The answer to one upload; ``started`` (perf_counter) is when the request arrived.
         ``require_dicom_source``: only a DICOM SR is acceptable, so an upload a report cannot reference
         is refused (406) right after decoding: nothing is inferred or recorded for an unwanted answer."""
-        prepared, decode_ms = await self.prepare(data)
+        prepared, decode_ms = await self.prepare(data, ticket)
         if require_dicom_source and prepared.upload.dicom_source is None:
             raise _no_dicom_source(prepared.upload)
         answer = await self.answer(
@@ -67,15 +71,45 @@ class ClassificationPipeline:
         )
         return Classified(answer, prepared.upload.dicom_source)
 
-    async def prepare(self, data: bytes) -> tuple[Prepared, float]:
-        """Decode and preprocess in the decode pool; the Prepared upload and the milliseconds it took.
-        Separate from `answer` so that a request of several images can refuse a bad one before any
-        of them is inferred (service/api/inference_protocol.py)."""
+    async def prepare(
+        self, data: bytes, ticket: Ticket, shape: ImageShape | None = None
+    ) -> tuple[Prepared, float]:
+        """Decode and preprocess in the decode pool, the upload's header charged to `ticket` first (or
+        `shape`, already charged); the Prepared upload and the milliseconds it took."""
         classifier = self.classifier
         decode_began = time.perf_counter()
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(classifier.pool, classifier.prepare, data)
+        prepare = functools.partial(classifier.prepare, data, charge=ticket.charge_images, shape=shape)
+        prepared = await loop.run_in_executor(classifier.pool, prepare)
         return prepared, (time.perf_counter() - decode_began) * 1000.0
+
+    async def prepare_all(self, items: Sequence[bytes], ticket: Ticket) -> list[tuple[Prepared, float]]:
+        """Several uploads of one request (service/api/inference_protocol.py): every header is read and
+        the whole request charged to `ticket` before any pixel is decoded, and every upload is decoded
+        before any is inferred, so a bad one fails the request before the model spends time on the
+        others. A refusal names the element: "element <i>: ...", with the status its cause has."""
+        loop = asyncio.get_running_loop()
+        shapes = await loop.run_in_executor(self.classifier.pool, self._probe_all, items)
+        ticket.charge_images(shapes)
+        results = await asyncio.gather(
+            *(self.prepare(data, ticket, shape) for data, shape in zip(items, shapes, strict=True)),
+            return_exceptions=True,
+        )
+        for index, result in enumerate(results):
+            if isinstance(result, Problem):
+                raise _element_problem(index, result)
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
+    def _probe_all(self, items: Sequence[bytes]) -> list[ImageShape]:
+        shapes = []
+        for index, data in enumerate(items):
+            try:
+                shapes.append(self.classifier.probe(data))
+            except Problem as problem:
+                raise _element_problem(index, problem) from None
+        return shapes
 
     async def answer(
         self,
@@ -183,6 +217,16 @@ class ClassificationPipeline:
         answer.explanation = Explanation(**student.to_dict(), frame_index=shown_index)
         if teacher is not None:
             opinion.explanation = Explanation(**teacher.to_dict(), frame_index=shown_index)
+
+
+def _element_problem(index: int, problem: Problem) -> Problem:
+    return Problem(
+        problem.slug,
+        f"element {index}: {problem.detail}",
+        reason=problem.reason,
+        headers=problem.headers,
+        status=problem.status,
+    )
 
 
 def _no_dicom_source(upload: DecodedUpload) -> Problem:

@@ -44,6 +44,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "decompression-bomb": (413, "Image too large to decode"),
     "unsupported-media-type": (415, "Unsupported media type"),
     "invalid-image": (422, "Invalid image"),
+    "too-many-requests": (429, "Too many requests"),
     "validation-error": (422, "Invalid request"),
     "second-opinion-unavailable": (422, "Second opinion unavailable"),
     "internal-error": (500, "Internal server error"),

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from service.api.recording import count_answer, put_on_record
 from service.api.schemas import ClassifyResponse, ProblemDetail
-from service.deps import ClientDep, PipelineDep, SinkDep
+from service.deps import ClientDep, PipelineDep, SinkDep, TicketDep
 from service.dicom_sr import DICOM_MEDIA_TYPE, build_report
 from service.inference.second_opinion import Policy
 from service.problems import PROBLEM_MEDIA_TYPE, Problem
@@ -140,6 +140,7 @@ async def classify(
     pipeline: PipelineDep,
     sink: SinkDep,
     client_id: ClientDep,
+    ticket: TicketDep,
     file: Annotated[UploadFile, File(description=FILE_DESCRIPTION)],
     second_opinion: Annotated[Policy | None, Query(description=POLICY_DESCRIPTION)] = None,
     explain: Annotated[bool, Query(description=EXPLAIN_DESCRIPTION)] = False,
@@ -157,6 +158,7 @@ async def classify(
     data = await file.read()
     classified = await pipeline.run(
         data,
+        ticket=ticket,
         policy=policy,
         explain=explain,
         request_id=request_id,

@@ -26,17 +26,20 @@ from fastapi.responses import Response
 from service.api import health
 from service.api.oip_codec import (
     HEADER_LENGTH,
+    JSON_PARSE_BYTES_PER_BYTE,
     InferRequest,
     OutputTensor,
     ProtocolError,
     RequestInput,
     encode_response,
+    json_part_length,
     parse_request,
 )
 from service.api.recording import count_answer, put_on_record
 from service.api.schemas import ClassifyResponse
-from service.deps import ClientDep, PipelineDep, SinkDep, get_client
+from service.deps import ClientDep, PipelineDep, SinkDep, TicketDep, get_client
 from service.inference.classifier import ServedModel
+from service.ingress.budget import Ticket
 from service.pipeline import ClassificationPipeline
 from service.problems import Problem
 from service.records import PredictionSink, prediction_rows
@@ -155,16 +158,22 @@ async def model_version_ready(request: Request, name: str, version: str) -> Resp
     response_class=Response,
 )
 async def infer(
-    request: Request, name: str, client_id: ClientDep, pipeline: PipelineDep, sink: SinkDep
+    request: Request, name: str, client_id: ClientDep, pipeline: PipelineDep, sink: SinkDep, ticket: TicketDep
 ) -> Response:
-    return await _infer(request, name, None, client_id, pipeline, sink)
+    return await _infer(request, name, None, client_id, pipeline, sink, ticket)
 
 
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False, response_class=Response)
 async def infer_version(
-    request: Request, name: str, version: str, client_id: ClientDep, pipeline: PipelineDep, sink: SinkDep
+    request: Request,
+    name: str,
+    version: str,
+    client_id: ClientDep,
+    pipeline: PipelineDep,
+    sink: SinkDep,
+    ticket: TicketDep,
 ) -> Response:
-    return await _infer(request, name, version, client_id, pipeline, sink)
+    return await _infer(request, name, version, client_id, pipeline, sink, ticket)
 
 
 def _bad(message: str) -> Problem:
@@ -208,15 +217,11 @@ async def _infer(
     client_id: str | None,
     pipeline: ClassificationPipeline,
     sink: PredictionSink,
+    ticket: Ticket,
 ) -> Response:
     student = _student(request, name, version)
-    body = await request.body()
-    try:
-        parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
-    except ProtocolError as exc:
-        raise _bad(str(exc)) from None
-    given = _check_request(parsed, student, request.app.state.settings.max_frames)
-    answers = await _answers(pipeline, given, request.state.request_id, request.state.started)
+    parsed, given = await _read(request, student, pipeline, ticket)
+    answers = await _answers(pipeline, given, ticket, request.state.request_id, request.state.started)
     # Records keep only a keyed hash of the client's X-Request-ID: it may hold an identifier.
     request_id_hash = request.app.state.audit_key.request_id_hash(request.state.request_id)
     rows = [
@@ -230,8 +235,37 @@ async def _infer(
     return _response(parsed, student, answers, given.name)
 
 
+async def _read(
+    request: Request, student: ServedModel, pipeline: ClassificationPipeline, ticket: Ticket
+) -> tuple[InferRequest, RequestInput]:
+    """The body parsed and checked in the decode pool, off the event loop, its parse charged to the
+    ticket first: the JSON tree while it lives, the binary part's copies for the request."""
+    body = await request.body()
+    header_length = request.headers.get(HEADER_LENGTH)
+    try:
+        json_length = json_part_length(len(body), header_length)
+    except ProtocolError as exc:
+        raise _bad(str(exc)) from None
+    tree = json_length * (JSON_PARSE_BYTES_PER_BYTE - 1)
+    ticket.charge_bytes(tree + len(body), "parsing the request")
+    max_items = request.app.state.settings.max_frames
+
+    def parse() -> tuple[InferRequest, RequestInput]:
+        try:
+            parsed = parse_request(body, header_length)
+        except ProtocolError as exc:
+            raise _bad(str(exc)) from None
+        return parsed, _check_request(parsed, student, max_items)
+
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(pipeline.classifier.pool, parse)
+    finally:
+        ticket.refund(tree)  # the tree is gone; the values parsed from it stay charged (len(body))
+
+
 async def _answers(
-    pipeline: ClassificationPipeline, given: RequestInput, request_id: str, started: float
+    pipeline: ClassificationPipeline, given: RequestInput, ticket: Ticket, request_id: str, started: float
 ) -> list[ClassifyResponse]:
     """One answer per image. All are prepared (decoded) before any is inferred, so one bad image fails
     the request before the model spends time on the others; each then goes to the micro-batcher on its
@@ -243,15 +277,11 @@ async def _answers(
             classifier.pool, lambda: [(classifier.prepare_tensor(image), 0.0) for image in given.value]
         )
     else:
-        results = await asyncio.gather(
-            *(pipeline.prepare(data) for data in given.value), return_exceptions=True
-        )
-        for index, result in enumerate(results):
-            if isinstance(result, Problem) and result.status < 500:
-                raise _bad(f"input '{IMAGE_INPUT}' element {index}: {result.detail}")
-            if isinstance(result, BaseException):
-                raise result
-        prepared = results
+        try:
+            prepared = await pipeline.prepare_all(given.value, ticket)
+        except Problem as problem:
+            problem.detail = f"input '{IMAGE_INPUT}' {problem.detail}"
+            raise
     policy = classifier.policy
     return list(
         await asyncio.gather(

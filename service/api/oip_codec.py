@@ -8,7 +8,11 @@ the inputs' binary data follow one another in the order of the inputs. Binary da
 row-major; a BOOL is one byte; a BYTES element is a 4-byte little-endian length and the bytes.
 
 Every malformed body raises ProtocolError, whose message is the 400 answer: a client is told what was
-wrong, and nothing a client sends can turn into a 500.
+wrong, and nothing a client sends can turn into a 500. Nothing is computed from a client's numbers before
+they are checked: integers longer than 18 digits are refused by the JSON reader itself, a shape's rank
+and dimensions are bounded before its element count is taken, and names and types are checked before
+they are used as keys. Parsing costs CPU and memory in proportion to the body: callers run it off the
+event loop, with the body's size charged to the request first (service/api/inference_protocol.py).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +36,7 @@ __all__ = [
     "RequestInput",
     "RequestedOutput",
     "encode_response",
+    "json_part_length",
     "parse_request",
 ]
 
@@ -38,6 +44,15 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 # The datatypes this service takes or answers, with their element size in binary (BYTES: variable).
 _ITEM_SIZE = {"FP32": 4, "BOOL": 1, "BYTES": None}
 _LENGTH = struct.Struct("<I")
+# The inputs this service takes are [N] and [N, 3, H, W]; a dimension beyond 2**31 is never a real one.
+MAX_RANK = 4
+MAX_DIMENSION = 1 << 31
+MAX_ID_CHARS = 256
+_MAX_INT_DIGITS = 18
+_BYTE_COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit also accepts '²'
+# Memory the JSON reader may take per byte of JSON at worst (an empty list, "[]," is 3 bytes and 64 in
+# Python; a float, "0.5," 4 bytes and 32): what a caller charges before parsing.
+JSON_PARSE_BYTES_PER_BYTE = 24
 
 
 class ProtocolError(ValueError):
@@ -79,19 +94,36 @@ class OutputTensor:
         return [len(self.value)] if isinstance(self.value, list) else list(self.value.shape)
 
 
+def json_part_length(body_size: int, header_length: str | None) -> int:
+    """How many bytes of a body of `body_size` are JSON; `header_length` is the
+    Inference-Header-Content-Length header, if sent."""
+    if header_length is None:
+        return body_size
+    if not _BYTE_COUNT.fullmatch(header_length.strip()):
+        raise ProtocolError(f"{HEADER_LENGTH} must be a byte count, not {header_length[:32]!r}")
+    length = int(header_length)
+    if length > body_size:
+        raise ProtocolError(f"{HEADER_LENGTH} is {length}, but the body has only {body_size} bytes")
+    return length
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ProtocolError(f"an integer of {len(text)} digits: integers here have at most {_MAX_INT_DIGITS}")
+    return int(text)
+
+
+def _no_constant(name: str) -> float:
+    raise ProtocolError(f"{name} is not JSON: send numbers")
+
+
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     """The request in `body`; `header_length` is the Inference-Header-Content-Length header, if sent."""
-    if header_length is None:
-        header, binary = body, b""
-    else:
-        if not header_length.strip().isdigit():
-            raise ProtocolError(f"{HEADER_LENGTH} must be a byte count, not {header_length[:32]!r}")
-        length = int(header_length)
-        if length > len(body):
-            raise ProtocolError(f"{HEADER_LENGTH} is {length}, but the body has only {len(body)} bytes")
-        header, binary = body[:length], body[length:]
+    length = json_part_length(len(body), header_length)
+    view = memoryview(body)
+    header, binary = view[:length], view[length:]
     try:
-        request = json.loads(header)
+        request = json.loads(bytes(header), parse_int=_bounded_int, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: too deep
         where = f"the first {HEADER_LENGTH} bytes are" if header_length is not None else "the body is"
         raise ProtocolError(f"{where} not a JSON object: {exc}") from None
@@ -102,8 +134,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     if not isinstance(binary_output, bool):
         raise ProtocolError("parameters.binary_data_output must be true or false")
     request_id = request.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise ProtocolError("id must be a string")
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_ID_CHARS):
+        raise ProtocolError(f"id must be a string of at most {MAX_ID_CHARS} characters")
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("inputs must be a non-empty list of tensors")
@@ -128,7 +160,7 @@ def _object(value: Any, where: str) -> dict:
     return value
 
 
-def _input(raw: Any, where: str, binary: bytes, offset: int) -> tuple[RequestInput, int]:
+def _input(raw: Any, where: str, binary: memoryview, offset: int) -> tuple[RequestInput, int]:
     """One input and how many bytes of the binary part it took."""
     if not isinstance(raw, dict):
         raise ProtocolError(f"{where} must be a JSON object")
@@ -136,17 +168,14 @@ def _input(raw: Any, where: str, binary: bytes, offset: int) -> tuple[RequestInp
     if not isinstance(name, str) or not name:
         raise ProtocolError(f"{where}.name must be a non-empty string")
     where = f"input '{name[:64]}'"
-    if datatype not in _ITEM_SIZE:
-        raise ProtocolError(f"{where}: datatype {str(datatype)[:16]!r} is not one of FP32, BYTES")
-    if datatype == "BOOL":
-        raise ProtocolError(f"{where}: BOOL inputs are not accepted")
-    if (
-        not isinstance(shape, list)
-        or not shape
-        or not all(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in shape)
-    ):
-        raise ProtocolError(f"{where}: shape must be a non-empty list of non-negative integers")
-    count = math.prod(shape)
+    if not isinstance(datatype, str) or datatype not in _ITEM_SIZE or datatype == "BOOL":
+        shown = datatype[:16] if isinstance(datatype, str) else type(datatype).__name__
+        raise ProtocolError(f"{where}: datatype {shown!r} is not one of FP32, BYTES")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK:
+        raise ProtocolError(f"{where}: shape must be a list of 1 to {MAX_RANK} dimensions")
+    if not all(type(dim) is int and 0 <= dim < MAX_DIMENSION for dim in shape):  # bool is no dimension
+        raise ProtocolError(f"{where}: shape dimensions must be integers from 0 to {MAX_DIMENSION - 1}")
+    count = math.prod(shape)  # at most 2**124: a plain integer, cheap
     size = _object(raw.get("parameters"), f"{where}: parameters").get("binary_data_size")
     if size is None:
         if "data" not in raw:
@@ -209,7 +238,7 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray |
     return items
 
 
-def _from_binary(chunk: bytes, datatype: str, count: int, where: str) -> np.ndarray | list[bytes]:
+def _from_binary(chunk: memoryview, datatype: str, count: int, where: str) -> np.ndarray | list[bytes]:
     if datatype == "FP32":
         if len(chunk) != 4 * count:
             raise ProtocolError(f"{where}: {len(chunk)} bytes of FP32 data, its shape needs {4 * count}")
@@ -222,7 +251,7 @@ def _from_binary(chunk: bytes, datatype: str, count: int, where: str) -> np.ndar
         offset += 4
         if offset + length > len(chunk):
             raise ProtocolError(f"{where}: BYTES element {len(items)} claims {length} bytes past the data")
-        items.append(chunk[offset : offset + length])
+        items.append(bytes(chunk[offset : offset + length]))
         offset += length
     if len(items) != count:
         raise ProtocolError(f"{where}: {len(items)} BYTES elements, its shape says {count}")
@@ -237,7 +266,7 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
     outputs = []
     for index, item in enumerate(raw):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise ProtocolError(f"outputs[{index}] must be an object with a name")
+            raise ProtocolError(f"outputs[{index}] must be an object with a name (a string)")
         binary = _object(item.get("parameters"), f"outputs[{index}].parameters").get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise ProtocolError(f"outputs[{index}].parameters.binary_data must be true or false")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import numpy as np
 from kdoct.preprocess import PreprocessSpec, preprocess_array
 from kdoct.probabilities import softmax
 from kdoct.safety import GateVerdict
-from service.imaging import DecodedUpload, ImageLimits, decode_upload
+from service.imaging import DecodedUpload, ImageLimits, ImageShape, decode_upload, probe_upload
 from service.inference.batcher import Batcher, InferenceError
 from service.inference.loaded_model import LoadedModel
 from service.inference.second_opinion import Policy, frames_to_review, refer
@@ -121,10 +122,26 @@ class Classifier:
         self.limits = limits
         self.pool = pool
 
-    def prepare(self, data: bytes) -> Prepared:
+    def probe(self, data: bytes) -> ImageShape:
+        """The upload's shape from its header, checked against the per-image limits; nothing decoded."""
+        return probe_upload(data, self.limits)
+
+    def prepare(
+        self,
+        data: bytes,
+        *,
+        charge: Callable[[Sequence[ImageShape]], None] | None = None,
+        shape: ImageShape | None = None,
+    ) -> Prepared:
         """Decode, check quality and preprocess for the student; runs in the decode pool, off the
-        event loop."""
-        upload = decode_upload(data, self.limits)
+        event loop. The upload's shape is read from its header first (or given: `shape`, already
+        charged) and `charge`d (the request's ingress budget, which may refuse) before any pixel is
+        decoded."""
+        if shape is None:
+            shape = self.probe(data)
+            if charge is not None:
+                charge([shape])
+        upload = decode_upload(data, self.limits, expected=shape)
         gate = self.student.loaded.gate
         quality = None if gate is None else [gate.quality_reason(frame) for frame in upload.frames]
         return Prepared(upload, preprocess_frames(upload.frames, self.student.loaded.spec), quality)

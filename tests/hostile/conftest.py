@@ -3,10 +3,12 @@ with an 8 MiB upload cap so that the oversized-body cases stay cheap."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,69 @@ def hostile_server(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, r
     log_path = workdir / "server.log"
     with running_service(env, workdir, log_path, ready_timeout_s=120, stop_timeout_s=20) as service:
         yield HostileServer(service.url, service.process, log_path)
+
+
+# The ingress suite's server: keys on (scopes are part of what it tests), a small admission limit and a
+# small memory budget, so that every bound is reached with few requests.
+INGRESS_MEMORY_BUDGET = 160 << 20
+INGRESS_BODY_READ_TIMEOUT_S = 3
+
+
+@dataclass(frozen=True)
+class IngressKeys:
+    clinic: str = field(repr=False)  # classify + read
+    other: str = field(repr=False)  # classify, another client
+    feedback: str = field(repr=False)  # feedback only: no classify scope
+    reader: str = field(repr=False)  # read only
+
+
+class IngressServer(HostileServer):
+    body_read_timeout_s = INGRESS_BODY_READ_TIMEOUT_S
+
+    def __init__(self, url, process, log_path, keys: IngressKeys, model: str) -> None:
+        super().__init__(url, process, log_path)
+        self.keys = keys
+        self.model = model
+
+
+@pytest.fixture(scope="session")
+def ingress_server(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, repo_root: Path) -> Iterator:
+    bundles = build_tiny_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
+    workdir = tmp_path_factory.mktemp("ingress-server")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
+    env.update(
+        KDOCT_STUDENT_BUNDLE=str(bundles["student"]),
+        KDOCT_SECOND_OPINION="never",
+        KDOCT_INFERENCE_THREADS="1",
+        KDOCT_DECODE_THREADS="2",
+        KDOCT_MAX_QUEUE="4",
+        KDOCT_MEMORY_BUDGET_BYTES=str(INGRESS_MEMORY_BUDGET),
+        KDOCT_BODY_READ_TIMEOUT_S=str(INGRESS_BODY_READ_TIMEOUT_S),
+        KDOCT_DATABASE_URL=f"sqlite:///{workdir / 'records.db'}",
+        KDOCT_SPOOL_DIR=str(workdir / "spool"),
+        KDOCT_AUDIT_KEY_FILE=str(workdir / "audit.key"),
+        KDOCT_ANCHOR_FILE=str(workdir / "anchors.jsonl"),
+        KDOCT_AUTH="enabled",
+        KDOCT_LOG_LEVEL="warning",
+        PYTHONPATH=str(repo_root),
+    )
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "service", *args], cwd=workdir, env=env, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.fail(f"python -m service {' '.join(args[:2])} failed:\n{done.stderr[-3000:]}")
+        return done.stdout.strip()
+
+    cli("db", "upgrade")
+    keys = IngressKeys(
+        clinic=cli("apikey", "create", "clinic", "--scopes", "classify", "read"),
+        other=cli("apikey", "create", "other", "--scopes", "classify"),
+        feedback=cli("apikey", "create", "feedback-only", "--scopes", "feedback"),
+        reader=cli("apikey", "create", "reader", "--scopes", "read"),
+    )
+    model = json.loads((bundles["student"] / "bundle.json").read_text())["name"]
+    log_path = workdir / "server.log"
+    with running_service(env, workdir, log_path, ready_timeout_s=120, stop_timeout_s=20) as service:
+        yield IngressServer(service.url, service.process, log_path, keys, model)

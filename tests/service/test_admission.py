@@ -11,17 +11,25 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
-from service.admission import Admission, admitted_route
+from service.admission import Admission
 from service.app import create_app
-from service.middleware import RequestContextMiddleware
+from service.ingress.body import MemoryShare
+from service.ingress.budget import MemoryBudget, RequestLimits
+from service.ingress.doors import HttpDoors
+from service.ingress.gate import IngressGate
+from service.middleware import BodyPolicy, RequestContextMiddleware
 
 
-def test_admitted_routes_are_the_classifying_ones():
-    assert admitted_route("/classify")
-    assert admitted_route("/v2/models/student/infer")
-    assert admitted_route("/v2/models/student/versions/1/infer")
+def test_admitted_doors_are_the_classifying_ones():
+    def admitted(path: str) -> bool:
+        door = HttpDoors.match("POST", path)
+        return door is not None and door.admitted
+
+    assert admitted("/classify")
+    assert admitted("/v2/models/student/infer")
+    assert admitted("/v2/models/student/versions/1/infer")
     for path in ("/predictions/x/feedback", "/classify/x", "/v2/models/student", "/health/ready"):
-        assert not admitted_route(path)
+        assert not admitted(path)
 
 
 def test_admission_counts_up_to_its_limit():
@@ -32,6 +40,13 @@ def test_admission_counts_up_to_its_limit():
     assert admission.try_enter() and admission.in_flight == 2
     with pytest.raises(ValueError):
         Admission(0)
+
+
+def _middleware(app, admission: Admission) -> RequestContextMiddleware:
+    """The middleware as the service builds it, auth off, around `app`."""
+    gate = IngressGate(admission, MemoryBudget(64 << 20), RequestLimits(max_frames=8, max_pixels=1 << 24))
+    policy = BodyPolicy(max_upload_bytes=1024, read_timeout_s=5, min_rate=1024, max_json_bytes=1024)
+    return RequestContextMiddleware(app, gate=gate, body=policy, share=MemoryShare(16 << 20))
 
 
 def _scope(path: str) -> dict:
@@ -51,7 +66,7 @@ def test_a_refused_request_is_answered_without_its_body_being_read():
             await send({"type": "http.response.body", "body": b"ok"})
 
         admission = Admission(1)
-        middleware = RequestContextMiddleware(app, max_body_bytes=1024, admission=admission)
+        middleware = _middleware(app, admission)
         reads = {"first": 0, "refused": 0, "feedback": 0}
         sent: dict[str, list[dict]] = {name: [] for name in reads}
 
@@ -102,9 +117,9 @@ def test_overload_refuses_before_decoding(make_settings, jpeg_paths):
             release.wait(30)
             return original_predict(batch)
 
-        def counting(data):
+        def counting(data, **options):
             decoded.append(len(data))
-            return original_prepare(data)
+            return original_prepare(data, **options)
 
         runtime.predict = blocked
         classifier.prepare = counting

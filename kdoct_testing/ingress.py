@@ -1,0 +1,169 @@
+"""The service's ways in, as a client drives them, for the hostile ingress suite
+(tests/hostile/test_ingress.py): each door builds the request that sends a list of uploads through it,
+so every case runs against every door. A new way in adds its adapter to `http_doors` (or, for another
+transport such as the DICOM node, an adapter with the same `send` and `hold`)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import select
+import socket
+import struct
+import time
+import uuid
+from dataclasses import dataclass
+
+__all__ = [
+    "ClassifyDoor",
+    "HeldRequest",
+    "RawRequest",
+    "V2Door",
+    "http_doors",
+    "send",
+]
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def head(self, port: int) -> bytes:
+        lines = [f"{self.method} {self.path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+        headers = {"Content-Length": str(len(self.body)), **self.headers}
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class ClassifyDoor:
+    """POST /classify: one upload per request (multipart/form-data)."""
+
+    name = "classify"
+    max_elements = 1
+
+    def request(self, uploads: list[bytes], key: str | None) -> RawRequest:
+        if len(uploads) != 1:
+            raise ValueError("POST /classify takes one upload per request")
+        boundary = uuid.uuid4().hex
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="scan"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+            + uploads[0]
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        return RawRequest("POST", "/classify", _auth(key, headers), body)
+
+
+class V2Door:
+    """POST /v2/models/<model>/infer with a BYTES input: binary tensor data, or base64 in JSON."""
+
+    max_elements = 256
+
+    def __init__(self, model: str, *, binary: bool) -> None:
+        self.model = model
+        self.binary = binary
+        self.name = "v2-binary" if binary else "v2-json"
+
+    def request(self, uploads: list[bytes], key: str | None) -> RawRequest:
+        path = f"/v2/models/{self.model}/infer"
+        tensor: dict = {"name": "image", "datatype": "BYTES", "shape": [len(uploads)]}
+        if not self.binary:
+            tensor["data"] = [base64.b64encode(upload).decode() for upload in uploads]
+            body = json.dumps({"inputs": [tensor]}).encode()
+            return RawRequest("POST", path, _auth(key, {"Content-Type": "application/json"}), body)
+        data = b"".join(struct.pack("<I", len(upload)) + upload for upload in uploads)
+        tensor["parameters"] = {"binary_data_size": len(data)}
+        header = json.dumps({"inputs": [tensor]}).encode()
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        }
+        return RawRequest("POST", path, _auth(key, headers), header + data)
+
+
+def http_doors(model: str) -> list:
+    return [ClassifyDoor(), V2Door(model, binary=True), V2Door(model, binary=False)]
+
+
+def _auth(key: str | None, headers: dict[str, str]) -> dict[str, str]:
+    return {**headers, "Authorization": f"Bearer {key}"} if key else headers
+
+
+def _read_response(sock: socket.socket, timeout: float) -> tuple[int, bytes]:
+    """Status and whatever of the response arrived until the server closed or `timeout` passed."""
+    sock.settimeout(timeout)
+    buffer = io.BytesIO()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        buffer.write(chunk)
+        data = buffer.getvalue()
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            length = re.search(rb"(?i)content-length: *(\d+)", data[:head_end])
+            if length and len(data) >= head_end + 4 + int(length.group(1)):
+                break
+    data = buffer.getvalue()
+    match = _STATUS_LINE.match(data)
+    return (int(match.group(1)) if match else 0), data
+
+
+def send(port: int, request: RawRequest, timeout: float = 60.0) -> tuple[int, bytes]:
+    """Send the whole request on a new connection; (status, raw response). The body is sent in pieces
+    and sending stops as soon as the server answers (it may answer before reading the body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request.head(port))
+        view, sent = memoryview(request.body), 0
+        while sent < len(view):
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break
+            try:
+                sent += sock.send(view[sent : sent + (1 << 20)])
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        return _read_response(sock, timeout)
+
+
+class HeldRequest:
+    """A request whose head and first `sent` body bytes went out, the rest withheld: what a slow or
+    hostile sender leaves open. `answer` waits for what the server said, if anything."""
+
+    def __init__(self, port: int, request: RawRequest, sent: int = 1) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(request.head(port) + request.body[:sent])
+        self.opened = time.monotonic()
+
+    def answered(self) -> bool:
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return bool(readable)
+
+    def answer(self, timeout: float) -> int:
+        """The status the server answered within `timeout`; 0 when none came."""
+        readable, _, _ = select.select([self.sock], [], [], timeout)
+        if not readable:
+            return 0
+        return _read_response(self.sock, 5.0)[0]
+
+    def trickle(self, data: bytes) -> bool:
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
