@@ -20,16 +20,22 @@ def jpeg_gray(path: Path) -> np.ndarray:
         return np.asarray(image.convert("L"))
 
 
-def make_dicom(frames: list[np.ndarray], *, sop_class: str = "1.2.840.10008.5.1.4.1.1.77.1.5.4") -> bytes:
-    """An uncompressed OCT DICOM (Ophthalmic Tomography Image Storage by default) with patient tags."""
+def make_dicom(
+    frames: list[np.ndarray],
+    *,
+    sop_class: str = "1.2.840.10008.5.1.4.1.1.77.1.5.4",
+    deflated: bool = False,
+) -> bytes:
+    """An uncompressed OCT DICOM (Ophthalmic Tomography Image Storage by default) with patient tags;
+    `deflated`: Deflated Explicit VR Little Endian."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
     stack = np.stack(frames)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
     dataset = Dataset()
     dataset.file_meta = meta
     dataset.SOPClassUID = sop_class
