@@ -86,15 +86,17 @@ def _serve(loaded: LoadedModel, settings: Settings, decode_threads: int) -> Serv
         wait_ms = settings.max_batch_wait_ms
     else:
         wait_ms = 2.0 if runtime.batching_helps else 0.0
+    batch_size = settings.max_batch_size or runtime.preferred_batch_size
     batcher = Batcher(
         runtime,
         model_label=loaded.bundle.name,
-        max_batch_size=settings.max_batch_size or runtime.preferred_batch_size,
+        max_batch_size=batch_size,
         max_wait_s=wait_ms / 1000.0,
-        # Admission (service/admission.py) lets in max_queue + batch + decode_threads requests: those
-        # the decode threads finished while the queue was full wait for their turn here instead of
-        # being refused after paying for their decode. The bound stays as a second line.
-        max_queue=settings.max_queue + decode_threads,
+        # Admission (service/admission.py) lets in max_queue + batch + decode_threads requests, and all
+        # of them may be queued here at once (the runner has not taken the first batch yet): each waits
+        # for its turn instead of being refused after paying for its decode. The bound stays as a
+        # second line (the teacher's queue, explanations).
+        max_queue=settings.max_queue + batch_size + decode_threads,
         timeout_s=settings.inference_timeout_s,
         num_classes=len(loaded.class_names),
     )
