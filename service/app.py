@@ -241,7 +241,9 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
     app.state.sink = sink if sink is not None else records.writer
     # Classifying requests are admitted before their body is read (service/admission.py); the limit is
     # final once the lifespan has resolved the batch size.
-    app.state.admission = Admission(settings.max_queue + (settings.max_batch_size or 1))
+    app.state.admission = Admission(
+        settings.max_queue + (settings.max_batch_size or 1), wait_s=settings.admission_wait_s
+    )
     budget = MemoryBudget(settings.memory_budget_bytes)
     app.state.gate = IngressGate(
         app.state.admission,

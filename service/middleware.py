@@ -26,18 +26,15 @@ from service import metrics
 from service.ingress.body import Body, BodyLimits, MemoryShare, declared_length, read_body
 from service.ingress.budget import Ticket
 from service.ingress.doors import Door, HttpDoors
-from service.ingress.gate import IngressGate
+from service.ingress.gate import OVERLOAD_PACING_S, IngressGate
 from service.problems import Problem, problem_response
 from service.security import ANONYMOUS, Client
 
 __all__ = ["INFERENCE_HEADER_LENGTH", "REQUEST_ID_HEADER", "BodyPolicy", "RequestContextMiddleware"]
 
-# A refusal for lack of room (no slot, the key's cap, the memory budget) is held this long before it is
-# sent (no slot, no CPU: the event loop serves others meanwhile). Without it, clients that resend at once
-# were refused ~600 times a second and that HTTP work took the CPU from the admitted requests
-# (docs/BENCHMARKS.md, goodput under overload).
-OVERLOAD_PACING_S = 0.2
-_PACED_REASONS = {"queue_full", "key_in_flight", "memory_budget"}
+# Refusals for lack of room are paced (service/ingress/gate.py); the memory budget's refusal of a body
+# is paced here the same way.
+_PACED_REASONS = {"memory_budget"}
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # The Open Inference Protocol's header: the length of the JSON part of a body with binary tensor data.
@@ -178,7 +175,7 @@ class RequestContextMiddleware:
             scheme, _, token = authorization.partition(" ")
             bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
             client = await self.authenticate(bearer, door.scope)
-        return self.gate.enter(door, client)
+        return await self.gate.enter(door, client)
 
     async def _refuse(
         self, scope: Scope, receive: Receive, send: Send, problem: Problem, request_id: str

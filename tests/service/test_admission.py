@@ -149,3 +149,53 @@ def _queue_full(client: TestClient) -> float:
     series = 'kdoct_rejected_requests_total{reason="queue_full"} '
     line = next(line for line in client.get("/metrics").text.splitlines() if line.startswith(series))
     return float(line.removeprefix(series))
+
+
+def test_a_slot_given_back_goes_to_the_first_request_waiting():
+    async def scenario():
+        admission = Admission(1, wait_s=5.0)
+        assert await admission.enter()
+        order = []
+
+        async def waiter(name):
+            entered = await admission.enter()
+            order.append((name, entered))
+            if entered:
+                admission.leave()
+
+        first = asyncio.create_task(waiter("first"))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(waiter("second"))
+        await asyncio.sleep(0.01)
+        assert admission.waiting == 2 and not admission.try_enter()  # nobody overtakes the waiters
+        admission.leave()
+        await asyncio.gather(first, second)
+        return admission, order
+
+    admission, order = asyncio.run(scenario())
+    assert order == [("first", True), ("second", True)]
+    assert admission.in_flight == 0 and admission.waiting == 0
+
+
+def test_a_wait_ends_after_wait_s_and_a_full_waiting_room_refuses_at_once():
+    async def scenario():
+        admission = Admission(1, wait_s=0.2)
+        assert await admission.enter()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        waited = await admission.enter()
+        elapsed = loop.time() - began
+        # Fill the waiting room (4 per slot); the next is refused without waiting.
+        room = [asyncio.create_task(admission.enter()) for _ in range(4)]
+        await asyncio.sleep(0.01)
+        began = loop.time()
+        refused_at_once = await admission.enter()
+        at_once = loop.time() - began
+        results = await asyncio.gather(*room)
+        return admission, waited, elapsed, refused_at_once, at_once, results
+
+    admission, waited, elapsed, refused_at_once, at_once, results = asyncio.run(scenario())
+    assert waited is False and 0.15 < elapsed < 2.0
+    assert refused_at_once is False and at_once < 0.1
+    assert results == [False] * 4
+    assert admission.in_flight == 1 and admission.waiting == 0
