@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from sqlalchemy import insert, text
-from sqlalchemy.engine import make_url
 
+from kdoct_testing.chain import CHAIN_KEY
+from kdoct_testing.postgres import libpq_url as _libpq
 from service.db.chain import append_predictions
 from service.db.models import Feedback, PredictionRead
 from service.db.roles import audit_log_rewrite_powers
@@ -44,25 +45,14 @@ REWRITES = [
     "INSERT INTO api_clients (name, key_hash, key_prefix, scopes, created_at) "
     "VALUES ('intruder', repeat('0', 64), 'kdoct_x', '[\"admin\"]', now())",
     "DROP TABLE predictions",
+    # Moving the start of the keyed epoch would let an unkeyed row pass (revision 0006).
+    "UPDATE chain_epochs SET first_sequence = first_sequence + 100",
+    "DELETE FROM chain_epochs",
+    "TRUNCATE chain_epochs",
+    "INSERT INTO chain_epochs (first_sequence, rule, started_at) VALUES (1000, 'sha256', now())",
+    "ALTER TABLE chain_epochs DISABLE TRIGGER ALL",
+    "ALTER TABLE predictions ALTER COLUMN link_rule SET DEFAULT 'sha256'",
 ]
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-@pytest.fixture
-def runtime_url(pg_url: str):
-    """pg_url (migrated by its owner) as seen by a fresh login role that is a member of kdoct_runtime."""
-    role = f"kdoct_app_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(_libpq(pg_url), autocommit=True) as admin:
-        admin.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE kdoct_runtime')
-    url = make_url(pg_url).set(username=role, password=None).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        with psycopg.connect(_libpq(pg_url), autocommit=True) as admin:
-            admin.execute(f'DROP ROLE "{role}"')
 
 
 def _read_row(prediction_id) -> dict:
@@ -82,7 +72,7 @@ def _seed(url: str, make_rows) -> str:
     engine = make_engine(url)
     try:
         rows = make_rows(2)
-        append_predictions(engine, rows, new_ids=True)
+        append_predictions(engine, rows, new_ids=True, key=CHAIN_KEY)
         with engine.begin() as conn:
             conn.execute(
                 insert(FEEDBACK).values(
@@ -100,7 +90,9 @@ def test_the_runtime_role_does_the_services_work(pg_url, runtime_url, make_rows)
     prediction_id = _seed(pg_url, make_rows)
     engine = make_engine(runtime_url)
     try:
-        assert append_predictions(engine, make_rows(3), new_ids=True).count == 3  # chain lock, read, insert
+        assert (
+            append_predictions(engine, make_rows(3), new_ids=True, key=CHAIN_KEY).count == 3
+        )  # chain lock, read, insert
         with engine.begin() as conn:
             conn.execute(
                 insert(FEEDBACK).values(
@@ -172,13 +164,13 @@ def test_downgrade_below_the_protection_asks_for_a_flag(sqlite_url, repo_root) -
             env=env,
         )
 
-    for target in ("base", "0003", "0004", "-1"):
+    for target in ("base", "0003", "0004", "0005", "-1"):
         refused = run("downgrade", target)
         assert refused.returncode == 2 and "--allow-records-downgrade" in refused.stderr
     engine = make_engine(sqlite_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
         assert run("downgrade", "base", "--allow-records-downgrade").returncode == 0
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0
