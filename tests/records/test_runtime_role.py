@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 from sqlalchemy import insert, text
+from sqlalchemy.engine import make_url
 
 from kdoct_testing.chain import CHAIN_KEY
 from kdoct_testing.postgres import libpq_url as _libpq
@@ -132,6 +133,20 @@ def test_the_owner_is_reported_as_able_to_rewrite(pg_url) -> None:
     finally:
         engine.dispose()
     assert "owns predictions" in powers and "TRUNCATE on predictions" in powers
+
+
+@pytest.mark.postgres
+def test_a_role_that_may_add_a_chain_epoch_is_reported(pg_url, runtime_url) -> None:
+    """A new epoch could declare unkeyed links valid again: INSERT there is a power to rewrite."""
+    role = make_url(runtime_url).username
+    with psycopg.connect(_libpq(pg_url), autocommit=True) as admin:
+        admin.execute(f'GRANT INSERT ON chain_epochs TO "{role}"')
+        engine = make_engine(runtime_url)
+        try:
+            assert audit_log_rewrite_powers(engine) == ["INSERT on chain_epochs"]
+        finally:
+            engine.dispose()
+            admin.execute(f'REVOKE INSERT ON chain_epochs FROM "{role}"')  # or the role cannot be dropped
 
 
 @pytest.mark.parametrize(
