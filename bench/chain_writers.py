@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import shlex
 import statistics
 import sys
@@ -65,8 +66,12 @@ def _row():
     }
 
 
-def _process(url: str, spool: str, concurrency: int, seconds: float, start_at: float, out) -> None:
-    """One service process's writer and its `concurrency` recording requests."""
+def _process(
+    url: str, spool: str, key_hex: str, concurrency: int, seconds: float, start_at: float, out
+) -> None:
+    """One service process's writer and its `concurrency` recording requests; every process keys the
+    chain with the same audit key, as replicas do."""
+    from service.audit_key import AuditKey
     from service.db.session import make_engine
     from service.db.writer import DurableWriter
 
@@ -84,7 +89,9 @@ def _process(url: str, spool: str, concurrency: int, seconds: float, start_at: f
 
     async def main() -> tuple[list[float], int]:
         engine = make_engine(url)
-        writer = DurableWriter(engine, spool, queue_size=4096, observer=Observer())
+        writer = DurableWriter(
+            engine, spool, queue_size=4096, observer=Observer(), chain_key=AuditKey(bytes.fromhex(key_hex))
+        )
         await writer.start()
         waits: list[float] = []
         while time.time() < start_at:  # every process starts together
@@ -107,6 +114,7 @@ def _process(url: str, spool: str, concurrency: int, seconds: float, start_at: f
 
 def measure(processes: int, concurrency: int, seconds: float) -> dict:
     from kdoct_testing.postgres import create_database, drop_database
+    from service.audit_key import AuditKey
     from service.db.audit import verify
     from service.db.migrate import upgrade
     from service.db.session import make_engine
@@ -116,12 +124,13 @@ def measure(processes: int, concurrency: int, seconds: float) -> dict:
         upgrade(url)
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()
+        key_hex = os.urandom(32).hex()
         start_at = time.time() + 3.0 + processes  # after every process has imported and connected
         with tempfile.TemporaryDirectory() as spool_root:
             workers = [
                 context.Process(
                     target=_process,
-                    args=(url, f"{spool_root}/{index}", concurrency, seconds, start_at, queue),
+                    args=(url, f"{spool_root}/{index}", key_hex, concurrency, seconds, start_at, queue),
                 )
                 for index in range(processes)
             ]
@@ -134,7 +143,7 @@ def measure(processes: int, concurrency: int, seconds: float) -> dict:
         commits = sum(result[1] for result in results)
         engine = make_engine(url)
         try:
-            report = verify(engine)
+            report = verify(engine, key=AuditKey(bytes.fromhex(key_hex)))
         finally:
             engine.dispose()
         if not report.ok or report.rows_checked != len(waits):

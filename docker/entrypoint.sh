@@ -1,14 +1,18 @@
 #!/bin/sh
 # Container entrypoint for the kdoct image.
-#   serve (default)   wait for the database, apply migrations, then exec uvicorn with N workers
-#   migrate           wait for the database and apply migrations, nothing else
-#   db|apikey|audit   the service's own CLI, e.g. `docker compose run --rm api apikey create ops --scopes read`
+#   serve (default)   wait for the database, check the schema is at head, then exec uvicorn with N
+#                     workers; refused when the owner's URL is in the environment (below)
+#   migrate           wait for the database and apply migrations as the owner, nothing else
+#   db|apikey|audit   the service's own CLI, e.g. `docker compose run --rm admin apikey create ops --scopes read`
 #   anything else     executed as given (a shell, python -m model_training ..., torchrun ...)
 # The service's settings (KDOCT_*) pass through; serve gives uvicorn KDOCT_HOST (0.0.0.0 here: the
 # container's port is the boundary), KDOCT_PORT (8000) and KDOCT_WORKERS (2). The entrypoint's own:
 #   KDOCT_DB_WAIT_SECONDS (60), KDOCT_ALEMBIC_CONFIG (/app/alembic.ini), PROMETHEUS_MULTIPROC_DIR,
-#   KDOCT_MIGRATION_DATABASE_URL: the tables' owner, for migrations and the CLI; the server itself
-#   connects with KDOCT_DATABASE_URL, a role that may only read and append (docs/SECURITY.md).
+#   KDOCT_MIGRATION_DATABASE_URL: the tables' owner, for `migrate` and the CLI only (the one-shot
+#   `migrate` and the `admin` services of docker-compose.yml, the Kubernetes Job). The server connects
+#   with KDOCT_DATABASE_URL, a role that may only read and append (docs/SECURITY.md), and must never
+#   hold the owner's URL: whatever is in a process's environment can be read from /proc/<pid>/environ
+#   by anything that runs as the same user, so a compromised worker would have the owner's password.
 set -eu
 
 # docker compose cannot leave a variable out, only set it empty; an empty optional setting means
@@ -55,6 +59,15 @@ command=${1:-serve}
 
 case "$command" in
     serve)
+        if [ -n "${KDOCT_MIGRATION_DATABASE_URL:-}" ]; then
+            echo "entrypoint: refusing to serve with KDOCT_MIGRATION_DATABASE_URL (the tables' owner) in the" \
+                "environment: the API must hold only the runtime role's KDOCT_DATABASE_URL. Run migrations" \
+                "in their own one-shot container (docker compose: the migrate service; Kubernetes: the" \
+                "migration Job) and remove the variable from the API's (docs/DEPLOYMENT.md)." >&2
+            exit 2
+        fi
+        # As the runtime role: a no-op at head, and a failure before it (the role may not create
+        # tables), so a worker never serves an old schema.
         wait_and_migrate
         reset_metrics_dir
         # exec: the server replaces this shell as the container's main process, so the SIGTERM of

@@ -17,7 +17,7 @@ import psycopg
 
 from kdoct_testing.server import free_port
 
-__all__ = ["PG_BIN", "SERVER", "ThrowawayCluster", "create_database", "drop_database"]
+__all__ = ["PG_BIN", "SERVER", "ThrowawayCluster", "create_database", "drop_database", "libpq_url"]
 
 # The shared server the throwaway databases are made on (a libpq URL of any database there).
 SERVER = os.environ.get("KDOCT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -35,6 +35,11 @@ PG_BIN = Path(os.environ.get("KDOCT_PG_BIN") or _newest_postgresql_bin())
 def _with_database(server_url: str, database: str) -> str:
     base = server_url.rsplit("/", 1)[0]
     return f"{base}/{database}".replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL as psycopg and libpq take it."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 def create_database(server_url: str = SERVER, *, prefix: str = "kdoct_test_") -> tuple[str, str]:

@@ -222,6 +222,7 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
     records = build_records(
         settings.database_url,
         settings.spool_dir,
+        chain_key=app.state.audit_key,
         auth_enabled=settings.auth == "enabled",
         queue_size=settings.writer_queue_size,
         batch_size=settings.writer_batch_size,

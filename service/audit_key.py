@@ -4,13 +4,18 @@ It does two things the database alone cannot:
 - it keys the hash under which a client's X-Request-ID is stored, so a client that puts a medical
   record number in that header leaves no MRN (and no unkeyed hash of one, which a list of MRNs
   would reverse) in the records;
+- it keys the links of the predictions hash chain (service/db/chain.py, from revision 0006 on), so
+  that someone who may INSERT into the database (the service's runtime role), but not read this file,
+  cannot append a row that `audit verify` accepts;
 - it signs the chain checkpoints (service/db/anchor.py), so that someone who can rewrite the
   database, but not read this file, cannot forge a checkpoint for a truncated chain.
 
 Each purpose uses its own key derived from the secret (HMAC-SHA256 of a fixed label), so a value
 computed for one can never be passed off as the other. The file holds at least 32 random bytes as
 hex; the service creates one (mode 0600) on first start when it is missing. Every replica that
-shares a database must share the file, or request-id lookups and checkpoints will not match.
+shares a database must share the file, or request-id lookups, chain links and checkpoints will not
+match; and the file must be kept for as long as the records are: without it no keyed link can be
+verified.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class AuditKey:
             raise ValueError(f"an audit key needs at least {AUDIT_KEY_BYTES} bytes, got {len(secret)}")
         self._request_id_key = _derive(secret, b"kdoct request-id v1")
         self._checkpoint_key = _derive(secret, b"kdoct chain checkpoint v1")
+        self._chain_link_key = _derive(secret, b"kdoct chain link v1")
         # Names the key in checkpoints without revealing it: tells "another key" from "forged".
         self.key_id = hashlib.sha256(b"kdoct key id\n" + secret).hexdigest()[:16]
 
@@ -60,6 +66,9 @@ class AuditKey:
 
     def checkpoint_mac(self, message: bytes) -> str:
         return hmac.new(self._checkpoint_key, message, hashlib.sha256).hexdigest()
+
+    def chain_link_mac(self, message: bytes) -> str:
+        return hmac.new(self._chain_link_key, message, hashlib.sha256).hexdigest()
 
 
 def _derive(secret: bytes, label: bytes) -> bytes:
@@ -104,7 +113,7 @@ def _create(path: Path) -> None:
             return
         log.warning(
             "created a new audit key in %s: keep a copy away from this host and from the database; "
-            "`python -m service audit verify` needs it to check the chain checkpoints",
+            "`python -m service audit verify` needs it to check the chain's links and checkpoints",
             path,
         )
     finally:

@@ -1,4 +1,7 @@
-"""`python -m service audit verify`: check the predictions hash chain and its checkpoints."""
+"""`python -m service audit verify`: check the predictions hash chain and its checkpoints. The audit key
+file is needed for both: the links from revision 0006 on are keyed with it, and it signed the
+checkpoints. Without it (only with --no-checkpoints) the keyed links are reported as not verified,
+never as intact."""
 
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ def register(subparsers) -> None:
     commands = parser.add_subparsers(dest="audit_command", required=True)
     check = commands.add_parser(
         "verify",
-        help="verify the hash chain and the checkpoints of its head; exit 1 at the first broken link",
+        help="verify the hash chain (its keyed links need the audit key) and the checkpoints of its head; "
+        "exit 1 at the first broken link or when links could not be verified",
     )
     add_database_option(check)
     check.add_argument(
@@ -37,8 +41,8 @@ def register(subparsers) -> None:
     )  # fmt: skip
     check.add_argument(
         "--audit-key-file", type=Path, default=None,
-        help="the key that signed them, best a copy kept away from the service's host "
-        f"(default: KDOCT_AUDIT_KEY_FILE, else {DEFAULT_AUDIT_KEY_FILE})",
+        help="the key that keyed the links and signed the checkpoints, best a copy kept away from the "
+        f"service's host (default: KDOCT_AUDIT_KEY_FILE, else {DEFAULT_AUDIT_KEY_FILE})",
     )  # fmt: skip
     check.add_argument(
         "--no-checkpoints", action="store_true",
@@ -48,15 +52,21 @@ def register(subparsers) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    files = _AuditFiles()
+    key_file = args.audit_key_file or files.audit_key_file
+    try:
+        key = load_audit_key(key_file, create=False)
+    except ConfigError as exc:
+        if args.audit_key_file is not None or not args.no_checkpoints:
+            sys.exit(f"error: {exc}; pass --audit-key-file, or --no-checkpoints to check the chain only")
+        # The chain only, without its key: the unkeyed links are checked, the keyed ones reported
+        # as not verified (the exit status is 1 when there are any).
+        print(f"no audit key ({exc}): keyed links cannot be verified")
+        key = None
     checkpoints, problems = [], []
     if not args.no_checkpoints:
-        files = _AuditFiles()
+        assert key is not None
         anchor_file = args.anchor_file or files.anchor_file
-        key_file = args.audit_key_file or files.audit_key_file
-        try:
-            key = load_audit_key(key_file, create=False)
-        except ConfigError as exc:
-            sys.exit(f"error: {exc}; pass --audit-key-file, or --no-checkpoints to check the chain only")
         try:
             found = read_checkpoints(anchor_file, key)
         except FileNotFoundError:
@@ -70,14 +80,24 @@ def _verify(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"BAD CHECKPOINT {anchor_file} {problem}")
     with open_engine(args) as engine:
-        report = verify(engine, checkpoints)
+        report = verify(engine, checkpoints, key=key)
     anchored = f", {report.checkpoints_checked} checkpoints matched" if not args.no_checkpoints else ""
-    if report.ok:
-        print(f"ok: {report.rows_checked} prediction records, chain intact{anchored}")
-        return 1 if problems else 0
-    broken = report.broken
-    where = f"sequence {broken.sequence}"
-    if broken.prediction_id is not None:
-        where += f" (prediction {broken.prediction_id})"
-    print(f"BROKEN at {where}: {broken.reason}; {report.rows_checked} records before it are intact{anchored}")
-    return 1
+    if report.broken is not None:
+        broken = report.broken
+        where = f"sequence {broken.sequence}"
+        if broken.prediction_id is not None:
+            where += f" (prediction {broken.prediction_id})"
+        intact = f"{report.rows_checked} records before it are intact"
+        if report.unverified:
+            intact += f", {report.unverified} keyed links before it not verified (no audit key)"
+        print(f"BROKEN at {where}: {broken.reason}; {intact}{anchored}")
+        return 1
+    if report.unverified:
+        print(
+            f"NOT VERIFIED from sequence {report.first_unverified}: {report.unverified} links are keyed with "
+            f"the audit key, which this check lacks (pass --audit-key-file); {report.rows_checked} "
+            "unkeyed records intact"
+        )
+        return 1
+    print(f"ok: {report.rows_checked} prediction records, chain intact{anchored}")
+    return 1 if problems else 0

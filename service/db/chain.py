@@ -1,8 +1,18 @@
 """The hash chain over predictions, and the one way rows get into that table.
 
-Row n stores ``prev_hash`` = row n-1's ``row_hash`` and ``row_hash`` = sha256(prev_hash + canonical
-content of row n, its sequence included). Changing, removing or reordering any row breaks the link
-after it, which ``service.db.audit.verify`` reports.
+Row n stores ``prev_hash`` = row n-1's ``row_hash`` and ``row_hash`` = HMAC-SHA256(prev_hash +
+canonical content of row n, its sequence included) under a key derived from the audit key
+(service/audit_key.py). Changing, removing or reordering any row breaks the link after it, which
+``service.db.audit.verify`` reports.
+
+The key is why the service's runtime role, which may INSERT, still cannot extend the chain: a row it
+appends without the key file cannot carry a valid link. The database never sees the key. Rows written
+before revision 0006 used the unkeyed rule (sha256 of the same bytes), which anyone could compute;
+they stay as they are and verify under that rule. Revision 0006 opened the keyed epoch: the table
+chain_epochs, which only the owner writes, says from which sequence on every link must be keyed, and
+each row names the rule it claims (``link_rule``), so an unkeyed row after that point is reported as
+what it is. The column has no default on PostgreSQL: a service older than 0006, which inserts
+without it, fails (and spools) rather than append unkeyed rows into the keyed epoch.
 
 Several processes (uvicorn workers, replicas) append at once, so reading the last link and writing
 the next must be one critical section: a transaction-scoped advisory lock on PostgreSQL, SQLite's
@@ -20,12 +30,26 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, text
 
+from service.audit_key import AuditKey
 from service.db.models import Prediction
 from service.db.rows import canonical_bytes
 
-__all__ = ["CHAIN_LOCK_KEY", "GENESIS_HASH", "Appended", "ChainLink", "append_predictions", "link_hash"]
+__all__ = [
+    "CHAIN_LOCK_KEY",
+    "GENESIS_HASH",
+    "KEYED_RULE",
+    "UNKEYED_RULE",
+    "Appended",
+    "ChainLink",
+    "append_predictions",
+    "keyed_link_hash",
+    "unkeyed_link_hash",
+]
 
 GENESIS_HASH = "0" * 64
+# The values of predictions.link_rule (and chain_epochs.rule); alembic/versions/0006 spells them too.
+UNKEYED_RULE = "sha256"  # rows from before revision 0006
+KEYED_RULE = "hmac-sha256"  # every row from the keyed epoch on
 # Any fixed 64-bit number; it names "the predictions chain" among advisory locks.
 CHAIN_LOCK_KEY = 0x6B646F6374  # "kdoct"
 _ID_LOOKUP_CHUNK = 500
@@ -47,14 +71,25 @@ class Appended:
     head: ChainLink | None  # the last row inserted; None when nothing was
 
 
-def link_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    return hashlib.sha256(prev_hash.encode() + b"\n" + canonical_bytes(row)).hexdigest()
+def _link_message(prev_hash: str, row: dict[str, Any]) -> bytes:
+    return prev_hash.encode() + b"\n" + canonical_bytes(row)
 
 
-def append_predictions(engine: Engine, rows: Sequence[dict[str, Any]], *, new_ids: bool = False) -> Appended:
-    """Chain and insert ``rows`` in one transaction; rows whose id is already stored are skipped.
-    Returns how many rows were inserted and the link of the last one. Raises SQLAlchemy errors when
-    the database is unreachable.
+def unkeyed_link_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    """The rule of rows written before revision 0006: only verified, never written any more."""
+    return hashlib.sha256(_link_message(prev_hash, row)).hexdigest()
+
+
+def keyed_link_hash(key: AuditKey, prev_hash: str, row: dict[str, Any]) -> str:
+    return key.chain_link_mac(_link_message(prev_hash, row))
+
+
+def append_predictions(
+    engine: Engine, rows: Sequence[dict[str, Any]], *, key: AuditKey, new_ids: bool = False
+) -> Appended:
+    """Chain ``rows`` under ``key`` and insert them in one transaction; rows whose id is already
+    stored are skipped. Returns how many rows were inserted and the link of the last one. Raises
+    SQLAlchemy errors when the database is unreachable (or not migrated to revision 0006).
 
     ``new_ids=True`` is the caller's promise that no row's id can be stored yet (ids generated for
     requests being answered now, never a replay): the lookup of stored ids is skipped. A replay (the
@@ -79,8 +114,8 @@ def append_predictions(engine: Engine, rows: Sequence[dict[str, Any]], *, new_id
             chained = []
             for row in fresh:
                 sequence += 1
-                linked = {**row, "sequence": sequence, "prev_hash": prev_hash}
-                linked["row_hash"] = prev_hash = link_hash(prev_hash, linked)
+                linked = {**row, "sequence": sequence, "prev_hash": prev_hash, "link_rule": KEYED_RULE}
+                linked["row_hash"] = prev_hash = keyed_link_hash(key, prev_hash, linked)
                 chained.append(linked)
             conn.execute(insert(predictions), chained)
             return Appended(len(chained), ChainLink(sequence, prev_hash))

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from kdoct.errors import ConfigError
+from service.audit_key import AuditKey
 from service.db.chain import ChainLink
 from service.db.observer import MetricsObserver
 from service.db.session import is_postgresql, make_engine, make_sessionmaker
@@ -42,6 +43,7 @@ def build_records(
     database_url: str,
     spool_dir: str | os.PathLike[str],
     *,
+    chain_key: AuditKey,
     auth_enabled: bool = True,
     queue_size: int = 1024,
     batch_size: int = 256,
@@ -65,6 +67,7 @@ def build_records(
     engine = make_engine(database_url, statement_timeout_s=statement_timeout_s, lock_timeout_s=lock_timeout_s)
     sessions = make_sessionmaker(engine)
     common = {
+        "chain_key": chain_key,
         "queue_size": queue_size,
         "batch_size": batch_size,
         "observer": MetricsObserver(),

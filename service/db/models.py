@@ -1,5 +1,6 @@
 """The record tables. Predictions are append-only (a trigger refuses UPDATE/DELETE on PostgreSQL and
-SQLite, see alembic/versions/0002_append_only.py) and hash-chained (see service/db/chain.py)."""
+SQLite, see alembic/versions/0002_append_only.py) and hash-chained (see service/db/chain.py); from the
+chain epoch that revision 0006 opened, the links are keyed with the audit key."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiClient", "Base", "Feedback", "Prediction", "PredictionRead"]
+__all__ = ["ApiClient", "Base", "ChainEpoch", "Feedback", "Prediction", "PredictionRead"]
 
 SHA256_HEX = 64
 
@@ -83,6 +84,10 @@ class Prediction(Base):
     ood_score: Mapped[float | None] = mapped_column(Float)
     prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX))
     row_hash: Mapped[str] = mapped_column(String(SHA256_HEX))
+    # How row_hash was computed (service/db/chain.py): "sha256" (unkeyed, rows from before revision
+    # 0006) or "hmac-sha256" (keyed with the audit key). Which one a row must use is fixed by its
+    # sequence and chain_epochs, never by this claim; the claim makes a forged unkeyed row easy to name.
+    link_rule: Mapped[str] = mapped_column(String(16))
 
     __table_args__ = (
         # The query API's stable order and its time-range filter.
@@ -135,3 +140,15 @@ class PredictionRead(Base):
     request_id: Mapped[str] = mapped_column(String(128))
     # The route template that answered: one prediction, or a page of the list.
     route: Mapped[str] = mapped_column(String(64))
+
+
+class ChainEpoch(Base):
+    """From which sequence on the predictions chain uses which link rule. Written by the migrations
+    (the tables' owner), never by the service: the runtime role may only read it, so it cannot move
+    the start of the keyed epoch to pass off an unkeyed row (revision 0006)."""
+
+    __tablename__ = "chain_epochs"
+
+    first_sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    rule: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -12,8 +12,11 @@ from sqlalchemy import Engine, text
 
 __all__ = ["RECORD_TABLES", "audit_log_rewrite_powers"]
 
-RECORD_TABLES = ("predictions", "feedback", "prediction_reads")
+RECORD_TABLES = ("predictions", "feedback", "prediction_reads", "chain_epochs")
 _REWRITES = ("UPDATE", "DELETE", "TRUNCATE")
+# Which privileges on a table amount to rewriting the records. chain_epochs (revision 0006) says from
+# which sequence on links must be keyed: adding a row to it could declare unkeyed links valid again.
+_REWRITING = {table: _REWRITES for table in RECORD_TABLES} | {"chain_epochs": ("INSERT", *_REWRITES)}
 
 
 def audit_log_rewrite_powers(engine: Engine) -> list[str]:
@@ -26,6 +29,8 @@ def audit_log_rewrite_powers(engine: Engine) -> list[str]:
         if conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar():
             powers.append("superuser")
         for table in RECORD_TABLES:
+            if conn.execute(text("SELECT to_regclass(:table)"), {"table": table}).scalar() is None:
+                continue  # a table of a later revision than the database's
             owned = conn.execute(
                 text("SELECT pg_has_role(current_user, tableowner, 'USAGE') FROM pg_tables "
                      "WHERE schemaname = current_schema() AND tablename = :table"),
@@ -33,7 +38,7 @@ def audit_log_rewrite_powers(engine: Engine) -> list[str]:
             ).scalar()  # fmt: skip
             if owned:
                 powers.append(f"owns {table}")
-            for privilege in _REWRITES:
+            for privilege in _REWRITING[table]:
                 if conn.execute(
                     text("SELECT has_table_privilege(current_user, :table, :privilege)"),
                     {"table": table, "privilege": privilege},

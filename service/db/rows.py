@@ -26,9 +26,11 @@ __all__ = [
     "utc",
 ]
 
-# Every column the service supplies; sequence, prev_hash and row_hash are added by the chain.
+# Every column the service supplies; sequence, prev_hash, row_hash and link_rule are added by the chain.
 PREDICTION_FIELDS: tuple[str, ...] = tuple(
-    c.name for c in Prediction.__table__.columns if c.name not in ("sequence", "prev_hash", "row_hash")
+    c.name
+    for c in Prediction.__table__.columns
+    if c.name not in ("sequence", "prev_hash", "row_hash", "link_rule")
 )
 # Columns added after the chain began: a row's hash covers them only when they hold a value, so rows
 # written before their revision (where they read back as NULL) verify unchanged.

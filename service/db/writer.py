@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.audit_key import AuditKey
 from service.db.chain import ChainLink, append_predictions
 from service.db.rows import normalise_row
 from service.db.spool import Spool
@@ -70,6 +71,7 @@ class DurableWriter:
         engine: Engine,
         spool_dir: str | os.PathLike[str],
         *,
+        chain_key: AuditKey,
         queue_size: int = 1024,
         batch_size: int = 256,
         retry_interval_s: float = 2.0,
@@ -81,6 +83,8 @@ class DurableWriter:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("writer queue_size and batch_size must be at least 1")
         self.engine = engine
+        # Keys the chain's links (service/db/chain.py): every replica holds the same audit key.
+        self.chain_key = chain_key
         self.spool = Spool(spool_dir)
         # Rows of requests past their deadline, spooled from request threads: a file of its own, so
         # the writer thread and these never write one file at once.
@@ -269,7 +273,7 @@ class DurableWriter:
         started = time.perf_counter()
         try:
             # Live rows carry ids generated for this request: nothing to look up. Replays (below) do.
-            appended = append_predictions(self.engine, rows, new_ids=True)
+            appended = append_predictions(self.engine, rows, key=self.chain_key, new_ids=True)
         except SQLAlchemyError as exc:
             self.observer.db_failure()
             if self._db_down_since is None:
@@ -313,7 +317,8 @@ class DurableWriter:
                     return
                 started = time.perf_counter()
                 for start in range(0, len(claimed.rows), _REPLAY_CHUNK):
-                    appended = append_predictions(self.engine, claimed.rows[start : start + _REPLAY_CHUNK])
+                    chunk = claimed.rows[start : start + _REPLAY_CHUNK]
+                    appended = append_predictions(self.engine, chunk, key=self.chain_key)
                     self._appended(appended.head)
                 claimed.remove()
                 self.observer.db_write(time.perf_counter() - started, len(claimed.rows))

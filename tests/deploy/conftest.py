@@ -102,7 +102,7 @@ def compose_config(repo_root: Path) -> dict[str, Any]:
             "--env-file", str(repo_root / ".env.example"),
             "--project-directory", str(repo_root),
             "-f", str(repo_root / "docker-compose.yml"),
-            "--profile", "cpu", "--profile", "gpu", "--profile", "train",
+            "--profile", "cpu", "--profile", "gpu", "--profile", "train", "--profile", "admin",
             "config",
         ],
         capture_output=True, text=True, timeout=60, env=_clean_env(),

@@ -1,4 +1,5 @@
-"""docker-compose.yml parses, references only files that exist, and wires the stack as documented."""
+"""docker-compose.yml parses, references only files that exist, and wires the stack as documented: the
+API containers hold only the runtime role's credentials, a one-shot service migrates as the owner."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-EXPECTED_SERVICES = {"api", "api-gpu", "train", "postgres", "prometheus", "grafana"}
+import yaml
+
+EXPECTED_SERVICES = {"api", "api-gpu", "train", "postgres", "prometheus", "grafana", "migrate", "admin"}
 API_SERVICES = ("api", "api-gpu")
+# Services that may hold the tables' owner's password: the database itself, the one-shot migration
+# and the operators' CLI (docs/SECURITY.md, issue 23 case 5).
+OWNER_HOLDERS = {"postgres", "migrate", "admin"}
 
 
 def _bind_mounts(service: dict[str, Any]) -> list[dict[str, Any]]:
@@ -142,3 +148,65 @@ def test_prometheus_and_grafana_are_provisioned_from_the_repository(compose_conf
     targets = {mount["target"] for mount in map(_volume, grafana["volumes"])}
     assert {"/etc/grafana/provisioning", "/etc/grafana/dashboards"} <= targets
     assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"], "Grafana must not keep its default password"
+
+
+def _owner_url(env: dict[str, str]) -> str:
+    return (
+        f"postgresql+psycopg://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/"
+        f"{env['POSTGRES_DB']}"
+    )
+
+
+def test_api_containers_never_receive_the_owners_credentials(
+    compose_config: dict[str, Any], env_example_values: dict[str, str], repo_root: Path
+) -> None:
+    """Whatever a container's environment holds is in /proc/<pid>/environ of every process in it."""
+    password, owner = env_example_values["POSTGRES_PASSWORD"], env_example_values["POSTGRES_USER"]
+    assert password and owner
+    holders = {
+        name for name, service in compose_config["services"].items() if password in yaml.safe_dump(service)
+    }
+    assert holders == OWNER_HOLDERS, f"the owner's password reaches {sorted(holders - OWNER_HOLDERS)}"
+    for name in API_SERVICES:
+        service = compose_config["services"][name]
+        environment = service["environment"]
+        assert "KDOCT_MIGRATION_DATABASE_URL" not in environment, name
+        assert not [value for value in environment.values() if f"://{owner}:" in str(value)], name
+        assert environment["KDOCT_DATABASE_URL"].startswith(
+            f"postgresql+psycopg://{env_example_values['RUNTIME_DB_USER']}:"
+        ), name
+        assert environment["KDOCT_DB_ROLE_CHECK"] == "refuse", name
+        # Nor by a file: no env_file, no secrets, no mount of .env or of the repository.
+        assert "env_file" not in service and "secrets" not in service, name
+        sources = {Path(_volume(volume)["source"]) for volume in service["volumes"]}
+        assert not [source for source in sources if source.name == ".env" or source == repo_root], name
+
+
+def test_a_one_shot_service_migrates_as_the_owner_before_the_api_starts(
+    compose_config: dict[str, Any], env_example_values: dict[str, str]
+) -> None:
+    services = compose_config["services"]
+    migrate = services["migrate"]
+    assert migrate["command"] == [
+        "migrate"
+    ]  # docker/entrypoint.sh: wait for PostgreSQL, alembic upgrade head
+    assert migrate["environment"]["KDOCT_MIGRATION_DATABASE_URL"] == _owner_url(env_example_values)
+    assert "KDOCT_DATABASE_URL" not in migrate["environment"]
+    assert migrate["restart"] == "no" and "ports" not in migrate
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # Whichever API profile runs, the migration runs first, and the API only if it succeeded.
+    for name in API_SERVICES:
+        assert set(services[name]["profiles"]) <= set(migrate["profiles"]), name
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
+
+
+def test_the_operators_cli_runs_as_the_owner_in_a_service_of_its_own(
+    compose_config: dict[str, Any], env_example_values: dict[str, str]
+) -> None:
+    admin = compose_config["services"]["admin"]
+    assert admin["profiles"] == ["admin"], "run on demand only: docker compose run --rm admin ..."
+    assert admin["environment"]["KDOCT_MIGRATION_DATABASE_URL"] == _owner_url(env_example_values)
+    assert "ports" not in admin and admin["restart"] == "no"
+    mounts = {mount["target"]: mount for mount in map(_volume, admin["volumes"])}
+    # `audit verify` needs the audit key and the checkpoints; it never writes them.
+    assert mounts["/var/lib/kdoct/audit"]["read_only"] and mounts["/var/lib/kdoct/audit"]["type"] == "volume"

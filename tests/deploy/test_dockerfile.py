@@ -167,6 +167,25 @@ def test_wait_for_db_rejects_a_malformed_url_and_skips_sqlite() -> None:
     assert _wait_for_db("--url", "sqlite:///./var/kdoct.db").returncode == 0
 
 
+def test_serve_refuses_the_owners_credentials_in_its_environment(docker_dir: Path, tmp_path: Path) -> None:
+    """The owner's URL in the server's environment is in /proc/<pid>/environ of the master and every
+    worker (issue 23, case 5): `serve` refuses it before waiting for the database or starting anything.
+    The database is unreachable, so code that does not refuse gives up waiting for it instead."""
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "KDOCT_DATABASE_URL": "postgresql+psycopg://kdoct_app:runtime-pw@127.0.0.1:1/kdoct",
+        "KDOCT_MIGRATION_DATABASE_URL": "postgresql+psycopg://kdoct:owner-pw@127.0.0.1:1/kdoct",
+        "KDOCT_DB_WAIT_SECONDS": "1",
+    }
+    result = subprocess.run(
+        ["sh", str(docker_dir / "entrypoint.sh"), "serve"],
+        capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "refusing to serve with KDOCT_MIGRATION_DATABASE_URL" in result.stderr
+    assert "owner-pw" not in result.stderr + result.stdout
+
+
 class _Status(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self.send_response(200 if self.path == "/health/live" else 503)

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +194,8 @@ def test_kserve_pod_fields_are_valid_kubernetes_pod_fields() -> None:
     assert runtime["spec"]["protocolVersions"] == ["v2"]
     predictor = dict(service["spec"]["predictor"])
     model = predictor.pop("model")
-    for kserve_only in ("minReplicas", "maxReplicas"):
-        predictor.pop(kserve_only)
+    for kserve_only in ("minReplicas", "maxReplicas", "labels"):
+        predictor.pop(kserve_only, None)
     pod_spec = {
         **predictor,
         "containers": runtime["spec"]["containers"],
@@ -206,6 +207,119 @@ def test_kserve_pod_fields_are_valid_kubernetes_pod_fields() -> None:
     container = runtime["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+
+
+def _effective_env(container: dict[str, Any]) -> dict[str, str]:
+    """What the container's process sees: its envFrom ConfigMaps, then its env (which wins). Values from
+    Secrets are named by their reference."""
+    settings = {d["metadata"]["name"]: d["data"] for _, d in MANIFESTS if d["kind"] == "ConfigMap"}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(settings[source["configMapRef"]["name"]])
+    for variable in container.get("env", []):
+        reference = variable.get("valueFrom", {}).get("secretKeyRef")
+        env[variable["name"]] = variable["value"] if reference is None else f"secret:{reference['name']}"
+    return env
+
+
+def test_kserve_runtime_sets_the_queue_bound_and_every_setting_of_the_api_deployment() -> None:
+    """The KServe pods are the same API: the same bounds (KDOCT_MAX_QUEUE above all: without it a
+    pod's queue is the default 256, and p99 grows to seconds before a 503 sheds load)."""
+    deployment = _deployments()["cpu"]["spec"]["template"]["spec"]["containers"][0]
+    runtime = _one("ServingRuntime")["spec"]["containers"][0]
+    api, kserve = _effective_env(deployment), _effective_env(runtime)
+    assert int(kserve["KDOCT_MAX_QUEUE"]) == int(_settings()["KDOCT_MAX_QUEUE"]) > 0
+    differing = {
+        name: (api[name], kserve.get(name))
+        for name in api
+        if name != "KDOCT_STUDENT_BUNDLE" and kserve.get(name) != api[name]
+    }
+    assert not differing, f"the KServe runtime differs from the API Deployment: {differing}"
+    assert kserve["KDOCT_STUDENT_BUNDLE"] == "/mnt/models"  # where KServe mounts storageUri
+    assert runtime["resources"] == deployment["resources"]
+
+
+def test_every_empty_dir_has_a_size_limit() -> None:
+    """An emptyDir without a limit may fill the node's disk (spooled uploads, a spool during an outage)."""
+
+    def empty_dirs(node: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "emptyDir":
+                    yield where, value
+                else:
+                    yield from empty_dirs(value, f"{where}.{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                name = value.get("name", index) if isinstance(value, dict) else index
+                yield from empty_dirs(value, f"{where}[{name}]")
+
+    found = [item for m in MANIFESTS for item in empty_dirs(m[1], _id(m))]
+    assert len(found) >= 10, found  # 3 in each Deployment, 1 in the Job, 3 in the ServingRuntime
+    unlimited = [where for where, spec in found if not (spec or {}).get("sizeLimit")]
+    assert not unlimited, f"emptyDir without sizeLimit: {unlimited}"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a set of labels."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        matched = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not matched:
+            return False
+    return True
+
+
+def _kserve_pod_labels() -> tuple[str, dict[str, str]]:
+    """The predictor pods' namespace and labels, as KServe builds them: the ServingRuntime's pod labels,
+    then the InferenceService's, then the predictor's, then KServe's own (later ones win)."""
+    runtime, service = _one("ServingRuntime"), _one("InferenceService")
+    labels = {
+        **runtime["spec"].get("labels", {}),
+        **service["metadata"].get("labels", {}),
+        **service["spec"]["predictor"].get("labels", {}),
+        "serving.kserve.io/inferenceservice": service["metadata"]["name"],
+        "component": "predictor",
+    }
+    return service["metadata"]["namespace"], labels
+
+
+def test_kserve_pods_carry_the_labels_the_network_policies_select() -> None:
+    """Under the default-deny policy, a pod no allowing policy selects can reach nothing and be reached
+    by nothing: no PostgreSQL, no DNS, no ingress controller, no Prometheus scrape."""
+    namespace, labels = _kserve_pod_labels()
+    policies = {d["metadata"]["name"]: d for _, d in MANIFESTS if d["kind"] == "NetworkPolicy"}
+    egress = policies["kdoct-egress-postgres"]
+    assert egress["metadata"]["namespace"] == namespace and _selects(egress["spec"]["podSelector"], labels)
+    assert {rule["ports"][0]["port"] for rule in egress["spec"]["egress"]} == {5432, 53}
+    ingress = policies["kdoct-api-ingress"]
+    assert ingress["metadata"]["namespace"] == namespace and _selects(ingress["spec"]["podSelector"], labels)
+    peers = [
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        for peer in ingress["spec"]["ingress"][0]["from"]
+    ]
+    assert peers == ["ingress-nginx", "prometheus"]
+    # PostgreSQL's side (in its own namespace): it must accept these pods as clients.
+    (client,) = [
+        peer
+        for peer in policies["kdoct-db-ingress"]["spec"]["ingress"][0]["from"]
+        if "namespaceSelector" in peer
+    ]
+    namespace_labels = {"kubernetes.io/metadata.name": namespace}
+    assert _selects(client["namespaceSelector"], namespace_labels) and _selects(client["podSelector"], labels)
+    # The ServiceMonitor selects the Service KServe makes for the predictor (it copies the pods'
+    # labels) and scrapes it on the port the runtime names.
+    monitor = _one("ServiceMonitor")
+    assert _selects(monitor["spec"]["selector"], labels)
+    ports = {port.get("name") for port in _one("ServingRuntime")["spec"]["containers"][0]["ports"]}
+    assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} <= ports
 
 
 # ---- policy scan

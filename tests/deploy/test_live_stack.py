@@ -58,8 +58,9 @@ def _get_ok(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def service_env(
-    live_bundles, throwaway_database, runtime_database_url, repo_root: Path, tmp_path_factory
+    live_bundles, throwaway_database, runtime_database_url, repo_root: Path, tmp_path_factory, compose_config
 ) -> dict[str, str]:
+    """The API container's environment, as docker-compose.yml gives it (with local paths and URLs)."""
     work = tmp_path_factory.mktemp("deploy-service")
     # A previous run's metric file: the entrypoint must wipe it, or /metrics would sum it in.
     (work / "metrics").mkdir()
@@ -71,10 +72,11 @@ def service_env(
         # `python` and `alembic` of this virtual environment, as on the image's PATH.
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         PYTHONUNBUFFERED="1",
+        # The checkout's code, as the image has it installed (an editable install elsewhere must not win).
+        PYTHONPATH=str(repo_root),
         # As in docker-compose.yml: the server as the read-and-append role (refusing anything more
-        # privileged), migrations and the CLI as the owner.
+        # privileged); migrations and the CLI as the owner, in containers of their own (owner_env).
         KDOCT_DATABASE_URL=runtime_database_url,
-        KDOCT_MIGRATION_DATABASE_URL=throwaway_database,
         KDOCT_DB_ROLE_CHECK="refuse",
         KDOCT_STUDENT_BUNDLE=str(live_bundles["student"]),
         KDOCT_TEACHER_BUNDLE=str(live_bundles["teacher"]),
@@ -90,17 +92,42 @@ def service_env(
         PROMETHEUS_MULTIPROC_DIR=str(work / "metrics"),
         WORK_DIR=str(work),
     )
+    if "KDOCT_MIGRATION_DATABASE_URL" in compose_config["services"]["api"]["environment"]:
+        env["KDOCT_MIGRATION_DATABASE_URL"] = throwaway_database  # what the API container would hold
     return env
 
 
 @pytest.fixture(scope="module")
-def live_service(service_env: dict[str, str], docker_dir: Path, port_factory) -> Iterator[LiveService]:
+def owner_env(service_env: dict[str, str], throwaway_database: str, compose_config) -> dict[str, str]:
+    """The environment of the container that migrates as the owner (compose's one-shot `migrate`
+    service; before it existed, the API container itself): the owner's URL, no server settings."""
+    services = compose_config["services"]
+    migrating = services.get("migrate", services["api"])
+    assert "KDOCT_MIGRATION_DATABASE_URL" in migrating["environment"]
+    env = {k: v for k, v in service_env.items() if not k.startswith("KDOCT_")}
+    env.update(
+        KDOCT_MIGRATION_DATABASE_URL=throwaway_database,
+        KDOCT_DB_WAIT_SECONDS=service_env["KDOCT_DB_WAIT_SECONDS"],
+        KDOCT_ALEMBIC_CONFIG=service_env["KDOCT_ALEMBIC_CONFIG"],
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def live_service(
+    service_env: dict[str, str], owner_env: dict[str, str], docker_dir: Path, port_factory
+) -> Iterator[LiveService]:
     entrypoint = str(docker_dir / "entrypoint.sh")
     work = Path(service_env["WORK_DIR"])
-    # The entrypoint's CLI path: wait for the database, migrate, then create a key (printed once).
+    # compose's `migrate` service: wait for the database and migrate as the owner, then exit.
+    migrated = subprocess.run(
+        ["sh", entrypoint, "migrate"], env=owner_env, cwd=work, capture_output=True, text=True, timeout=120
+    )
+    assert migrated.returncode == 0, f"entrypoint migrate failed:\n{migrated.stderr[-3000:]}"
+    # compose's `admin` service, the entrypoint's CLI path: create a key (printed once).
     created = subprocess.run(
         ["sh", entrypoint, "apikey", "create", "deploy-test", "--scopes", "classify", "read"],
-        env=service_env, cwd=work, capture_output=True, text=True, timeout=120,
+        env=owner_env, cwd=work, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert created.returncode == 0, f"entrypoint apikey create failed:\n{created.stderr[-3000:]}"
     api_key = created.stdout.strip().splitlines()[-1]
@@ -283,6 +310,50 @@ def test_image_healthcheck_passes_against_the_live_service(
 ) -> None:
     command = [sys.executable, str(docker_dir / "healthcheck.py"), f"{live_service.url}/health/live"]
     assert subprocess.run(command, timeout=20).returncode == 0
+
+
+def _descendants(pid: int) -> list[int]:
+    """pid and every process below it (uvicorn's workers, multiprocessing's helpers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        pending.extend(children.get(current, []))
+    return found
+
+
+def test_no_process_of_the_api_holds_the_owners_credentials(
+    live_service: LiveService, service_env: dict[str, str], throwaway_database: str
+) -> None:
+    """Issue 23, case 5: `entrypoint.sh serve` with 2 workers had the owner's URL and password in
+    /proc/<pid>/environ of the master and both workers. Started the way the API container starts
+    (service_env mirrors docker-compose.yml), no process of it may hold them."""
+    owner_forms = {
+        throwaway_database,
+        throwaway_database.replace("postgresql+psycopg://", "postgresql://", 1),
+    }
+    processes = _descendants(live_service.process.pid)
+    servers = []
+    for pid in processes:
+        try:
+            entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        environ = dict(entry.decode(errors="replace").partition("=")[::2] for entry in entries if entry)
+        holds_owner_variable = "KDOCT_MIGRATION_DATABASE_URL" in environ  # (not the dict: no URLs in output)
+        assert not holds_owner_variable, f"process {pid} holds KDOCT_MIGRATION_DATABASE_URL"
+        leaked = [name for name, value in environ.items() if any(form in value for form in owner_forms)]
+        assert not leaked, f"process {pid}: {leaked} hold the owner's URL"
+        if environ.get("KDOCT_DATABASE_URL") == service_env["KDOCT_DATABASE_URL"]:
+            servers.append(pid)
+    assert len(servers) >= 3, f"expected the master and 2 workers among {processes}, found {servers}"
 
 
 def test_sigterm_reaches_uvicorn_and_it_exits_cleanly(live_service: LiveService) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from kdoct_testing.postgres import ThrowawayCluster, create_database, drop_database
+from kdoct_testing.postgres import ThrowawayCluster, create_database, drop_database, libpq_url
 from service.db.migrate import upgrade
 from service.db.session import make_engine
 
@@ -75,6 +75,24 @@ def pg_url(pg_fresh_url: str) -> str:
     """A migrated PostgreSQL database of this test's own."""
     upgrade(pg_fresh_url)
     return pg_fresh_url
+
+
+@pytest.fixture
+def runtime_url(pg_url: str) -> Iterator[str]:
+    """pg_url (migrated by its owner) as seen by a fresh login role that is a member of kdoct_runtime:
+    what the service logs in as."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    role = f"kdoct_app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(libpq_url(pg_url), autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE kdoct_runtime')
+    url = make_url(pg_url).set(username=role, password=None).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(libpq_url(pg_url), autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{role}"')
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from kdoct.errors import ConfigError
+from kdoct_testing.chain import CHAIN_KEY
 from service.audit_key import REQUEST_ID_HASH_PREFIX, AuditKey, load_audit_key
 from service.db.anchor import ChainAnchor, append_checkpoint, read_checkpoints, sign
 from service.db.audit import verify
@@ -55,23 +56,23 @@ def test_verify_tells_truncated_and_rewritten_tails_from_an_intact_chain(db_url,
     engine = make_engine(db_url)
     key = AuditKey.generate()
     try:
-        first = append_predictions(engine, make_rows(3))
-        second = append_predictions(engine, make_rows(2))
+        first = append_predictions(engine, make_rows(3), key=CHAIN_KEY)
+        second = append_predictions(engine, make_rows(2), key=CHAIN_KEY)
         assert first.head.sequence == 3 and second.head == ChainLink(5, second.head.row_hash)
         checkpoints = [sign(key, first.head), sign(key, second.head)]
-        report = verify(engine, checkpoints)
+        report = verify(engine, checkpoints, key=CHAIN_KEY)
         assert report.ok and report.rows_checked == 5 and report.checkpoints_checked == 2
 
         _remove_from(engine, 5)
-        assert verify(engine).ok  # the chain alone cannot see its end is missing
-        truncated = verify(engine, checkpoints)
+        assert verify(engine, key=CHAIN_KEY).ok  # the chain alone cannot see its end is missing
+        truncated = verify(engine, checkpoints, key=CHAIN_KEY)
         assert not truncated.ok and truncated.broken.sequence == 5 and truncated.broken.prediction_id is None
         assert "truncated" in truncated.broken.reason and "chain ends at 4" in truncated.broken.reason
         assert truncated.checkpoints_checked == 1
 
         # The tail replaced by new rows: a valid chain again, but not the one that was checkpointed.
-        append_predictions(engine, make_rows(1))
-        rewritten = verify(engine, checkpoints)
+        append_predictions(engine, make_rows(1), key=CHAIN_KEY)
+        rewritten = verify(engine, checkpoints, key=CHAIN_KEY)
         assert not rewritten.ok and rewritten.broken.sequence == 5
         assert "differs from the checkpoint" in rewritten.broken.reason
     finally:

@@ -49,8 +49,9 @@ def test_operator_workflow(pg_fresh_url: str, tmp_path: Path, repo_root: Path, m
     assert key_file.stat().st_mode & 0o077 == 0
 
     engine = make_engine(pg_fresh_url)
-    anchor = ChainAnchor(load_audit_key(key_path), anchors)  # what the service does on its schedule
-    anchor.note(append_predictions(engine, make_rows(4)).head)
+    audit_key = load_audit_key(key_path)  # created here, as the service creates it on first start
+    anchor = ChainAnchor(audit_key, anchors)  # what the service does on its schedule
+    anchor.note(append_predictions(engine, make_rows(4), key=audit_key).head)
     anchor.checkpoint()
     intact = run("audit", "verify")
     assert intact.returncode == 0 and "ok: 4 prediction records, chain intact, 1 checkpoints" in intact.stdout

@@ -11,7 +11,7 @@ from service.db.migrate import downgrade, upgrade
 from service.db.models import Base
 from service.db.session import make_engine
 
-RECORD_TABLES = {"predictions", "api_clients", "feedback"}
+RECORD_TABLES = {"predictions", "api_clients", "feedback", "chain_epochs"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -70,6 +70,6 @@ def test_concurrent_upgrades_of_one_sqlite_file_all_succeed(tmp_path, repo_root)
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0005"
+            assert MigrationContext.configure(conn).get_current_revision() == "0006"
     finally:
         engine.dispose()

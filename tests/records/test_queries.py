@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, select
 
+from kdoct_testing.chain import CHAIN_KEY
 from service.db.chain import append_predictions
 from service.db.models import Feedback, PredictionRead
 from service.db.queries import PredictionFilter, add_feedback, get_prediction, list_predictions, log_reads
@@ -24,7 +25,7 @@ def test_pages_cover_every_row_once_with_filters(engine: Engine, record_factory)
         )
         for i in range(12)
     ]
-    append_predictions(engine, [normalise_row(r) for r in records])
+    append_predictions(engine, [normalise_row(r) for r in records], key=CHAIN_KEY)
     with make_sessionmaker(engine)() as session:
         seen, cursor = [], None
         while True:
@@ -50,7 +51,7 @@ def test_pages_cover_every_row_once_with_filters(engine: Engine, record_factory)
 
 def test_feedback_sits_beside_its_prediction(engine: Engine, record_factory) -> None:
     record = record_factory()
-    append_predictions(engine, [normalise_row(record)])
+    append_predictions(engine, [normalise_row(record)], key=CHAIN_KEY)
     with make_sessionmaker(engine)() as session:
         feedback = add_feedback(session, record["id"], "drusen", "small drusen nasally", "clinic-a")
         assert feedback is not None and feedback.prediction_id == record["id"]
@@ -68,7 +69,7 @@ def test_cursor_beyond_a_64_bit_sequence_is_refused_not_sent_to_the_database(eng
 
 def test_feedback_label_must_be_one_of_the_models_classes(engine: Engine, record_factory) -> None:
     record = record_factory()
-    append_predictions(engine, [normalise_row(record)])
+    append_predictions(engine, [normalise_row(record)], key=CHAIN_KEY)
     with make_sessionmaker(engine)() as session:
         with pytest.raises(ValueError, match=r"unknown label 'glaucoma'.*cnv"):
             add_feedback(session, record["id"], "glaucoma", None, None)
@@ -79,15 +80,15 @@ def test_reads_and_feedback_are_written_while_the_writer_appends(engine: Engine,
     """The record writer commits between a request's read and its write (on SQLite in WAL mode a read
     transaction overtaken by a commit cannot write: "database is locked" at once); neither the read
     log nor feedback may fail for that."""
-    append_predictions(engine, make_rows(2))
+    append_predictions(engine, make_rows(2), key=CHAIN_KEY)
     sessions = make_sessionmaker(engine)
     with sessions() as session:
         page = list_predictions(session, PredictionFilter())
-        append_predictions(engine, make_rows(1))  # the writer, on its own connection
+        append_predictions(engine, make_rows(1), key=CHAIN_KEY)  # the writer, on its own connection
         log_reads(session, page.items, client_id="ward-7", request_id="hmac-sha256:ab", route="/predictions")
     with sessions() as session:
         prediction = get_prediction(session, page.items[0].id)
-        append_predictions(engine, make_rows(1))
+        append_predictions(engine, make_rows(1), key=CHAIN_KEY)
         feedback = add_feedback(session, prediction.id, prediction.label, None, "ward-7")
     with sessions() as session:
         reads = session.scalars(select(PredictionRead.prediction_id)).all()

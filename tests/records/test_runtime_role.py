@@ -16,6 +16,8 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 
+from kdoct_testing.chain import CHAIN_KEY
+from kdoct_testing.postgres import libpq_url as _libpq
 from service.db.chain import append_predictions
 from service.db.models import Feedback, PredictionRead
 from service.db.roles import audit_log_rewrite_powers
@@ -44,25 +46,14 @@ REWRITES = [
     "INSERT INTO api_clients (name, key_hash, key_prefix, scopes, created_at) "
     "VALUES ('intruder', repeat('0', 64), 'kdoct_x', '[\"admin\"]', now())",
     "DROP TABLE predictions",
+    # Moving the start of the keyed epoch would let an unkeyed row pass (revision 0006).
+    "UPDATE chain_epochs SET first_sequence = first_sequence + 100",
+    "DELETE FROM chain_epochs",
+    "TRUNCATE chain_epochs",
+    "INSERT INTO chain_epochs (first_sequence, rule, started_at) VALUES (1000, 'sha256', now())",
+    "ALTER TABLE chain_epochs DISABLE TRIGGER ALL",
+    "ALTER TABLE predictions ALTER COLUMN link_rule SET DEFAULT 'sha256'",
 ]
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-@pytest.fixture
-def runtime_url(pg_url: str):
-    """pg_url (migrated by its owner) as seen by a fresh login role that is a member of kdoct_runtime."""
-    role = f"kdoct_app_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(_libpq(pg_url), autocommit=True) as admin:
-        admin.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE kdoct_runtime')
-    url = make_url(pg_url).set(username=role, password=None).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        with psycopg.connect(_libpq(pg_url), autocommit=True) as admin:
-            admin.execute(f'DROP ROLE "{role}"')
 
 
 def _read_row(prediction_id) -> dict:
@@ -82,7 +73,7 @@ def _seed(url: str, make_rows) -> str:
     engine = make_engine(url)
     try:
         rows = make_rows(2)
-        append_predictions(engine, rows, new_ids=True)
+        append_predictions(engine, rows, new_ids=True, key=CHAIN_KEY)
         with engine.begin() as conn:
             conn.execute(
                 insert(FEEDBACK).values(
@@ -100,7 +91,9 @@ def test_the_runtime_role_does_the_services_work(pg_url, runtime_url, make_rows)
     prediction_id = _seed(pg_url, make_rows)
     engine = make_engine(runtime_url)
     try:
-        assert append_predictions(engine, make_rows(3), new_ids=True).count == 3  # chain lock, read, insert
+        assert (
+            append_predictions(engine, make_rows(3), new_ids=True, key=CHAIN_KEY).count == 3
+        )  # chain lock, read, insert
         with engine.begin() as conn:
             conn.execute(
                 insert(FEEDBACK).values(
@@ -142,6 +135,20 @@ def test_the_owner_is_reported_as_able_to_rewrite(pg_url) -> None:
     assert "owns predictions" in powers and "TRUNCATE on predictions" in powers
 
 
+@pytest.mark.postgres
+def test_a_role_that_may_add_a_chain_epoch_is_reported(pg_url, runtime_url) -> None:
+    """A new epoch could declare unkeyed links valid again: INSERT there is a power to rewrite."""
+    role = make_url(runtime_url).username
+    with psycopg.connect(_libpq(pg_url), autocommit=True) as admin:
+        admin.execute(f'GRANT INSERT ON chain_epochs TO "{role}"')
+        engine = make_engine(runtime_url)
+        try:
+            assert audit_log_rewrite_powers(engine) == ["INSERT on chain_epochs"]
+        finally:
+            engine.dispose()
+            admin.execute(f'REVOKE INSERT ON chain_epochs FROM "{role}"')  # or the role cannot be dropped
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [("feedback", "feedback is append-only"), ("prediction_reads", "reads are append-only")],
@@ -172,13 +179,13 @@ def test_downgrade_below_the_protection_asks_for_a_flag(sqlite_url, repo_root) -
             env=env,
         )
 
-    for target in ("base", "0003", "0004", "-1"):
+    for target in ("base", "0003", "0004", "0005", "-1"):
         refused = run("downgrade", target)
         assert refused.returncode == 2 and "--allow-records-downgrade" in refused.stderr
     engine = make_engine(sqlite_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
         assert run("downgrade", "base", "--allow-records-downgrade").returncode == 0
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
+from kdoct_testing.chain import CHAIN_KEY, CHAIN_SECRET
 from kdoct_testing.records import UNREACHABLE_PG, count_rows, stored_rows, until
 from service.db.audit import verify
 from service.db.journal import Journal
@@ -35,7 +36,7 @@ def test_rows_reach_the_database_once_and_the_journal_is_let_go(
 
     async def scenario() -> None:
         # Small segments: several are sealed, and each is unlinked once its rows are committed.
-        writer = SpoolFirstWriter(engine, spool_dir, batch_size=8, segment_bytes=4096)
+        writer = SpoolFirstWriter(engine, spool_dir, batch_size=8, segment_bytes=4096, chain_key=CHAIN_KEY)
         await writer.start()
         await asyncio.gather(*(writer.record([r]) for r in records[:40]))
         await writer.record(records[40:])
@@ -47,7 +48,7 @@ def test_rows_reach_the_database_once_and_the_journal_is_let_go(
 
     asyncio.run(scenario())
     assert stored_rows(engine) == {str(r["id"]): r["input_sha256"] for r in records}
-    assert verify(engine).ok
+    assert verify(engine, key=CHAIN_KEY).ok
     assert _journal_files(spool_dir) == []
 
 
@@ -60,7 +61,7 @@ def test_answers_do_not_wait_for_a_stalled_database(pg_url: str, tmp_path: Path,
     blocker = make_engine(pg_url)
 
     async def scenario() -> None:
-        writer = SpoolFirstWriter(engine, spool_dir, batch_size=4)
+        writer = SpoolFirstWriter(engine, spool_dir, batch_size=4, chain_key=CHAIN_KEY)
         await writer.start()
         with blocker.connect() as conn:
             conn.execute(text("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE"))
@@ -80,7 +81,7 @@ def test_answers_do_not_wait_for_a_stalled_database(pg_url: str, tmp_path: Path,
     finally:
         blocker.dispose()
     assert stored_rows(engine) == {str(r["id"]): r["input_sha256"] for r in records}
-    assert verify(engine).ok
+    assert verify(engine, key=CHAIN_KEY).ok
     assert _journal_files(spool_dir) == []
     engine.dispose()
 
@@ -93,7 +94,7 @@ def test_unreachable_database_leaves_the_journal_for_replay(
     down = make_engine(UNREACHABLE_PG)
 
     async def while_down() -> None:
-        writer = SpoolFirstWriter(down, spool_dir)
+        writer = SpoolFirstWriter(down, spool_dir, chain_key=CHAIN_KEY)
         await writer.start()
         for record in records:
             await writer.record([record])
@@ -106,7 +107,7 @@ def test_unreachable_database_leaves_the_journal_for_replay(
     engine = make_engine(sqlite_url)
 
     async def back_up() -> None:
-        writer = SpoolFirstWriter(engine, spool_dir, retry_interval_s=0.05)
+        writer = SpoolFirstWriter(engine, spool_dir, retry_interval_s=0.05, chain_key=CHAIN_KEY)
         await writer.start()
         await until(lambda: count_rows(engine) == 6)
         await writer.stop()
@@ -114,7 +115,7 @@ def test_unreachable_database_leaves_the_journal_for_replay(
     asyncio.run(back_up())
     assert stored_rows(engine) == {str(r["id"]): r["input_sha256"] for r in records}
     assert _journal_files(spool_dir) == []
-    assert verify(engine).ok
+    assert verify(engine, key=CHAIN_KEY).ok
     engine.dispose()
 
 
@@ -124,7 +125,9 @@ def test_memory_cap_sends_rows_through_replay_exactly_once(
     records = [record_factory() for _ in range(30)]
 
     async def scenario() -> None:
-        writer = SpoolFirstWriter(engine, tmp_path / "spool", memory_rows=2, retry_interval_s=0.05)
+        writer = SpoolFirstWriter(
+            engine, tmp_path / "spool", memory_rows=2, retry_interval_s=0.05, chain_key=CHAIN_KEY
+        )
         await writer.start()
         await asyncio.gather(*(writer.record([r]) for r in records))
         await until(lambda: count_rows(engine) == 30)
@@ -132,7 +135,7 @@ def test_memory_cap_sends_rows_through_replay_exactly_once(
 
     asyncio.run(scenario())
     assert stored_rows(engine) == {str(r["id"]): r["input_sha256"] for r in records}
-    assert verify(engine).ok
+    assert verify(engine, key=CHAIN_KEY).ok
 
 
 def test_unwritable_journal_falls_back_to_committing_first(
@@ -143,7 +146,7 @@ def test_unwritable_journal_falls_back_to_committing_first(
     record = record_factory()
 
     async def scenario() -> None:
-        writer = SpoolFirstWriter(engine, not_a_directory)
+        writer = SpoolFirstWriter(engine, not_a_directory, chain_key=CHAIN_KEY)
         await writer.start()
         await writer.record([record])
         assert str(record["id"]) in stored_rows(engine)  # committed before record() returned
@@ -157,11 +160,13 @@ _KILLED_WRITER = textwrap.dedent(
     import asyncio, os, sys
     sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
     from conftest import make_record
+    from service.audit_key import AuditKey
     from service.db.session import make_engine
     from service.db.spool_first import SpoolFirstWriter
 
     async def main():
-        writer = SpoolFirstWriter(make_engine({url!r}), {spool!r}, batch_size=16)
+        writer = SpoolFirstWriter(make_engine({url!r}), {spool!r}, batch_size=16,
+                                  chain_key=AuditKey(bytes.fromhex({key!r})))
         await writer.start()
         for chunk in range(10):
             await asyncio.gather(*(writer.record([make_record()]) for _ in range(20)))
@@ -177,7 +182,11 @@ def test_killed_between_fsync_and_commit_replays_each_row_once(
 ) -> None:
     spool_dir = tmp_path / "spool"
     script = _KILLED_WRITER.format(
-        repo=str(REPO), tests=str(Path(__file__).parent), url=db_url, spool=str(spool_dir)
+        repo=str(REPO),
+        tests=str(Path(__file__).parent),
+        url=db_url,
+        spool=str(spool_dir),
+        key=CHAIN_SECRET.hex(),
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120, cwd=REPO)
     engine = make_engine(db_url)
@@ -186,14 +195,14 @@ def test_killed_between_fsync_and_commit_replays_each_row_once(
     assert committed_before <= 200
 
     async def restarted() -> None:
-        writer = SpoolFirstWriter(engine, spool_dir, retry_interval_s=0.05)
+        writer = SpoolFirstWriter(engine, spool_dir, retry_interval_s=0.05, chain_key=CHAIN_KEY)
         await writer.start()
         await until(lambda: not _journal_files(spool_dir))
         await writer.stop()
 
     asyncio.run(restarted())
     assert count_rows(engine) == 200
-    assert verify(engine).ok
+    assert verify(engine, key=CHAIN_KEY).ok
     engine.dispose()
 
 
@@ -247,12 +256,12 @@ def test_backlog_is_what_waits_for_replay_not_a_live_journal(
 
     async def scenario() -> None:
         # Another worker's journal, live and held: its rows are on their way, not a backlog.
-        other = SpoolFirstWriter(engine, spool_dir)
+        other = SpoolFirstWriter(engine, spool_dir, chain_key=CHAIN_KEY)
         await other.start()
         await other.record([record_factory() for _ in range(4)])
         assert await other.flush(10) and len(_journal_files(spool_dir)) == 1
         observed = _Backlog()
-        writer = SpoolFirstWriter(down, spool_dir, observer=observed)
+        writer = SpoolFirstWriter(down, spool_dir, observer=observed, chain_key=CHAIN_KEY)
         await writer.start()
         assert observed.reported == [0]
         # With the database down, this worker's rows wait for replay: they are the backlog.

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from kdoct_testing.chain import CHAIN_KEY
 from kdoct_testing.records import UNREACHABLE_PG, count_rows, stored_rows, until
 from service.db.audit import verify
 from service.db.session import make_engine
@@ -22,7 +23,7 @@ def test_records_are_committed_before_record_returns(engine: Engine, tmp_path: P
     records = [record_factory() for _ in range(20)]
 
     async def scenario() -> None:
-        writer = DurableWriter(engine, tmp_path / "spool", batch_size=8)
+        writer = DurableWriter(engine, tmp_path / "spool", batch_size=8, chain_key=CHAIN_KEY)
         await writer.start()
         assert await writer.ready()
         # Concurrent callers end up batched together; each still waits for its own commit.
@@ -33,7 +34,7 @@ def test_records_are_committed_before_record_returns(engine: Engine, tmp_path: P
 
     asyncio.run(scenario())
     assert stored_rows(engine) == {str(r["id"]): r["input_sha256"] for r in records}
-    assert verify(engine).ok
+    assert verify(engine, key=CHAIN_KEY).ok
     assert not Spool(tmp_path / "spool").has_files()
 
 
@@ -45,7 +46,7 @@ def test_unreachable_database_spools_then_replays_once(
     down = make_engine(UNREACHABLE_PG)
 
     async def while_down() -> None:
-        writer = DurableWriter(down, spool_dir)
+        writer = DurableWriter(down, spool_dir, chain_key=CHAIN_KEY)
         await writer.start()
         for record in records:
             await writer.record([record])  # answered: on the spool, fsync'd
@@ -59,7 +60,7 @@ def test_unreachable_database_spools_then_replays_once(
 
     async def back_up() -> None:
         # One row already made it before the outage: replay must not duplicate it.
-        writer = DurableWriter(engine, spool_dir, retry_interval_s=0.05)
+        writer = DurableWriter(engine, spool_dir, retry_interval_s=0.05, chain_key=CHAIN_KEY)
         await writer.start()
         await writer.record([records[0]])
         await until(lambda: not Spool(spool_dir).has_files())
@@ -67,7 +68,7 @@ def test_unreachable_database_spools_then_replays_once(
 
     asyncio.run(back_up())
     assert stored_rows(engine) == {str(r["id"]): r["input_sha256"] for r in records}
-    assert verify(engine).ok
+    assert verify(engine, key=CHAIN_KEY).ok
     engine.dispose()
 
 
@@ -77,7 +78,7 @@ def test_neither_database_nor_spool_raises_record_unavailable(tmp_path: Path, re
     down = make_engine(UNREACHABLE_PG)
 
     async def scenario() -> None:
-        writer = DurableWriter(down, not_a_directory)
+        writer = DurableWriter(down, not_a_directory, chain_key=CHAIN_KEY)
         await writer.start()
         assert not await writer.ready()
         with pytest.raises(RecordUnavailable):
@@ -90,7 +91,7 @@ def test_neither_database_nor_spool_raises_record_unavailable(tmp_path: Path, re
 
 def test_record_after_stop_is_refused(engine: Engine, tmp_path: Path, record_factory) -> None:
     async def scenario() -> None:
-        writer = DurableWriter(engine, tmp_path / "spool")
+        writer = DurableWriter(engine, tmp_path / "spool", chain_key=CHAIN_KEY)
         await writer.start()
         await writer.stop()
         with pytest.raises(RecordUnavailable):
@@ -103,7 +104,7 @@ def test_stop_drains_the_queue(engine: Engine, tmp_path: Path, record_factory) -
     records = [record_factory() for _ in range(50)]
 
     async def scenario() -> None:
-        writer = DurableWriter(engine, tmp_path / "spool", batch_size=4)
+        writer = DurableWriter(engine, tmp_path / "spool", batch_size=4, chain_key=CHAIN_KEY)
         await writer.start()
         pending = [asyncio.create_task(writer.record([r])) for r in records]
         await asyncio.sleep(0)  # every record is queued, few are written
@@ -125,7 +126,7 @@ def test_postgresql_outage_loses_and_duplicates_nothing(pg_cluster, tmp_path: Pa
     answered = []
 
     async def scenario() -> None:
-        writer = DurableWriter(engine, spool_dir, retry_interval_s=0.2)
+        writer = DurableWriter(engine, spool_dir, retry_interval_s=0.2, chain_key=CHAIN_KEY)
         await writer.start()
         for phase in ("up", "down", "up again"):
             if phase == "down":
@@ -150,7 +151,7 @@ def test_postgresql_outage_loses_and_duplicates_nothing(pg_cluster, tmp_path: Pa
     stored = stored_rows(engine)
     assert len(stored) - before == len(answered) == 45
     assert all(stored[str(r["id"])] == r["input_sha256"] for r in answered)
-    assert verify(engine).ok
+    assert verify(engine, key=CHAIN_KEY).ok
     engine.dispose()
 
 

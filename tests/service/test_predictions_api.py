@@ -115,6 +115,6 @@ def test_the_service_checkpoints_its_chain_head_at_shutdown(make_settings, jpeg_
     assert found.ok and [c.sequence for c in found.checkpoints] == [2]
     engine = create_engine(settings.database_url)
     try:
-        assert verify(engine, found.checkpoints).checkpoints_checked == 1
+        assert verify(engine, found.checkpoints, key=key).checkpoints_checked == 1
     finally:
         engine.dispose()
