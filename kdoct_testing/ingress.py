@@ -1,7 +1,12 @@
 """The service's ways in, as a client drives them, for the hostile ingress suite
-(tests/hostile/test_ingress.py): each door builds the request that sends a list of uploads through it,
-so every case runs against every door. A new way in adds its adapter to `http_doors` (or, for another
-transport such as the DICOM node, an adapter with the same `send` and `hold`)."""
+(tests/hostile/test_ingress.py): every case that concerns all ways in runs against every door here.
+
+A door adapter has a `name`, `max_elements` (uploads one request can carry), and two verbs:
+`send(port, uploads, key)` -> (status, raw answer) sends a whole request and waits for its answer;
+`hold(port, uploads, key)` -> HeldRequest opens one and sends almost nothing of its body. Statuses are
+HTTP's; a door on another transport (the DICOM node: an association and a C-STORE) maps its own
+outcome onto them (accepted 200, refused for scope 403, for load 503/429, for size 413). A new way in
+adds its adapter to `doors`."""
 
 from __future__ import annotations
 
@@ -19,9 +24,10 @@ from dataclasses import dataclass
 __all__ = [
     "ClassifyDoor",
     "HeldRequest",
+    "HttpDoor",
     "RawRequest",
     "V2Door",
-    "http_doors",
+    "doors",
     "send",
 ]
 
@@ -42,7 +48,20 @@ class RawRequest:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-class ClassifyDoor:
+class HttpDoor:
+    """The verbs of an HTTP door, from the request it builds."""
+
+    def request(self, uploads: list[bytes], key: str | None) -> RawRequest:
+        raise NotImplementedError
+
+    def send(self, port: int, uploads: list[bytes], key: str | None, timeout: float = 60.0):
+        return send(port, self.request(uploads, key), timeout)
+
+    def hold(self, port: int, uploads: list[bytes], key: str | None, sent: int = 1) -> HeldRequest:
+        return HeldRequest(port, self.request(uploads, key), sent)
+
+
+class ClassifyDoor(HttpDoor):
     """POST /classify: one upload per request (multipart/form-data)."""
 
     name = "classify"
@@ -62,7 +81,7 @@ class ClassifyDoor:
         return RawRequest("POST", "/classify", _auth(key, headers), body)
 
 
-class V2Door:
+class V2Door(HttpDoor):
     """POST /v2/models/<model>/infer with a BYTES input: binary tensor data, or base64 in JSON."""
 
     max_elements = 256
@@ -89,7 +108,8 @@ class V2Door:
         return RawRequest("POST", path, _auth(key, headers), header + data)
 
 
-def http_doors(model: str) -> list:
+def doors(model: str) -> list[HttpDoor]:
+    """Every way in of a service whose student is `model`."""
     return [ClassifyDoor(), V2Door(model, binary=True), V2Door(model, binary=False)]
 
 

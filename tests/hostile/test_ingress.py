@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from corpus import _png_bomb, deflated_dicom
 
-from kdoct_testing.ingress import ClassifyDoor, HeldRequest, RawRequest, http_doors, send
+from kdoct_testing.ingress import ClassifyDoor, HeldRequest, RawRequest, doors, send
 
 RSS_GROWTH_LIMIT = 300 << 20
 DOOR_NAMES = ["classify", "v2-binary", "v2-json"]
@@ -23,7 +23,7 @@ MULTI_ELEMENT_DOORS = ["v2-binary", "v2-json"]
 
 
 def _door(server, name: str):
-    return next(door for door in http_doors(server.model) if door.name == name)
+    return next(door for door in doors(server.model) if door.name == name)
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +84,9 @@ def test_held_uploads_by_a_key_without_the_scope_take_no_slot(ingress_server, sc
     refused 403 before their body is read, and take no admission slot: 10 of 10 legitimate uploads are
     answered meanwhile."""
     door, port = _door(ingress_server, door_name), ingress_server.port
-    held = [HeldRequest(port, door.request([scan], ingress_server.keys.feedback)) for _ in range(300)]
+    held = [door.hold(port, [scan], ingress_server.keys.feedback) for _ in range(300)]
     try:
-        legitimate = [send(port, door.request([scan], ingress_server.keys.clinic))[0] for _ in range(10)]
+        legitimate = [door.send(port, [scan], ingress_server.keys.clinic)[0] for _ in range(10)]
         assert legitimate == [200] * 10
         statuses = [request.answer(timeout=10) for request in held]
         assert statuses == [403] * 300
@@ -102,13 +102,13 @@ def test_a_trickled_body_is_cut_off_and_one_key_cannot_hold_every_slot(ingress_s
     it holds are cut off (408) once the grace has passed without the minimum rate; another key's
     uploads are answered all along."""
     door, port, keys = _door(ingress_server, door_name), ingress_server.port, ingress_server.keys
-    held = [HeldRequest(port, door.request([scan], keys.clinic)) for _ in range(12)]
+    held = [door.hold(port, [scan], keys.clinic) for _ in range(12)]
     try:
         time.sleep(0.5)
         refused_at_once = [request for request in held if request.answered()]
         assert refused_at_once, "no request of the key was refused: it holds every slot"
         assert {request.answer(timeout=1) for request in refused_at_once} == {429}
-        others = [send(port, door.request([scan], keys.other))[0] for _ in range(5)]
+        others = [door.send(port, [scan], keys.other)[0] for _ in range(5)]
         assert others == [200] * 5
         waiting = [request for request in held if request not in refused_at_once]
         for request in waiting:  # a byte now and then: each read is in time, the rate is not
@@ -116,7 +116,7 @@ def test_a_trickled_body_is_cut_off_and_one_key_cannot_hold_every_slot(ingress_s
         deadline = ingress_server.body_read_timeout_s + 10
         assert {request.answer(timeout=deadline) for request in waiting} == {408}
         assert time.monotonic() - held[0].opened < deadline + 5
-        assert send(port, door.request([scan], keys.clinic))[0] == 200  # its slots came back
+        assert door.send(port, [scan], keys.clinic)[0] == 200  # its slots came back
     finally:
         for request in held:
             request.close()
@@ -131,7 +131,7 @@ def test_a_request_over_the_memory_budget_is_refused_before_decoding(ingress_ser
     volume = deflated_dicom(np.zeros((256, 512, 1024), dtype=np.uint16))
     door = _door(ingress_server, door_name)
     growth, (status, raw) = _grows_rss_by(
-        ingress_server, lambda: send(ingress_server.port, door.request([volume], ingress_server.keys.clinic))
+        ingress_server, lambda: door.send(ingress_server.port, [volume], ingress_server.keys.clinic)
     )
     assert status == 413, raw[-500:]
     assert b"KDOCT_MEMORY_BUDGET_BYTES" in raw
@@ -151,7 +151,7 @@ def test_bomb_pngs_are_counted_across_the_elements_of_a_request(ingress_server, 
     with LivenessProbe(ingress_server.url) as probe:
         growth, (status, raw) = _grows_rss_by(
             ingress_server,
-            lambda: send(ingress_server.port, door.request([bomb] * 32, ingress_server.keys.clinic)),
+            lambda: door.send(ingress_server.port, [bomb] * 32, ingress_server.keys.clinic),
         )
     assert status == 413, raw[-500:]
     assert b"per request" in raw
@@ -168,7 +168,7 @@ def test_frames_are_counted_across_the_elements_of_a_request(ingress_server, doo
     door = _door(ingress_server, door_name)
     growth, (status, raw) = _grows_rss_by(
         ingress_server,
-        lambda: send(ingress_server.port, door.request([volume] * 3, ingress_server.keys.clinic)),
+        lambda: door.send(ingress_server.port, [volume] * 3, ingress_server.keys.clinic),
     )
     assert status == 413, raw[-500:]
     assert b"768 frames" in raw
@@ -296,12 +296,11 @@ def test_concurrent_large_uploads_stay_within_the_memory_budget(ingress_server, 
     are charged to the budget: each is answered 200, 503 (the budget is taken) or 429 (the key's
     in-flight cap), and RSS stays bounded."""
     upload = scan + bytes((58 << 20) - len(scan))
-    door = ClassifyDoor()
-    request = door.request([upload], ingress_server.keys.clinic)
+    door, key = ClassifyDoor(), ingress_server.keys.clinic
 
     def all_at_once():
         with ThreadPoolExecutor(16) as pool:
-            return list(pool.map(lambda _: send(ingress_server.port, request)[0], range(16)))
+            return list(pool.map(lambda _: door.send(ingress_server.port, [upload], key)[0], range(16)))
 
     growth, statuses = _grows_rss_by(ingress_server, all_at_once)
     assert set(statuses) <= {200, 429, 503} and 200 in statuses, statuses
