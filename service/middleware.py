@@ -53,7 +53,7 @@ class RequestContextMiddleware:
         *,
         max_body_bytes: int,
         known_paths: Collection[str] = (),
-        authenticate: Callable[[str | None], Awaitable[object]] | None = None,
+        authenticate: Callable[[str | None, str | None], Awaitable[object]] | None = None,
         body_read_timeout_s: float | None = None,
         admission: Admission | None = None,
     ) -> None:
@@ -119,14 +119,16 @@ class RequestContextMiddleware:
     async def _authenticated(
         self, scope: Scope, receive: Receive, send: Send, headers: Headers, request_id: str
     ) -> bool:
-        """Whether the request may have its body read; otherwise it has been answered (401/503) and
+        """Whether the request may have its body read; otherwise it has been answered (401/429/503) and
         its connection is closed with the body unread. Routes without a body check keys themselves."""
         if self.authenticate is None:
             return True
         authorization = headers.get("authorization", "")
         scheme, _, token = authorization.partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        peer = scope.get("client")  # (host, port); the host's failures are counted (429 beyond a limit)
         try:
-            await self.authenticate(token.strip() if scheme.lower() == "bearer" and token.strip() else None)
+            await self.authenticate(key, peer[0] if peer else None)
         except Problem as problem:
             headers_out = {**problem.headers, "Connection": "close"}
             response = problem_response(

@@ -41,6 +41,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "not-acceptable": (406, "Not acceptable"),
     "payload-too-large": (413, "Upload too large"),
     "request-timeout": (408, "Request timeout"),
+    "too-many-requests": (429, "Too many failed authentications"),
     "decompression-bomb": (413, "Image too large to decode"),
     "unsupported-media-type": (415, "Unsupported media type"),
     "invalid-image": (422, "Invalid image"),
