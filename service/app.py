@@ -202,6 +202,9 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         description=API_DESCRIPTION,
         version=app_version,
         lifespan=_lifespan,
+        # /docs is ours (service/api/page.py): FastAPI's loads Swagger UI from a CDN. No ReDoc (CDN too).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.audit_key = load_audit_key(settings.audit_key_file)
