@@ -33,7 +33,7 @@ __all__ = ["KeyTable", "NotLoaded"]
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
-_ABSENT_MAX_ENTRIES = 100_000  # 64-character hashes: ~10 MiB at most
+_ABSENT_MAX_ENTRIES = 10_000  # 64-character hashes: ~1.6 MiB at most
 
 
 class NotLoaded(Exception):
