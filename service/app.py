@@ -168,6 +168,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(_check_database_role, app.state.records.engine, settings.db_role_check)
     await sink.start()
     await app.state.anchor.start()
+    await app.state.authenticator.start()  # after the migration: loads the API keys, keeps them fresh
     for item in served:
         item.batcher.start()
         identity = item.loaded.identity()
@@ -186,6 +187,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.ready = False
+        await app.state.authenticator.stop()
         for item in served:
             metrics.MODEL_READY.labels(role=item.loaded.role).set(0)
         await asyncio.gather(*(item.batcher.stop(settings.drain_timeout_s) for item in served))
@@ -212,6 +214,9 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         description=API_DESCRIPTION,
         version=app_version,
         lifespan=_lifespan,
+        # /docs is ours (service/api/page.py): FastAPI's loads Swagger UI from a CDN. No ReDoc (CDN too).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.audit_key = load_audit_key(settings.audit_key_file)
@@ -237,6 +242,9 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
     app.state.authenticator = Authenticator(
         records.sessions if auth_enabled else None,
         enabled=auth_enabled,
+        refresh_s=settings.api_key_refresh_s,
+        failure_limit=settings.auth_failure_limit,
+        failure_window_s=settings.auth_failure_window_s,
         on_failure=lambda reason: metrics.AUTH_FAILURES.labels(reason=reason).inc(),
     )
     app.state.sink = sink if sink is not None else records.writer

@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from kdoct.errors import ConfigError
+from service.private_files import private_directory
 
 __all__ = [
     "AUDIT_KEY_BYTES",
@@ -98,7 +99,7 @@ def load_audit_key(path: Path, *, create: bool = True) -> AuditKey:
 
 
 def _create(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_directory(path.parent)
     # A random name, not the pid: replicas in containers sharing the volume can have the same pids.
     descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     temporary = Path(name)

@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     # API keys (`python -m service apikey create`). disabled: local SQLite demo only, logged loudly;
     # refused with PostgreSQL and on non-loopback hosts.
     auth: Literal["enabled", "disabled"] = "enabled"
+    # Each worker holds every key's hash in memory (service/key_table.py) and reloads them this often:
+    # a revoked or rotated key stops working within this time; a new key works at once.
+    api_key_refresh_s: float = Field(2.0, ge=0.1, le=3600.0)
+    # Beyond this many failed authentications (401) from one address (an IPv6 /64) in the window, the
+    # address gets 429 until the window ends, whatever key it sends (service/auth_throttle.py); 0: off.
+    auth_failure_limit: int = Field(20, ge=0, le=1_000_000)
+    auth_failure_window_s: float = Field(60.0, gt=0.0, le=86400.0)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -162,7 +162,8 @@ MODEL_READY = Gauge(
 )
 
 
-AUTH_FAILURE_REASONS = ("missing", "invalid", "revoked", "forbidden")
+# rate_limited: refused with 429 before the key was looked at (service/auth_throttle.py).
+AUTH_FAILURE_REASONS = ("missing", "invalid", "revoked", "forbidden", "rate_limited")
 SECOND_OPINION_OUTCOMES = ("agree", "disagree")
 
 

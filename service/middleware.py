@@ -44,7 +44,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
-Authenticate = Callable[[str | None, str], Awaitable[Client]]
+# (bearer token, the door's scope, the caller's address: its failures are counted, 429 beyond a limit)
+Authenticate = Callable[[str | None, str, str | None], Awaitable[Client]]
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,8 @@ class RequestContextMiddleware:
             authorization = headers.get("authorization", "")
             scheme, _, token = authorization.partition(" ")
             bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
-            client = await self.authenticate(bearer, door.scope)
+            peer = scope.get("client")
+            client = await self.authenticate(bearer, door.scope, peer[0] if peer else None)
         return await self.gate.enter(door, client)
 
     async def _refuse(

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import Response
 
+from service.api.accept import JSON_MEDIA_TYPE, Accept
 from service.api.recording import count_answer, put_on_record
 from service.api.schemas import ClassifyResponse, ProblemDetail
 from service.deps import ClientDep, PipelineDep, SinkDep, TicketDep
@@ -91,32 +92,12 @@ AnswerForm = Literal["json", "dicom", "dicom-or-json"]
 def negotiate(accept: str | None) -> AnswerForm:
     """The form of the answer for an Accept header: "dicom" (an SR, else 406), "dicom-or-json" (an SR
     when the upload is DICOM, else JSON) or "json". The SR is answered only when named with a q above 0
-    and at least JSON's (JSON's own entry, else `*/*` or `application/*`); everything else, no header
-    and headers naming neither included, is JSON, as it always was."""
-    if not accept:
+    and at least JSON's (service/api/accept.py); everything else, no header and headers naming neither
+    included, is JSON, as it always was."""
+    parsed = Accept.parse(accept)
+    if not parsed.prefers(DICOM_MEDIA_TYPE):
         return "json"
-    dicom_q, json_q, wildcard_q = 0.0, None, None
-    for part in accept.split(","):
-        media, *params = (piece.strip() for piece in part.split(";"))
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = min(max(float(value), 0.0), 1.0)
-                except ValueError:
-                    q = 0.0  # an unreadable weight never turns a form on
-        media = media.lower()
-        if media == DICOM_MEDIA_TYPE:
-            dicom_q = max(dicom_q, q)
-        elif media == "application/json":
-            json_q = max(json_q or 0.0, q)
-        elif media in ("*/*", "application/*"):
-            wildcard_q = max(wildcard_q or 0.0, q)
-    json_q = json_q if json_q is not None else wildcard_q or 0.0
-    if dicom_q == 0 or dicom_q < json_q:
-        return "json"
-    return "dicom-or-json" if json_q > 0 else "dicom"
+    return "dicom-or-json" if parsed.quality(JSON_MEDIA_TYPE) > 0 else "dicom"
 
 
 @router.post(

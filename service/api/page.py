@@ -1,4 +1,5 @@
-"""The clinician web page: static HTML, CSS and JavaScript from service/static, served at `/`.
+"""The clinician web page: static HTML, CSS and JavaScript from service/static, served at `/`; and
+the API's Swagger UI at `/docs`, from the copy in service/static/swagger.
 
 No build step and nothing from another site: the page calls the same API as every other client,
 with the API key the user enters (kept in the browser tab's sessionStorage).
@@ -33,6 +34,13 @@ router = APIRouter(include_in_schema=False)
 @router.get("/")
 async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_PAGE_HEADERS)
+
+
+@router.get("/docs")
+async def api_docs() -> FileResponse:
+    """Swagger UI, served from service/static/swagger (vendored) under the same policy as the page:
+    FastAPI's own /docs loads it from a CDN, unpinned and without SRI, on the service's origin."""
+    return FileResponse(STATIC_DIR / "docs.html", media_type="text/html", headers=_PAGE_HEADERS)
 
 
 def mount_static(app: FastAPI) -> None:

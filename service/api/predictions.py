@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from service import fhir
+from service.api.accept import Accept
 from service.db import queries
 from service.db.models import Prediction
 from service.deps import FeedbackClientDep, ReadClientDep, SessionsDep
@@ -116,10 +117,11 @@ def _stored_request_id(request: Request, request_id: str) -> str:
 
 def _wants_fhir(request: Request, format: str | None) -> bool:
     """FHIR when asked by the query (`format=fhir`, for links and tools that cannot set headers) or by
-    `Accept: application/fhir+json`; an explicit `format=json` wins over the header."""
+    `Accept: application/fhir+json` weighed at least as high as JSON (service/api/accept.py: so
+    `application/fhir+json;q=0, application/json` is JSON); an explicit `format=json` wins over the header."""
     if format is not None:
         return format == "fhir"
-    return fhir.FHIR_MEDIA_TYPE in request.headers.get("accept", "").lower()
+    return Accept.parse(request.headers.get("accept")).prefers(fhir.FHIR_MEDIA_TYPE)
 
 
 _FHIR_RESPONSE = {

@@ -15,6 +15,7 @@ from pathlib import Path
 from service.commands._database import add_database_option, open_engine
 from service.db.api_clients import SCOPES, create_client, hash_key, list_clients, revoke_client, rotate_key
 from service.db.session import make_sessionmaker
+from service.private_files import private_directory
 
 LOCAL_CLIENT = "local"
 DEFAULT_LOCAL_KEY_FILE = Path("var/local-api-key")
@@ -116,7 +117,7 @@ def _ensure_local(args: argparse.Namespace) -> int:
 
 
 def _write_private(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_directory(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(content + "\n")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from service.audit_key import AuditKey
 from service.db.chain import ChainLink
+from service.private_files import open_private
 
 __all__ = [
     "DEFAULT_ANCHOR_FILE",
@@ -74,8 +75,7 @@ def sign(key: AuditKey, link: ChainLink, at: datetime | None = None) -> Checkpoi
 
 def append_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """One line, appended under an exclusive lock (workers share the file) and fsync'd."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    descriptor = open_private(path, os.O_WRONLY | os.O_APPEND)  # 0600 in a 0700 directory when new
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         os.write(descriptor, (checkpoint.to_json() + "\n").encode())

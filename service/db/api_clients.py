@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,10 +22,10 @@ from service.db.models import ApiClient
 __all__ = [
     "KEY_PREFIX",
     "SCOPES",
-    "client_by_key_hash",
     "create_client",
     "generate_key",
     "hash_key",
+    "key_rows",
     "list_clients",
     "revoke_client",
     "rotate_key",
@@ -85,7 +85,8 @@ def revoke_client(session: Session, name: str) -> ApiClient:
 
 
 def rotate_key(session: Session, name: str) -> tuple[ApiClient, str]:
-    """A new key for an existing, unrevoked client; the old key stops working (within the cache TTL)."""
+    """A new key for an existing, unrevoked client; the old key stops working (within each worker's
+    key refresh, KDOCT_API_KEY_REFRESH_S)."""
     client = session.scalars(select(ApiClient).where(ApiClient.name == name)).first()
     if client is None:
         raise LookupError(f"no API client named {name!r}")
@@ -101,5 +102,8 @@ def list_clients(session: Session) -> list[ApiClient]:
     return list(session.scalars(select(ApiClient).order_by(ApiClient.name)))
 
 
-def client_by_key_hash(session: Session, key_hash: str) -> ApiClient | None:
-    return session.scalars(select(ApiClient).where(ApiClient.key_hash == key_hash)).first()
+def key_rows(session: Session) -> list[Row]:
+    """Every key's hash, client name, scopes and revocation time: what a worker holds in memory to
+    check requests (service/key_table.py), in one SELECT of four columns."""
+    columns = (ApiClient.key_hash, ApiClient.name, ApiClient.scopes, ApiClient.revoked_at)
+    return list(session.execute(select(*columns)))

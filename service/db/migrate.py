@@ -11,6 +11,7 @@ takes the lock, so `alembic upgrade head` (docker/entrypoint.sh) is covered as w
 from __future__ import annotations
 
 import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from sqlalchemy import text
 
 from kdoct.errors import ConfigError
 from service.db.session import is_postgresql, make_engine, normalise_url, sqlite_path
+from service.private_files import open_private
 
 __all__ = ["ALEMBIC_INI", "MIGRATION_LOCK_KEY", "alembic_config", "downgrade", "migration_lock", "upgrade"]
 
@@ -71,7 +73,7 @@ def migration_lock(database_url: str) -> Iterator[None]:
     if database is None:
         yield
         return
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(database.name + ".migrate-lock"), "a") as lock_file:
+    lock_path = database.with_name(database.name + ".migrate-lock")
+    with os.fdopen(open_private(lock_path, os.O_WRONLY | os.O_APPEND), "a") as lock_file:
         fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)  # released when the file closes
         yield

@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 from kdoct.errors import ConfigError
+from service.private_files import create_private_file
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -97,8 +98,10 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 
 def _sqlite_engine(url: URL, **kwargs) -> Engine:
-    if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    if url.database and url.database != ":memory:" and not url.query.get("uri"):
+        # 0600 before SQLite makes it 0644 under the usual umask; SQLite gives its -wal, -shm and
+        # -journal files the database file's mode.
+        create_private_file(Path(url.database))
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_S, **kwargs.pop("connect_args", {})}
     engine = create_engine(url, hide_parameters=True, connect_args=connect_args, **kwargs)
 

@@ -91,7 +91,9 @@ def serve(
     repo_root: Path,
     *,
     workers: int = 1,
+    **settings: str,
 ) -> Iterator[RecordsServer]:
+    """The service on `database_url`; `settings` (KDOCT_...=value) override the defaults below."""
     log_path = workdir / "server.log"
     spool_dir, metrics_dir = workdir / "spool", workdir / "prometheus"
     audit_key_file, anchor_file = workdir / "audit" / "audit.key", workdir / "audit" / "anchors.jsonl"
@@ -117,6 +119,7 @@ def serve(
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         PYTHONPATH=str(repo_root),
     )
+    env.update(settings)
     if workers == 1:
         env.pop("PROMETHEUS_MULTIPROC_DIR")
     with running_service(
@@ -147,7 +150,11 @@ def pg_server(e2e_bundles, tmp_path_factory, repo_root) -> Iterator[RecordsServe
     try:
         keys = prepare_database(database_url, repo_root)
         workdir = tmp_path_factory.mktemp("records-server")
-        with serve(e2e_bundles, workdir, database_url, keys, repo_root, workers=2) as server:
+        # Every test here calls from 127.0.0.1, some with a thousand bad keys: no limit on failed
+        # authentications per address (tests/e2e/test_auth_limits.py tests the limit).
+        with serve(
+            e2e_bundles, workdir, database_url, keys, repo_root, workers=2, KDOCT_AUTH_FAILURE_LIMIT="0"
+        ) as server:
             yield server
     finally:
         drop_database(name)

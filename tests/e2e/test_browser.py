@@ -189,3 +189,24 @@ def test_page_classifies_explains_and_takes_feedback(
     log = browser.get_log("browser")
     script_errors = [entry for entry in log if entry["level"] == "SEVERE" and entry["source"] != "network"]
     assert script_errors == [], f"the page's script failed: {script_errors}"
+
+
+def test_api_docs_render_from_the_service_under_its_policy(page_server, browser, artifacts_dir) -> None:
+    """Swagger UI at /docs (issue 23, case 14): served from the service's own files, it renders every
+    route under the page's Content-Security-Policy, which would block anything from another origin,
+    an inline script or eval, and would say so in the console."""
+    browser.get(page_server["url"] + "/docs")
+    _wait(
+        browser,
+        lambda driver: len(driver.find_elements(By.CSS_SELECTOR, ".opblock")) >= 5,
+        "Swagger UI to list the routes",
+    )
+    paths = {element.text for element in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/classify", "/predictions/{prediction_id}"} <= {path.replace("\u200b", "") for path in paths}
+    # The "Authorize" button of the bearer scheme: keys can be tried from the page.
+    assert browser.find_elements(By.CSS_SELECTOR, ".btn.authorize")
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(url.startswith(page_server["url"] + "/") for url in loaded), loaded
+    browser.save_screenshot(str(artifacts_dir / "browser-docs.png"))
+    problems = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
+    assert problems == [], f"the docs page logged: {problems}"

@@ -319,7 +319,7 @@ def test_missing_wrong_unscoped_and_revoked_keys_are_refused_and_never_logged(pg
 
 
 def _until_refused(server: RecordsServer, data: bytes, key: str, timeout_s: float) -> httpx.Response:
-    """Revocation reaches each worker when its key cache entry expires (a few seconds)."""
+    """Revocation reaches each worker at its next reload of the key table (KDOCT_API_KEY_REFRESH_S, 2 s)."""
     deadline = time.monotonic() + timeout_s
     while True:
         response = classify(server, data, key=key)

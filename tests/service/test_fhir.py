@@ -269,6 +269,34 @@ def test_json_stays_the_default_and_an_unknown_id_is_404_and_not_logged(app_clie
     assert FHIR_JSON in operation["responses"]["200"]["content"]
 
 
+@pytest.mark.parametrize(
+    ("accept", "form"),
+    [
+        # Issue 23, case 13: FHIR was answered for any header containing its name, q=0 included.
+        ("application/fhir+json;q=0, application/json", "json"),
+        ("application/fhir+json;q=0", "json"),
+        ("application/fhir+json;q=0.4, application/json", "json"),
+        ("application/fhir+json;q=0.5, */*", "json"),  # everything else at 1 outweighs FHIR at 0.5
+        ("application/fhir+json;q=oops", "json"),  # an unreadable weight never turns FHIR on
+        ("application/fhir+json", "fhir"),
+        ("application/fhir+json; fhirVersion=4.0", "fhir"),  # the FHIR spec's version parameter
+        ("application/json;q=0.5, Application/FHIR+JSON", "fhir"),
+        ("application/fhir+json, application/json", "fhir"),  # equal weights: the form named by name
+        ("application/fhir+json, application/json;q=0, */*", "fhir"),
+    ],
+)
+def test_the_accept_header_is_weighed_by_its_q_values(app_client, jpeg_paths, accept, form):
+    pid = _post(app_client, jpeg_paths[0].read_bytes(), "scan.jpeg", second_opinion="never")["prediction_id"]
+    response = app_client.get(f"/predictions/{pid}", headers={"Accept": accept})
+    assert response.status_code == 200, response.text
+    media_type = response.headers["content-type"].split(";")[0]
+    assert media_type == (FHIR_JSON if form == "fhir" else "application/json"), accept
+    if form == "json":
+        assert response.json()["id"] == pid
+    else:
+        assert response.json()["resourceType"] == "Bundle"
+
+
 def test_a_record_made_with_the_gate_off_says_the_gate_was_not_performed():
     # The mapping alone (service/fhir.py is pure): a record from before the gate or with it off.
     record = SimpleNamespace(
