@@ -1,5 +1,5 @@
 """The service's ways in, as a client drives them, for the hostile ingress suite
-(tests/hostile/test_ingress.py): every case that concerns all ways in runs against every door here.
+(tests/hostile/test_hostile_ingress.py): every case that concerns all ways in runs against every door here.
 
 A door adapter has a `name`, `max_elements` (uploads one request can carry), and two verbs:
 `send(port, uploads, key)` -> (status, raw answer) sends a whole request and waits for its answer;

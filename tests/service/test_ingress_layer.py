@@ -1,7 +1,7 @@
 """The ingress layer's parts (service/ingress/): the door table covers every route that takes a body,
 tickets charge and give back exactly, the body reader keeps its size, rate and memory rules, and the
 shape an upload's header announces is the shape it decodes to. The layer against a real server, door by
-door: tests/hostile/test_ingress.py."""
+door: tests/hostile/test_hostile_ingress.py."""
 
 from __future__ import annotations
 
