@@ -404,6 +404,10 @@ def test_postgresql_outage_loses_and_duplicates_no_answered_prediction(outage_se
     rows = stored(server.database_url)
     assert {row_id: sha for row_id, sha in rows.items() if row_id not in before} == answered
     assert len(rows) == len(before) + 16
+    # `audit verify` needs a checkpoint file: the server writes its first one within its 1 s interval.
+    while not server.anchor_file.exists():
+        assert time.monotonic() < deadline + 10, "no chain checkpoint written"
+        time.sleep(0.25)
     verified = server.cli("audit", "verify")
     assert verified.returncode == 0, verified.stdout
     backlog = metric_samples(httpx.get(f"{server.url}/metrics").text, "kdoct_spool_backlog")
