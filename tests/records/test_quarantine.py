@@ -16,10 +16,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DataError
 
 import service.db.writer as writer_module
-from kdoct_testing.records import stored_rows, until
+from kdoct_testing.records import spool_line, stored_rows, until
 from service.db.audit import verify
 from service.db.observer import MetricsObserver
-from service.db.rows import normalise_row, row_to_json
 from service.db.spool_first import SpoolFirstWriter
 from service.db.writer import DurableWriter
 
@@ -30,8 +29,7 @@ def quarantined(reason: str) -> float:
     return REGISTRY.get_sample_value("kdoct_spool_quarantined_total", {"reason": reason}) or 0.0
 
 
-def line(record) -> bytes:
-    return row_to_json(normalise_row(record)).encode() + b"\n"
+line = spool_line
 
 
 def spool_files(spool_dir: Path) -> list[Path]:
