@@ -48,6 +48,8 @@ SERVICE_METRICS = {
     "kdoct_db_write_duration_seconds": "histogram",
     "kdoct_db_write_failures_total": "counter",
     "kdoct_spool_backlog": "gauge",
+    "kdoct_spool_quarantined_total": "counter",
+    "kdoct_record_writer_restarts_total": "counter",
     "kdoct_auth_failures_total": "counter",
     "kdoct_model_info": "gauge",
     "kdoct_model_ready": "gauge",
