@@ -218,9 +218,8 @@ class DurableWriter:
 
     @property
     def not_running(self) -> list[str]:
-        """The writer's tasks that are down (waiting to be restarted after a failure); [] when all run."""
-        if self._task is None or self._task.done():
-            return [self._TASK] if self._queue is not None else []
+        """The writer's tasks that are down, waiting to be restarted after a failure ([] when all run,
+        and when the writer is not started or was stopped)."""
         return sorted(self.supervisor.down)
 
     @property

@@ -11,17 +11,21 @@ import time
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine
+from starlette.requests import Request
 
 import service.db.writer as writer_module
 from kdoct_testing.records import count_rows, stored_rows, until
+from service.api import health
 from service.db.audit import verify
 from service.db.journal import Journal
 from service.db.observer import MetricsObserver
 from service.db.rows import normalise_row, row_to_json
 from service.db.spool_first import SpoolFirstWriter
 from service.db.writer import DurableWriter
+from service.problems import Problem
 from service.records import RecordUnavailable
 
 # Long enough to see the task down, short enough for a quick test.
@@ -56,6 +60,15 @@ async def until_ready(writer, ready: bool, timeout: float) -> None:
         await asyncio.sleep(0.02)
 
 
+async def readiness_refusal(writer) -> Problem:
+    """What GET /health/ready answers (its handler, on an app whose models are ready) while not ready."""
+    app = FastAPI()
+    app.state.ready, app.state.sink = True, writer
+    with pytest.raises(Problem) as refused:
+        await health.ready(Request({"type": "http", "app": app}))
+    return refused.value
+
+
 def crash_logged(caplog, task: str) -> bool:
     return any(
         record.levelno == logging.ERROR and record.exc_info and repr(task) in record.getMessage()
@@ -81,6 +94,8 @@ def test_insert_task_failure_is_logged_reported_and_restarted(
         await until(lambda: bool(fired))
         await until_ready(writer, False, timeout=5)  # down: not ready, and saying which task
         assert writer.not_running == ["insert"]
+        refusal = await readiness_refusal(writer)
+        assert refusal.status == 503 and "task insert restarting" in refusal.detail, refusal.detail
         await until_ready(writer, True, timeout=10)
         assert writer.not_running == []
         await asyncio.gather(*(writer.record([r]) for r in records[3:]))
