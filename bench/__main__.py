@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--only service,models,load,faults,fuzz,profile,fixes,int8,overload]`: run the
-benchmarks and rewrite their sections of docs/BENCHMARKS.md (other sections of the file are kept)."""
+"""`python -m bench [--quick] [--only service,models,load,faults,fuzz,profile,fixes,int8,overload,outage]`:
+run the benchmarks and rewrite their sections of docs/BENCHMARKS.md (other sections of the file are kept)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tqdm import tqdm
 from bench.bundles import CACHE
 from bench.report import machine, now, write_section
 
-ITEMS = ("service", "models", "load", "faults", "fuzz", "profile", "fixes", "int8", "overload")
+ITEMS = ("service", "models", "load", "faults", "fuzz", "profile", "fixes", "int8", "overload", "outage")
 log = logging.getLogger("bench")
 
 
@@ -66,6 +66,10 @@ def _run_item(item: str, quick: bool, state: dict) -> str:
         return "## Goodput under overload (EfficientNet-B2 student, `KDOCT_MAX_QUEUE=4`)\n\n" + overload_text(
             "student", 4, 4.0 if quick else 8.0
         )
+    if item == "outage":
+        from bench.outage_replay import outage_replay_text
+
+        return outage_replay_text(quick)
     raise ValueError(item)
 
 

@@ -3,17 +3,60 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine, func, select
 
 from service.db.models import Prediction
 
-__all__ = ["UNREACHABLE_PG", "count_rows", "stored_rows", "until"]
+__all__ = ["UNREACHABLE_PG", "count_rows", "make_record", "spool_line", "stored_rows", "until"]
 
 # Nothing listens on port 1: connections are refused at once.
 UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
+
+
+def make_record(**overrides) -> dict[str, Any]:
+    """The values of one predictions row, as service.records.prediction_rows derives them."""
+    payload = os.urandom(32)
+    values = dict(
+        id=uuid.uuid4(),
+        request_id=uuid.uuid4().hex,
+        model_name="kdoct-student",
+        model_version="0.1.0",
+        model_sha256="a" * 64,
+        input_sha256=hashlib.sha256(payload).hexdigest(),
+        format="jpeg",
+        width=512,
+        height=496,
+        probabilities={"normal": 0.7, "drusen": 0.2, "cnv": 0.1},
+        label="normal",
+        confidence=0.7,
+        refer=False,
+        timing_ms={"decode": 1.25, "queue": 0.1, "inference": 8.0, "total": 9.5},
+        created_at=datetime.now(UTC),
+        client_id=None,
+        teacher_model_name=None,
+        teacher_model_version=None,
+        teacher_model_sha256=None,
+        frame_index=None,
+        volume_id=None,
+        second_opinion=None,
+    )
+    values.update(overrides)
+    return values
+
+
+def spool_line(record: dict[str, Any]) -> bytes:
+    """The spool's line for one record, as a writer appends it (newline included)."""
+    from service.db.rows import normalise_row, row_to_json
+
+    return row_to_json(normalise_row(record)).encode() + b"\n"
 
 
 def stored_rows(engine: Engine) -> dict[str, str]:

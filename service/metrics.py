@@ -19,6 +19,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from service.db.quarantine import QUARANTINE_REASONS
+
 # prometheus_client writes one file per metric and process there as soon as a metric is declared:
 # a configured but missing directory would make every import of this module fail.
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -40,6 +42,8 @@ __all__ = [
     "PREDICTION_CONFIDENCE",
     "QUEUE_DEPTH",
     "QUEUE_WAIT",
+    "RECORD_WRITER_RESTARTS",
+    "RECORD_WRITER_TASKS",
     "REFERRALS",
     "SAFETY_GATE",
     "REJECTED_REQUESTS",
@@ -48,6 +52,7 @@ __all__ = [
     "SECOND_OPINIONS",
     "SECOND_OPINION_OUTCOMES",
     "SPOOL_BACKLOG",
+    "SPOOL_QUARANTINED",
     "initialise_label_sets",
     "render_metrics",
 ]
@@ -149,6 +154,18 @@ INGRESS_SPILLED_BODIES = Counter(
     "kdoct_ingress_spilled_bodies_total",
     "Request bodies held in a temporary file because the in-memory share of the budget was taken",
 )
+# Spool lines (or whole unreadable files) replay set aside in <spool dir>/quarantine/, by reason
+# (service/db/quarantine.py QUARANTINE_REASONS).
+SPOOL_QUARANTINED = Counter(
+    "kdoct_spool_quarantined_total",
+    "Spool lines (or unreadable spool files) set aside in the spool's quarantine, by reason",
+    ["reason"],
+)
+RECORD_WRITER_RESTARTS = Counter(
+    "kdoct_record_writer_restarts_total",
+    "Record writer tasks restarted after an unexpected failure, by task",
+    ["task"],
+)
 AUTH_FAILURES = Counter("kdoct_auth_failures_total", "Failed authentications, by reason", ["reason"])
 MODEL_INFO = Gauge(
     "kdoct_model_info", "Loaded model bundles (value 1)", ["role", "name", "version", "sha256"],
@@ -164,6 +181,8 @@ MODEL_READY = Gauge(
 
 # rate_limited: refused with 429 before the key was looked at (service/auth_throttle.py).
 AUTH_FAILURE_REASONS = ("missing", "invalid", "revoked", "forbidden", "rate_limited")
+# DurableWriter's task; SpoolFirstWriter's journal and insert tasks (service/db/writer.py, spool_first.py).
+RECORD_WRITER_TASKS = ("writer", "journal", "insert")
 SECOND_OPINION_OUTCOMES = ("agree", "disagree")
 
 
@@ -180,6 +199,10 @@ def initialise_label_sets(model: str, class_names: tuple[str, ...] | list[str]) 
         REJECTED_REQUESTS.labels(reason=reason)
     for reason in AUTH_FAILURE_REASONS:
         AUTH_FAILURES.labels(reason=reason)
+    for reason in QUARANTINE_REASONS:
+        SPOOL_QUARANTINED.labels(reason=reason)
+    for task in RECORD_WRITER_TASKS:
+        RECORD_WRITER_RESTARTS.labels(task=task)
 
 
 def render_metrics() -> tuple[bytes, str]:

@@ -1,7 +1,8 @@
 """Liveness and readiness.
 
 live: the process answers; no dependency is checked, so a database outage never restarts replicas.
-ready: the models are loaded, warmed up and golden-checked, and the record sink can take records.
+ready: the models are loaded, warmed up and golden-checked, and the record sink can take records (its
+writer's tasks run: one restarting after a failure is named, service/db/supervisor.py).
 Both answer anyone, so they say ready or not and where records go, never which models (their names,
 versions and hashes are for key holders: GET /models).
 """
@@ -36,8 +37,12 @@ async def ready(request: Request) -> HealthResponse:
     if not getattr(state, "ready", False):
         raise Problem("not-ready", "the models are not loaded and verified yet", headers={"Retry-After": "5"})
     if not await state.sink.ready():
-        raise Problem(
-            "not-ready", "prediction records cannot be stored right now", headers={"Retry-After": "5"}
+        down = getattr(state.sink, "not_running", None)
+        detail = (
+            f"the record writer is not running (task {', '.join(down)} restarting after a failure)"
+            if down
+            else "prediction records cannot be stored right now"
         )
+        raise Problem("not-ready", detail, headers={"Retry-After": "5"})
     records = "spool" if getattr(state.sink, "degraded", False) else "database"
     return HealthResponse(status="ready", records=records)

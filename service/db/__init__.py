@@ -6,8 +6,14 @@ migrate.py  Alembic upgrade/downgrade under an exclusive lock
 chain.py    the hash chain over predictions and the serialised append
 anchor.py   signed checkpoints of the chain's newest links, kept outside the database
 rows.py     row values -> normalised row dict, its canonical bytes, and the spool's JSON form
-spool.py    the local fsync'd JSONL spool used while the database is unreachable
+spool.py    the local fsync'd JSONL spool used while the database is unreachable, and its replay claims
+spool_files.py  how spool files are created (locked before they are named), written and told apart
+quarantine.py   spool lines and files replay cannot insert, set aside and kept
+backlog.py  the spool backlog as a count kept up to date
+journal.py  the spool-first writer's fsync'd journal segments
 writer.py   DurableWriter: queue -> batches -> database or spool, replay when the database is back
+spool_first.py  SpoolFirstWriter: answers once journaled, the insert follows
+supervisor.py   restarts a writer's task after a failure; readiness reports it down meanwhile
 observer.py the writer's metrics
 audit.py    verify the chain and its checkpoints, report the first broken link
 queries.py  what the query API reads and writes (each read logged)

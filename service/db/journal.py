@@ -7,20 +7,24 @@ is open this process holds its flock, so no other process replays rows that are 
 to the database from memory. A segment is sealed (no more appends) when it reaches ``segment_bytes``
 or when the writer seals it (idle, or to replay it); a sealed segment whose rows all settled is
 unlinked if every row was committed from memory, or closed and left for replay if any was not.
+
+A segment is created under a name replay does not see, flocked, and only then renamed
+(service/db/spool_files.py): no claimer can take it before this process holds it. An append that
+fails half-way (disk full) seals its segment, so a torn line stays the segment's last line and is
+never glued to the next row.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from service.db.backlog import SpoolBacklog
 from service.db.rows import row_to_json
-from service.db.spool import fsync_dir
+from service.db.spool_files import create_locked, write_all
 
 __all__ = ["Journal", "Segment"]
 
@@ -28,7 +32,7 @@ __all__ = ["Journal", "Segment"]
 @dataclass(eq=False)
 class Segment:
     path: Path
-    handle: IO[str]
+    fd: int
     size: int = 0
     written: int = 0  # rows appended
     settled: int = 0  # rows committed from memory, or left for replay
@@ -38,23 +42,34 @@ class Segment:
 
 
 class Journal:
-    def __init__(self, spool_dir: str | os.PathLike[str], *, segment_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        spool_dir: str | os.PathLike[str],
+        *,
+        segment_bytes: int = 4 << 20,
+        counter: SpoolBacklog | None = None,
+    ) -> None:
         if segment_bytes < 1:
             raise ValueError("journal segment_bytes must be at least 1")
         self.spool_dir = Path(spool_dir)
         self.segment_bytes = segment_bytes
+        # Told of each segment let go for replay: its rows join the spool's backlog.
+        self.counter = counter
         self._lock = threading.Lock()
         self._active: Segment | None = None
         self._open: set[Segment] = set()
 
     def append(self, rows: list[dict[str, Any]]) -> Segment:
         """Append and fsync; on return the rows survive a crash. Raises OSError when they cannot."""
-        data = "".join(row_to_json(row) + "\n" for row in rows)
+        data = "".join(row_to_json(row) + "\n" for row in rows).encode()
         with self._lock:
             segment = self._active or self._new_segment()
-            segment.handle.write(data)
-            segment.handle.flush()
-            os.fsync(segment.handle.fileno())
+            try:
+                write_all(segment.fd, data)
+                os.fsync(segment.fd)
+            except OSError:
+                self._seal(segment)  # part of `data` may be in it: nothing may follow
+                raise
             segment.written += len(rows)
             segment.size += len(data)
             if segment.size >= self.segment_bytes:
@@ -110,12 +125,8 @@ class Journal:
     # Under the lock ---------------------------------------------------------------------------
 
     def _new_segment(self) -> Segment:
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        path = self.spool_dir / f"spool-{os.getpid()}-{uuid.uuid4().hex}.jsonl"
-        handle = path.open("a", encoding="utf-8")
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        fsync_dir(self.spool_dir)  # the new file's name must survive a crash too
-        segment = Segment(path=path, handle=handle)
+        fd, path = create_locked(self.spool_dir)
+        segment = Segment(path=path, fd=fd)
         self._active = segment
         self._open.add(segment)
         return segment
@@ -133,6 +144,9 @@ class Journal:
             # Still under our flock, so no other process can be replaying it. If a crash loses the
             # unlink, replay finds every row already stored and inserts nothing.
             segment.path.unlink(missing_ok=True)
-        segment.handle.close()  # drops the flock: a file left for replay is now claimable
+        stat = os.fstat(segment.fd)
+        os.close(segment.fd)  # drops the flock: a file left for replay is now claimable
         segment.closed = True
         self._open.discard(segment)
+        if segment.left_for_replay and self.counter is not None:
+            self.counter.let_go(segment.path, stat.st_dev, stat.st_ino, stat.st_size, segment.written)

@@ -16,3 +16,9 @@ class MetricsObserver:
 
     def spool_backlog(self, rows: int) -> None:
         metrics.SPOOL_BACKLOG.set(rows)
+
+    def spool_quarantined(self, reason: str, count: int) -> None:
+        metrics.SPOOL_QUARANTINED.labels(reason=reason).inc(count)
+
+    def writer_restarted(self, task: str) -> None:
+        metrics.RECORD_WRITER_RESTARTS.labels(task=task).inc()

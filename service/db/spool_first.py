@@ -13,6 +13,12 @@ whether the process lives, stops, or crashes between the fsync and the commit.
 
 If the journal cannot be written (disk full, read-only volume), a batch falls back to what
 DurableWriter does: commit to the database before answering, else 503.
+
+Both tasks are supervised (service/db/supervisor.py). If the journal task fails, the requests of its
+batch that were not answered get RecordUnavailable, and rows it had journaled but not handed on are
+left for replay; if the insert task fails, the rows it was inserting are left for replay. Either way
+the task restarts, and readiness is false until it runs again: an answer never goes out for a row
+that nothing will insert.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -39,6 +46,10 @@ _Journaled = tuple[Segment, list[dict[str, Any]]]
 
 
 class SpoolFirstWriter(DurableWriter):
+    # Our own live journals and other workers' are held while their rows are on their way from memory.
+    _BACKLOG_UNHELD_ONLY = True
+    _TASK = "journal"
+
     def __init__(
         self,
         engine: Engine,
@@ -52,7 +63,7 @@ class SpoolFirstWriter(DurableWriter):
         if kwargs.get("record_deadline_s") is not None:
             raise ValueError("a spool-first writer never waits for the database: no record deadline")
         super().__init__(engine, spool_dir, **kwargs)
-        self.journal = Journal(self.spool_dir, segment_bytes=segment_bytes)
+        self.journal = Journal(self.spool_dir, segment_bytes=segment_bytes, counter=self.backlog)
         # Journaled rows waiting for their insert, at most; beyond it they are replayed from the file.
         self.memory_rows = memory_rows if memory_rows is not None else 4 * self.queue_size
         # An insert waits this long for more journaled rows to share its transaction (flush() cuts it).
@@ -60,7 +71,13 @@ class SpoolFirstWriter(DurableWriter):
         self._inserts: asyncio.Queue | None = None
         self._insert_task: asyncio.Task | None = None
         self._in_memory = 0
+        self._memory_lock = threading.Lock()  # taken by the insert task's thread too
         self._handed_over: asyncio.Event | None = None
+        # What the tasks hold while they work, for their crash handlers to settle: rows journaled and
+        # not yet handed to the insert task; rows the insert task took and has not settled.
+        self._unhanded: tuple[Segment, int] | None = None
+        self._inserting: list[_Journaled] = []
+        self._insert_took_stop = False
 
     async def start(self) -> None:
         if self._task is not None:
@@ -69,7 +86,7 @@ class SpoolFirstWriter(DurableWriter):
         self._handed_over = asyncio.Event()
         self._handed_over.set()
         await super().start()
-        self._insert_task = asyncio.create_task(self._insert_loop(), name="kdoct-record-inserter")
+        self._insert_task = self.supervisor.start("insert", self._insert_loop, self._insert_crashed)
 
     async def stop(self) -> None:
         """Journal everything queued, insert what the database takes, leave the rest for replay."""
@@ -101,6 +118,7 @@ class SpoolFirstWriter(DurableWriter):
                 break
             batch, rows, stopping = self._take_batch(item)
             await self._journal(batch, rows)
+            self._in_flight = []
         self._inserts.put_nowait(_STOP)
         if self._insert_task is not None:
             await self._insert_task
@@ -112,10 +130,20 @@ class SpoolFirstWriter(DurableWriter):
             log.error("journal in %s not writable (%s); committing before answering", self.spool_dir, exc)
             await self._write(batch, rows)  # the database, else a 503 for each request
             return
+        self._unhanded = (segment, len(rows))
         for _, done in batch:
             if not done.done():
                 done.set_result(None)
         self._hand_over(segment, rows)
+        self._unhanded = None
+
+    def _writer_crashed(self) -> None:
+        if self._unhanded is not None:
+            segment, count = self._unhanded
+            self._unhanded = None
+            self.journal.leave_for_replay(segment, count)
+            self._spool_pending = True
+        super()._writer_crashed()
 
     def _hand_over(self, segment: Segment, rows: list[dict[str, Any]]) -> None:
         assert self._inserts is not None and self._handed_over is not None
@@ -127,7 +155,8 @@ class SpoolFirstWriter(DurableWriter):
                 self._spool_pending = True
                 self._inserts.put_nowait(_REPLAY)  # the insert task may be waiting out a long timeout
             return
-        self._in_memory += len(rows)
+        with self._memory_lock:
+            self._in_memory += len(rows)
         self._handed_over.clear()
         self._inserts.put_nowait((segment, rows))
 
@@ -158,22 +187,34 @@ class SpoolFirstWriter(DurableWriter):
                 continue
             if item is _FLUSH:
                 continue  # nothing was waiting
-            items, count, stopping = await self._gather(item)
-            try:
-                await asyncio.to_thread(self._insert_journaled, items)
-            finally:
-                self._in_memory -= count
-                if self._in_memory == 0:
-                    self._handed_over.set()
+            stopping = self._insert_took_stop = await self._gather(item)
+            await asyncio.to_thread(self._insert_journaled)
+            self._note_handed_over()
             if self._spool_pending and self._db_down_since is None:
                 await asyncio.to_thread(self._replay_one)
 
-    async def _gather(self, first: _Journaled) -> tuple[list[_Journaled], int, bool]:
-        """`first` and what else arrives within coalesce_s, up to batch_size rows, for one transaction:
-        the database shares the cores with inference, and one commit for several answers costs it less.
-        A read waiting for its row (flush) or stop ends the wait. Returns (items, rows, stopping)."""
+    def _note_handed_over(self) -> None:
+        assert self._handed_over is not None
+        if self._in_memory == 0:
+            self._handed_over.set()
+
+    def _insert_crashed(self) -> None:
+        """The insert task failed: the rows it held are left for replay (those it did insert are
+        skipped by it), and a stop marker it had taken is seen again by the restarted task."""
+        self._settle(inserted=False)
+        self._note_handed_over()
+        if self._insert_took_stop and self._inserts is not None:
+            self._insert_took_stop = False
+            self._inserts.put_nowait(_STOP)
+
+    async def _gather(self, first: _Journaled) -> bool:
+        """`first` and what else arrives within coalesce_s, up to batch_size rows, for one transaction
+        (into self._inserting): the database shares the cores with inference, and one commit for several
+        answers costs it less. A read waiting for its row (flush) or stop ends the wait. Returns whether
+        stop's marker came."""
         assert self._inserts is not None
-        items, count = [first], len(first[1])
+        items, count = self._inserting, len(first[1])
+        items.append(first)
         deadline = time.monotonic() + self.coalesce_s
         while count < self.batch_size:
             if self._inserts.empty():
@@ -187,26 +228,35 @@ class SpoolFirstWriter(DurableWriter):
             else:
                 nxt = self._inserts.get_nowait()
             if nxt is _STOP:
-                return items, count, True
+                return True
             if nxt is _FLUSH:
                 break
             if nxt is _REPLAY:
                 continue  # replayed after this batch anyway (_spool_pending is set)
             items.append(nxt)
             count += len(nxt[1])
-        return items, count, False
+        return False
 
-    def _insert_journaled(self, items: list[_Journaled]) -> None:
+    def _insert_journaled(self) -> None:
         now = time.monotonic()
         inserted = False
         if self._db_down_since is None or now - self._last_attempt >= self.retry_interval_s:
             self._last_attempt = now
-            inserted = self._insert([row for _, rows in items for row in rows])
-        for segment, rows in items:
+            inserted = self._insert([row for _, rows in self._inserting for row in rows])
+        self._settle(inserted)
+
+    def _settle(self, inserted: bool) -> None:
+        """Tell the journal where each row the insert task took went: into the database, or (not
+        inserted) to replay."""
+        while self._inserting:
+            segment, rows = self._inserting[0]
             if inserted:
                 self.journal.committed(segment, len(rows))
             else:
                 self.journal.leave_for_replay(segment, len(rows))
+            self._inserting.pop(0)
+            with self._memory_lock:
+                self._in_memory -= len(rows)
         if not inserted:
             self._spool_pending = True
             self._report_backlog()
@@ -231,5 +281,4 @@ class SpoolFirstWriter(DurableWriter):
     def _report_backlog(self) -> None:
         # Files nobody holds (crashed processes', ours closed for replay) and our own segments whose
         # rows were left for replay; not the journals whose rows are on their way from memory.
-        backlog = self.spool.backlog(unheld_only=True) + self.journal.rows_awaiting_replay()
-        self.observer.spool_backlog(backlog)
+        self.observer.spool_backlog(self.backlog.total + self.journal.rows_awaiting_replay())

@@ -51,6 +51,8 @@ SERVICE_METRICS = {
     "kdoct_ingress_memory_bytes": "gauge",
     "kdoct_ingress_in_flight": "gauge",
     "kdoct_ingress_spilled_bodies_total": "counter",
+    "kdoct_spool_quarantined_total": "counter",
+    "kdoct_record_writer_restarts_total": "counter",
     "kdoct_auth_failures_total": "counter",
     "kdoct_model_info": "gauge",
     "kdoct_model_ready": "gauge",

@@ -3,50 +3,16 @@ cluster for outage tests), migrated SQLite files, and prediction records."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
 from kdoct_testing.postgres import ThrowawayCluster, create_database, drop_database, libpq_url
+from kdoct_testing.records import make_record
 from service.db.migrate import upgrade
 from service.db.session import make_engine
-
-
-def make_record(**overrides) -> dict[str, Any]:
-    """The values of one predictions row, as service.records.prediction_rows derives them."""
-    payload = os.urandom(32)
-    values = dict(
-        id=uuid.uuid4(),
-        request_id=uuid.uuid4().hex,
-        model_name="kdoct-student",
-        model_version="0.1.0",
-        model_sha256="a" * 64,
-        input_sha256=hashlib.sha256(payload).hexdigest(),
-        format="jpeg",
-        width=512,
-        height=496,
-        probabilities={"normal": 0.7, "drusen": 0.2, "cnv": 0.1},
-        label="normal",
-        confidence=0.7,
-        refer=False,
-        timing_ms={"decode": 1.25, "queue": 0.1, "inference": 8.0, "total": 9.5},
-        created_at=datetime.now(UTC),
-        client_id=None,
-        teacher_model_name=None,
-        teacher_model_version=None,
-        teacher_model_sha256=None,
-        frame_index=None,
-        volume_id=None,
-        second_opinion=None,
-    )
-    values.update(overrides)
-    return values
 
 
 @pytest.fixture
