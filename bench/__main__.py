@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--only service,models,load,faults,fuzz,profile,fixes,int8,overload,outage,ingress]`:
-run the benchmarks and rewrite their sections of docs/BENCHMARKS.md (other sections of the file are kept)."""
+"""`python -m bench [--quick] [--only ITEMS]` (items: service, models, load, faults, fuzz, profile, fixes,
+int8, overload, outage, ingress): run the benchmarks and rewrite their sections of docs/BENCHMARKS.md (other sections of the file are kept)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from tqdm import tqdm
 from bench.bundles import CACHE
 from bench.report import machine, now, write_section
 
-ITEMS = ("service", "models", "load", "faults", "fuzz", "profile", "fixes", "int8", "overload", "outage", "ingress")
+ITEMS = (
+    "service", "models", "load", "faults", "fuzz", "profile", "fixes", "int8", "overload", "outage", "ingress",
+)  # fmt: skip
 log = logging.getLogger("bench")
 
 
@@ -75,7 +77,8 @@ def _run_item(item: str, quick: bool, state: dict) -> str:
 
         # In-process steps only: the before/after needs a checkout of the code before the layer
         # (python -m bench.ingress_cost --before-root DIR).
-        return "## Cost of the ingress layer on POST /classify\n\n" + section(None, 0, 0.0, 20 if quick else 50)
+        heading = "## Cost of the ingress layer on POST /classify\n\n"
+        return heading + section(None, 0, 0.0, 20 if quick else 50)
     raise ValueError(item)
 
 
