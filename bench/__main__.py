@@ -1,5 +1,6 @@
 """`python -m bench [--quick] [--only ITEMS]` (items: service, models, load, faults, fuzz, profile, fixes,
-int8, overload, outage, ingress): run the benchmarks and rewrite their sections of docs/BENCHMARKS.md (other sections of the file are kept)."""
+int8, overload, outage, ingress): run the benchmarks and rewrite their sections of docs/BENCHMARKS.md
+(other sections of the file are kept)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from bench.bundles import CACHE
 from bench.report import machine, now, write_section
 
 ITEMS = (
-    "service", "models", "load", "faults", "fuzz", "profile", "fixes", "int8", "overload", "outage", "ingress",
+    "service", "models", "load", "faults", "fuzz", "profile", "fixes", "int8", "overload", "outage",
+    "ingress",
 )  # fmt: skip
 log = logging.getLogger("bench")
 
