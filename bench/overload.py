@@ -48,7 +48,9 @@ def _bundle(model: str) -> Path:
     return build_tiny_bundles(CACHE / "tiny-bundles", SAMPLE_DIR)["student"]
 
 
-def _env(bundle: Path, workdir: Path, queue: int, service_root: Path) -> dict[str, str]:
+def _env(
+    bundle: Path, workdir: Path, queue: int, service_root: Path, settings: dict[str, str] | None = None
+) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
     env.update(
         KDOCT_STUDENT_BUNDLE=str(bundle),
@@ -62,6 +64,7 @@ def _env(bundle: Path, workdir: Path, queue: int, service_root: Path) -> dict[st
         KDOCT_LOG_LEVEL="warning",
         PYTHONPATH=str(service_root),
     )
+    env.update(settings or {})
     return env
 
 
@@ -69,14 +72,14 @@ DRIVERS = (("resend at once", closed_loop), ("honour Retry-After", honouring_ret
 
 
 def measure(
-    model: str, queue: int, seconds: float, service_root: Path
+    model: str, queue: int, seconds: float, service_root: Path, settings: dict[str, str] | None = None
 ) -> tuple[list[list[str]], float, float]:
     """The table's rows, the single-client figure and the 32-client resend-at-once ratio."""
     admitted = queue + 1 + (os.cpu_count() or 1)  # batch size 1 on CPU; decode threads = cores
     levels = [(2 * admitted, "2x"), (4 * admitted, "4x"), (32, f"{32 / admitted:.1f}x")]
     with tempfile.TemporaryDirectory(prefix="kdoct-overload-") as tmp:
         workdir = Path(tmp)
-        env = _env(_bundle(model), workdir, queue, service_root)
+        env = _env(_bundle(model), workdir, queue, service_root, settings)
         with running_service(env, workdir, workdir / "server.log", ready_timeout_s=600) as service:
             port = int(service.url.rsplit(":", 1)[1])
             requests = build_classify_requests(sample_jpegs(64), "127.0.0.1", port)
@@ -120,9 +123,15 @@ HEADER = [
 ]  # fmt: skip
 
 
-def overload_text(model: str, queue: int, seconds: float, service_root: Path = REPO_ROOT) -> str:
+def overload_text(
+    model: str,
+    queue: int,
+    seconds: float,
+    service_root: Path = REPO_ROOT,
+    settings: dict[str, str] | None = None,
+) -> str:
     """The measured rows and the verdict against the target, as markdown."""
-    rows, single, ratio = measure(model, queue, seconds, service_root)
+    rows, single, ratio = measure(model, queue, seconds, service_root, settings)
     met = "met" if ratio >= TARGET else "NOT met"
     return (
         f"Measured {now()} on {machine()}. Single client: {single:.1f} img/s; 32 clients resending at "
@@ -138,12 +147,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--service-root", type=Path, default=REPO_ROOT, help="the checkout whose service runs"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KDOCT_NAME=VALUE",
+        help="a service setting (repeatable)",
+    )
     parser.add_argument("--label", default="", help="a note on the code measured (e.g. 'before admission')")
     parser.add_argument("--write-docs", action="store_true", help=f"append the table to {DOCS.name}")
     args = parser.parse_args(argv)
     command = "python -m bench.overload " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     text = f"### {args.label or 'This checkout'}: `{command.strip()}`\n\n" + overload_text(
-        args.model, args.queue, args.seconds, args.service_root.resolve()
+        args.model,
+        args.queue,
+        args.seconds,
+        args.service_root.resolve(),
+        dict(s.split("=", 1) for s in args.set),
     )
     print(text)
     if args.write_docs:
