@@ -17,10 +17,11 @@ per process: the counter needs no lock.
 A request that finds every slot taken may wait up to `wait_s` (KDOCT_ADMISSION_WAIT_S, 0.5 s) in a
 waiting room of 4 x limit, body unread, first come first served: a slot given back goes straight to the
 first waiter, so a slot never stands idle while requests wait, and clients that resend at once are
-refused a few times a second instead of ~130. Measured on one core shared with the clients (the slow
-host, docs/BENCHMARKS.md "versions side by side"): 32 clients resending at once got 0.87 x one client's
-goodput with refusals at once (paced 0.2 s), 0.98 x with 0.5 s of waiting and 1.02 x with 1 s; the
-price is latency, answered p50 405 -> 860 -> 1,340 ms. 0 restores refusing at once.
+refused about 43 times a second instead of ~127. Measured on one core shared with the clients (a slow
+host, docs/BENCHMARKS.md "versions side by side"): 32 clients resending at once got 0.91 x one client's
+goodput with refusals at once (paced 0.2 s), 0.95 x with 0.5 s of waiting and 0.97 x with 1 s (0.87,
+0.98 and 1.02 in an earlier run); the price is latency, answered p50 about 400 -> 850 -> 1,350 ms.
+0 restores refusing at once.
 """
 
 from __future__ import annotations

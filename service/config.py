@@ -83,9 +83,8 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float | None = Field(None, ge=0.0, le=1000.0)
     max_queue: int = Field(256, ge=1, le=100_000)
     # A classifying request that finds every admission slot taken waits up to this long for one (body
-    # unread, first come first served) before its 503; 0 refuses at once (service/admission.py). 0.5 s:
-    # goodput under overload 0.98 x one client's where refusing at once gave 0.87 x, answered p50 860 ms
-    # against 405 ms (docs/BENCHMARKS.md, versions side by side).
+    # unread, first come first served) before its 503; 0 refuses at once (service/admission.py). More
+    # goodput under overload for more latency (docs/BENCHMARKS.md, "versions side by side").
     admission_wait_s: float = Field(0.5, ge=0.0, le=60.0)
     # A request whose inference has not finished after this long gets 503 instead of waiting on.
     inference_timeout_s: float = Field(30.0, gt=0.0, le=600.0)
