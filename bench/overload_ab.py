@@ -90,8 +90,7 @@ def report(figures, command: str, rounds: int, seconds: float) -> str:
     return (
         f"Command: `{command}`\n\nMeasured {now()} on {machine()}; {rounds} alternating rounds of "
         f"{seconds:g} s per level; {CLIENTS} clients resending at once (target: median ratio >= "
-        f"{TARGET}).\n\n"
-        + markdown_table(header, rows)
+        f"{TARGET}).\n\n" + markdown_table(header, rows)
     )
 
 
