@@ -30,7 +30,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- chain_writers:begin -->", "<!-- chain_writers:end -->"
 
 
-def _row():
+def bench_row() -> dict:
+    """One predictions row of realistic size, as the service records it (shared with bench.outage_replay)."""
     import hashlib
     import os
     import uuid
@@ -101,7 +102,7 @@ def _process(
         async def client() -> None:
             while time.perf_counter() < deadline:
                 began = time.perf_counter()
-                await writer.record([_row()])
+                await writer.record([bench_row()])
                 waits.append(time.perf_counter() - began)
 
         await asyncio.gather(*(client() for _ in range(concurrency)))

@@ -13,31 +13,19 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from bench.bundles import sample_jpegs
-from bench.report import machine, markdown_table, now, write_block
+from bench.report import machine, markdown_table, median_ms, now, write_block
 from kdoct.bundle import load_bundle
 from kdoct.safety import OodDetector, QualityBounds, load_gate, quality_features
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- gate_cost:begin -->", "<!-- gate_cost:end -->"
-
-
-def _median_ms(function, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times) * 1e3
 
 
 def _detectors(bundle: Path | None) -> dict[str, OodDetector]:
@@ -67,13 +55,13 @@ def measure(bundle: Path | None, repeats: int) -> list[list[str]]:
     rows = []
     for size in sorted({frame.size for frame in frames}):
         frame = next(f for f in frames if f.size == size)
-        ms = _median_ms(lambda f=frame: bounds.reason(quality_features(f)), repeats)
+        ms = median_ms(lambda f=frame: bounds.reason(quality_features(f)), repeats)
         rows.append([f"quality check, {size[0]}x{size[1]} JPEG B-scan", "1", f"{ms:.3f}"])
     rng = np.random.default_rng(1)
     for name, detector in _detectors(bundle).items():
         for batch in (1, 32):
             features = rng.standard_normal((batch, detector.dims)).astype(np.float32)
-            ms = _median_ms(lambda d=detector, f=features: d.scores(f), repeats) / batch
+            ms = median_ms(lambda d=detector, f=features: d.scores(f), repeats) / batch
             rows.append([f"OOD score, {name}", str(batch), f"{ms:.3f}"])
     return rows
 

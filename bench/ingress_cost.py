@@ -22,12 +22,11 @@ import shlex
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 from bench.bundles import CACHE, REPO_ROOT, SAMPLE_DIR, sample_jpegs
-from bench.report import machine, markdown_table, now, write_block
+from bench.report import machine, markdown_table, median_ms, now, write_block
 from kdoct_testing.load_client import build_classify_requests, closed_loop
 from kdoct_testing.server import running_service
 from service.admission import Admission
@@ -41,16 +40,6 @@ from service.security import Client
 BEGIN, END = "<!-- ingress_cost:begin -->", "<!-- ingress_cost:end -->"
 TARGET_MS = 1.0
 _CHUNK = 64 << 10  # what uvicorn hands over per receive()
-
-
-def _median_ms(function, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times) * 1e3
 
 
 def _multipart(data: bytes) -> bytes:
@@ -111,7 +100,7 @@ def steps(repeats: int) -> list[list[str]]:
         ),
         "body read within its budgets, and its replay": lambda: loop.run_until_complete(read_all()),
     }
-    rows = [[name, f"{_median_ms(function, repeats) / count:.3f}"] for name, function in timed.items()]
+    rows = [[name, f"{median_ms(function, repeats) / count:.3f}"] for name, function in timed.items()]
     loop.close()
     total = sum(float(row[1]) for row in rows)
     rows.append(["**the layer, per request**", f"**{total:.3f}**"])

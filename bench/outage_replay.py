@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import shlex
 import shutil
@@ -28,46 +27,14 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.chain_writers import bench_row
 from bench.report import machine, markdown_table, now, write_section
 
 UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
 TARGET = 0.8  # (b) keeps at least 80 % of (a)'s throughput, and its p50 is at most 1/0.8 of (a)'s
 HEADING = "## Outage replay: the record path with PostgreSQL unreachable and a spool backlog"
-
-
-def _row() -> dict:
-    payload = os.urandom(16)
-    return {
-        "id": uuid.uuid4(),
-        "request_id": "hmac-sha256:" + hashlib.sha256(payload).hexdigest(),
-        "created_at": datetime.now(UTC),
-        "client_id": "bench",
-        "model_name": "oct2017-sample-student",
-        "model_version": "0.1.0",
-        "model_sha256": "c" * 64,
-        "teacher_model_name": None,
-        "teacher_model_version": None,
-        "teacher_model_sha256": None,
-        "input_sha256": hashlib.sha256(payload + b"in").hexdigest(),
-        "format": "jpeg",
-        "width": 512,
-        "height": 496,
-        "frame_index": None,
-        "volume_id": None,
-        "probabilities": {"normal": 0.01, "drusen": 0.04, "cnv": 0.95},
-        "label": "cnv",
-        "confidence": 0.95,
-        "refer": False,
-        "second_opinion": None,
-        "timing_ms": {"decode": 2.0, "queue": 0.1, "inference": 20.0, "total": 23.0},
-        "gradable": True,
-        "gate_reason": None,
-        "ood_score": 1.16,
-    }
 
 
 def make_backlog(directory: Path, rows: int) -> int:
@@ -77,7 +44,7 @@ def make_backlog(directory: Path, rows: int) -> int:
 
     journal = Journal(directory)
     for start in range(0, rows, 500):
-        journal.append([normalise_row(_row()) for _ in range(min(500, rows - start))])
+        journal.append([normalise_row(bench_row()) for _ in range(min(500, rows - start))])
     journal.close()  # nothing settled: every segment is closed and left for replay
     return sum(path.stat().st_size for path in directory.glob("spool-*.jsonl"))
 
@@ -95,7 +62,7 @@ async def _measure(writer_class, spool_dir: Path, concurrency: int, seconds: flo
 
     async def client() -> None:
         while time.perf_counter() < deadline:
-            row = _row()
+            row = bench_row()
             began = time.perf_counter()
             await writer.record([row])
             waits.append(time.perf_counter() - began)

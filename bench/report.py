@@ -6,13 +6,15 @@ from __future__ import annotations
 import math
 import platform
 import re
+import statistics
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.bundles import REPO_ROOT
 
-__all__ = ["DOCS", "fmt", "machine", "markdown_table", "write_section"]
+__all__ = ["DOCS", "fmt", "machine", "markdown_table", "median_ms", "write_section"]
 
 DOCS = REPO_ROOT / "docs" / "BENCHMARKS.md"
 TITLE = """# Benchmarks
@@ -38,6 +40,17 @@ def machine() -> str:
     cores = len(os.sched_getaffinity(0))
     system = f"{platform.system()} {platform.release()}"
     return f"{model}, {cores} cores, Python {platform.python_version()}, {system}"
+
+
+def median_ms(function, repeats: int) -> float:
+    """The median milliseconds of `repeats` calls of `function`, after one call to warm it up."""
+    function()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times) * 1e3
 
 
 def now() -> str:

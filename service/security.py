@@ -102,15 +102,6 @@ class Authenticator:
     async def stop(self) -> None:
         await self.table.stop()
 
-    async def identify(self, key: str | None, peer: str | None = None) -> Client:
-        """The key's Client, whatever its scopes (the middleware's check before a body is read).
-        ``peer``: the caller's address (scope["client"][0]), whose failures are counted."""
-        try:
-            return await self._client(key, peer)
-        except AuthError as exc:
-            self.on_failure(exc.auth_reason)
-            raise
-
     async def authenticate(self, key: str | None, scope: str, peer: str | None = None) -> Client:
         """``key`` is the bearer token, None when the request carried none."""
         try:

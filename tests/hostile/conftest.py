@@ -45,34 +45,47 @@ class HostileServer:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
+def _service_env(student: Path, workdir: Path, repo_root: Path, **settings: str) -> dict[str, str]:
+    """The server's environment: this student, SQLite and a spool in `workdir`, and `settings`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
+    env.update(
+        KDOCT_STUDENT_BUNDLE=str(student),
+        KDOCT_SECOND_OPINION="never",
+        KDOCT_INFERENCE_THREADS="1",
+        KDOCT_DECODE_THREADS="2",
+        KDOCT_DATABASE_URL=f"sqlite:///{workdir / 'records.db'}",
+        KDOCT_SPOOL_DIR=str(workdir / "spool"),
+        KDOCT_LOG_LEVEL="warning",
+        PYTHONPATH=str(repo_root),
+    )
+    env.update(settings)
+    return env
+
+
+def _cli(env: dict[str, str], workdir: Path, *args: str) -> str:
+    """`python -m service ARGS` as the server's operator runs it; its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service", *args], cwd=workdir, env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.fail(f"python -m service {' '.join(args[:2])} failed:\n{done.stderr[-3000:]}")
+    return done.stdout.strip()
+
+
 @pytest.fixture(scope="session")
 def hostile_server(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, repo_root: Path) -> Iterator:
     bundles = build_tiny_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
     workdir = tmp_path_factory.mktemp("hostile-server")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
-    env.update(
-        KDOCT_STUDENT_BUNDLE=str(bundles["student"]),
-        KDOCT_SECOND_OPINION="never",
-        KDOCT_INFERENCE_THREADS="1",
-        KDOCT_DECODE_THREADS="2",
+    env = _service_env(
+        bundles["student"],
+        workdir,
+        repo_root,
         KDOCT_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
-        KDOCT_DATABASE_URL=f"sqlite:///{workdir / 'records.db'}",
-        KDOCT_SPOOL_DIR=str(workdir / "spool"),
         # Loopback only and SQLite: the hostile suite tests input handling, not keys (tests/records does).
         KDOCT_AUTH="disabled",
-        KDOCT_LOG_LEVEL="warning",
-        PYTHONPATH=str(repo_root),
     )
     # The records schema must exist before the service's durable writer starts.
-    upgrade = subprocess.run(
-        [sys.executable, "-m", "service", "db", "upgrade"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if upgrade.returncode != 0:
-        pytest.fail(f"python -m service db upgrade failed:\n{upgrade.stderr[-3000:]}")
+    _cli(env, workdir, "db", "upgrade")
     log_path = workdir / "server.log"
     with running_service(env, workdir, log_path, ready_timeout_s=120, stop_timeout_s=20) as service:
         yield HostileServer(service.url, service.process, log_path)
@@ -105,31 +118,20 @@ class IngressServer(HostileServer):
 def ingress_server(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, repo_root: Path) -> Iterator:
     bundles = build_tiny_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
     workdir = tmp_path_factory.mktemp("ingress-server")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
-    env.update(
-        KDOCT_STUDENT_BUNDLE=str(bundles["student"]),
-        KDOCT_SECOND_OPINION="never",
-        KDOCT_INFERENCE_THREADS="1",
-        KDOCT_DECODE_THREADS="2",
+    env = _service_env(
+        bundles["student"],
+        workdir,
+        repo_root,
         KDOCT_MAX_QUEUE="4",
         KDOCT_MEMORY_BUDGET_BYTES=str(INGRESS_MEMORY_BUDGET),
         KDOCT_BODY_READ_TIMEOUT_S=str(INGRESS_BODY_READ_TIMEOUT_S),
-        KDOCT_DATABASE_URL=f"sqlite:///{workdir / 'records.db'}",
-        KDOCT_SPOOL_DIR=str(workdir / "spool"),
         KDOCT_AUDIT_KEY_FILE=str(workdir / "audit.key"),
         KDOCT_ANCHOR_FILE=str(workdir / "anchors.jsonl"),
         KDOCT_AUTH="enabled",
-        KDOCT_LOG_LEVEL="warning",
-        PYTHONPATH=str(repo_root),
     )
 
     def cli(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "service", *args], cwd=workdir, env=env, capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            pytest.fail(f"python -m service {' '.join(args[:2])} failed:\n{done.stderr[-3000:]}")
-        return done.stdout.strip()
+        return _cli(env, workdir, *args)
 
     cli("db", "upgrade")
     keys = IngressKeys(
