@@ -109,6 +109,9 @@ def test_every_answer_is_one_row_with_the_upload_sha256_across_two_workers(pg_se
     new_rows = {row_id: sha for row_id, sha in rows.items() if row_id not in before}
     assert new_rows == answered  # exactly one row per answer, none extra, with the uploaded bytes' hash
 
+    # The rows may be on record before any worker's next checkpoint (every 1 s here) covers them, and
+    # `audit verify` wants the anchor file: wait for the checkpoint of the chain's head.
+    wait_for_checkpoint(pg_server, newest_sequence(pg_server.database_url))
     verified = pg_server.cli("audit", "verify")
     assert verified.returncode == 0 and f"ok: {len(rows)} prediction records" in verified.stdout
 
@@ -195,6 +198,19 @@ def _checkpoints(server: RecordsServer) -> list[dict]:
     return [json.loads(line) for line in server.anchor_file.read_text().splitlines() if line.strip()]
 
 
+def newest_sequence(database_url: str) -> int:
+    with psycopg.connect(_libpq(database_url)) as conn:
+        return conn.execute("SELECT max(sequence) FROM predictions").fetchone()[0]
+
+
+def wait_for_checkpoint(server: RecordsServer, sequence: int, timeout_s: float = 15.0) -> None:
+    """Until a worker has checkpointed a link at or past `sequence` (each does every 1 s here)."""
+    deadline = time.monotonic() + timeout_s
+    while not any(line["sequence"] >= sequence for line in _checkpoints(server)):
+        assert time.monotonic() < deadline, f"no checkpoint of sequence {sequence}: {_checkpoints(server)}"
+        time.sleep(0.1)
+
+
 def test_the_servers_checkpoints_catch_a_truncated_tail(pg_server, uploads):
     response = classify(pg_server, uploads[1])
     assert response.status_code == 200
@@ -205,10 +221,7 @@ def test_the_servers_checkpoints_catch_a_truncated_tail(pg_server, uploads):
             "SELECT sequence FROM predictions WHERE id = %s", (prediction_id,)
         ).fetchone()[0]
     # The worker that wrote the row checkpoints it within its interval (1 s here).
-    deadline = time.monotonic() + 15
-    while not any(line["sequence"] >= sequence for line in _checkpoints(pg_server)):
-        assert time.monotonic() < deadline, f"no checkpoint of sequence {sequence}: {_checkpoints(pg_server)}"
-        time.sleep(0.2)
+    wait_for_checkpoint(pg_server, sequence)
     assert pg_server.cli("audit", "verify").returncode == 0
     # The same lines go to the log (to be shipped off the host), from each of the two workers.
     logged = [
@@ -406,11 +419,8 @@ def test_postgresql_outage_loses_and_duplicates_no_answered_prediction(outage_se
     rows = stored(server.database_url)
     assert {row_id: sha for row_id, sha in rows.items() if row_id not in before} == answered
     assert len(rows) == len(before) + 16
-    # Every row may have come in by replay just now: the first checkpoint follows within its interval (1 s).
-    deadline = time.monotonic() + 10
-    while not server.anchor_file.exists():
-        assert time.monotonic() < deadline, "no chain checkpoint written"
-        time.sleep(0.1)
+    # Every row may have come in by replay just now: the checkpoint follows within its interval (1 s).
+    wait_for_checkpoint(server, newest_sequence(server.database_url))
     verified = server.cli("audit", "verify")
     assert verified.returncode == 0, verified.stdout
     backlog = metric_samples(httpx.get(f"{server.url}/metrics").text, "kdoct_spool_backlog")
