@@ -15,7 +15,7 @@ TOOLS_VENV := .venv-tools
 CHECKOV_VERSION := 3.3.30
 TOOLS_STAMP := $(TOOLS_VENV)/.installed-checkov-$(CHECKOV_VERSION)
 
-.PHONY: install tools run test lint format bench clean
+.PHONY: install tools system run test lint format bench clean
 
 install: $(STAMP)
 
@@ -36,7 +36,13 @@ $(TOOLS_STAMP):
 run: install
 	PY=$(PY) MODEL_DIR=$(MODEL_DIR) HOST=$(HOST) PORT=$(PORT) scripts/run-local.sh
 
-test: install tools
+# The programs the suite drives for real (Prometheus, Chromium, dicom3tools, ...) and PostgreSQL running:
+# installed and started where it may (root with apt), otherwise one line names the command.
+system:
+	scripts/test-system.sh
+
+# Lint first: a minute of tests is not worth spending on a tree that CI refuses for its format.
+test: install tools system lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -11,7 +11,7 @@ from kdoct_testing.bundles import build_test_bundle, gate_images, gray_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "var" / "bench"
-SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "oct2017-sample"
+SAMPLE_DIR = REPO_ROOT / "data" / "oct2017-sample"
 INPUT_SIZE = (384, 384)
 ARCHS = {"student": "efficientnet_b2", "teacher": "convnextv2_large"}
 

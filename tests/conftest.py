@@ -11,7 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sample_dir() -> Path:
-    return Path(os.environ.get("KDOCT_SAMPLE_DIR", REPO_ROOT.parent / "shared" / "data" / "oct2017-sample"))
+    return Path(os.environ.get("KDOCT_SAMPLE_DIR", REPO_ROOT / "data" / "oct2017-sample"))
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
-    """The real OCT2017 sample (683 B-scans); override with KDOCT_SAMPLE_DIR."""
+    """The real OCT2017 sample in the repository (683 B-scans, DME too); KDOCT_SAMPLE_DIR overrides it."""
     path = _sample_dir()
     if not (path / "manifest.csv").is_file():
         pytest.fail(f"real OCT sample not found at {path}: set KDOCT_SAMPLE_DIR")

@@ -298,7 +298,7 @@ def test_dciodvfy_finds_no_error_in_the_report(sr_client, volume_frames, tmp_pat
 
     tool = shutil.which("dciodvfy")
     if tool is None:
-        pytest.fail("dciodvfy is not installed: apt-get install -y dicom3tools (.ci/run does it)")
+        pytest.fail("dciodvfy is not installed: apt-get install -y dicom3tools (scripts/test-system.sh)")
     for frames in (volume_frames[:1], volume_frames):
         response = _post(sr_client, make_dicom(frames), headers=SR_ACCEPT)
         assert response.status_code == 200, response.text
