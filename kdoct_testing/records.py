@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from service.db.models import Prediction
+from service.db.tables import Prediction
 
 __all__ = ["UNREACHABLE_PG", "count_rows", "make_record", "spool_line", "stored_rows", "until"]
 

@@ -18,10 +18,9 @@ from fastapi import Depends, FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
 from kdoct.errors import ConfigError, KdoctError
-from service import metrics
+from service import prometheus
 from service.admission import Admission
-from service.api import classify, health, inference_protocol, models, page, predictions
-from service.api import metrics as metrics_api
+from service.api import classify, health, inference_protocol, manifests, page, predictions, scrape
 from service.audit_key import load_audit_key
 from service.config import Settings, get_settings
 from service.db import migrate
@@ -172,9 +171,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     for item in served:
         item.batcher.start()
         identity = item.loaded.identity()
-        metrics.MODEL_INFO.labels(role=item.loaded.role, **identity).set(1)
-        metrics.MODEL_READY.labels(role=item.loaded.role).set(1)
-    metrics.initialise_label_sets(student.bundle.name, student.class_names)
+        prometheus.MODEL_INFO.labels(role=item.loaded.role, **identity).set(1)
+        prometheus.MODEL_READY.labels(role=item.loaded.role).set(1)
+    prometheus.initialise_label_sets(student.bundle.name, student.class_names)
     app.state.ready = True
     log.info("ready: second opinion %s, threshold %.2f, safety gate %s", settings.second_opinion_policy,
              settings.second_opinion_threshold, settings.safety_gate)  # fmt: skip
@@ -189,7 +188,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ready = False
         await app.state.authenticator.stop()
         for item in served:
-            metrics.MODEL_READY.labels(role=item.loaded.role).set(0)
+            prometheus.MODEL_READY.labels(role=item.loaded.role).set(0)
         await asyncio.gather(*(item.batcher.stop(settings.drain_timeout_s) for item in served))
         try:
             await sink.stop()
@@ -245,7 +244,7 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         refresh_s=settings.api_key_refresh_s,
         failure_limit=settings.auth_failure_limit,
         failure_window_s=settings.auth_failure_window_s,
-        on_failure=lambda reason: metrics.AUTH_FAILURES.labels(reason=reason).inc(),
+        on_failure=lambda reason: prometheus.AUTH_FAILURES.labels(reason=reason).inc(),
     )
     app.state.sink = sink if sink is not None else records.writer
     # Classifying requests are admitted before their body is read (service/admission.py); the limit is
@@ -263,12 +262,12 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
     app.state.ready = False
     app.state.classifier = None
     install_problem_handlers(app)
-    for router in (classify.router, health.router, metrics_api.router, page.router, predictions.router):
+    for router in (classify.router, health.router, scrape.router, page.router, predictions.router):
         app.include_router(router)
     # The Open Inference Protocol v2 (tritonclient, KServe): its routes check their own scopes.
     app.include_router(inference_protocol.router)
     # GET /models tells what is deployed: a reader's business, not the public's.
-    app.include_router(models.router, dependencies=[Depends(require_scope("read"))])
+    app.include_router(manifests.router, dependencies=[Depends(require_scope("read"))])
     page.mount_static(app)
     known_paths = {getattr(route, "path", "") for route in app.routes}
     app.add_middleware(

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from service import metrics
+from service import prometheus
 
 __all__ = [
     "OIP_PREFIX",
@@ -123,7 +123,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
         if exc.reason:
-            metrics.REJECTED_REQUESTS.labels(reason=exc.reason).inc()
+            prometheus.REJECTED_REQUESTS.labels(reason=exc.reason).inc()
         return problem_response(
             exc.slug,
             exc.detail,
@@ -135,7 +135,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        metrics.REJECTED_REQUESTS.labels(reason="bad_request").inc()
+        prometheus.REJECTED_REQUESTS.labels(reason="bad_request").inc()
         parts = []
         for error in exc.errors():
             where = ".".join(str(part) for part in error.get("loc", ()))

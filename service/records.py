@@ -3,7 +3,7 @@ before the answer goes out.
 
 `prediction_rows` derives the rows from the answer itself (service/api/schemas.py ClassifyResponse):
 one per image, or one per frame of a DICOM plus one for the volume result, each with the values of
-a `predictions` row (service/db/models.py) except the chain's own columns. Never the image, never a
+a `predictions` row (service/db/tables.py) except the chain's own columns. Never the image, never a
 patient identifier, never a heatmap, and the request id only as its keyed hash.
 
 The classify route awaits `PredictionSink.record(rows)` before it answers: a sink that cannot take

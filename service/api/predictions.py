@@ -19,7 +19,7 @@ from starlette.responses import Response
 from service import fhir
 from service.api.accept import Accept
 from service.db import queries
-from service.db.models import Prediction
+from service.db.tables import Prediction
 from service.deps import FeedbackClientDep, ReadClientDep, SessionsDep
 from service.problems import Problem
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from service import metrics
+from service import prometheus
 from service.api.schemas import ClassifyResponse
 from service.inference.second_opinion import outcome
 from service.problems import Problem
@@ -35,14 +35,14 @@ async def put_on_record(sink: PredictionSink, rows: list[dict]) -> None:
 
 def count_answer(model: str, answer: ClassifyResponse) -> None:
     """Metrics per answered upload (a volume counts once, by its volume result)."""
-    metrics.PREDICTIONS.labels(model=model, label=answer.label).inc()
-    metrics.PREDICTION_CONFIDENCE.labels(model=model).observe(answer.confidence)
+    prometheus.PREDICTIONS.labels(model=model, label=answer.label).inc()
+    prometheus.PREDICTION_CONFIDENCE.labels(model=model).observe(answer.confidence)
     if answer.refer:
-        metrics.REFERRALS.labels(model=model).inc()
+        prometheus.REFERRALS.labels(model=model).inc()
     for judged in answer.frames or [answer]:
         if judged.gradable is not None:
             gate_outcome = "gradable" if judged.gradable else judged.reason
-            metrics.SAFETY_GATE.labels(model=model, outcome=gate_outcome).inc()
+            prometheus.SAFETY_GATE.labels(model=model, outcome=gate_outcome).inc()
     opinion = answer.second_opinion
     if opinion is not None:
-        metrics.SECOND_OPINIONS.labels(outcome=outcome(answer.label, opinion.label)).inc()
+        prometheus.SECOND_OPINIONS.labels(outcome=outcome(answer.label, opinion.label)).inc()

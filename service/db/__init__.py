@@ -1,6 +1,6 @@
 """Records: the prediction audit log, API clients, clinician feedback and the read log.
 
-models.py   the tables (SQLAlchemy 2.0, typed)
+tables.py   the tables (SQLAlchemy 2.0, typed)
 session.py  engine and session factory from a URL (SQLite embedded, PostgreSQL production)
 migrate.py  Alembic upgrade/downgrade under an exclusive lock
 chain.py    the hash chain over predictions and the serialised append

@@ -55,7 +55,7 @@ _STOP = object()
 
 
 class WriterObserver(Protocol):
-    """Where the writer reports what the metrics show (service/metrics.py in the service). The last two
+    """Where the writer reports what the metrics show (service/prometheus.py in the service). The last two
     came later: an observer without them is still taken (they then report nothing)."""
 
     def db_write(self, seconds: float, rows: int) -> None: ...

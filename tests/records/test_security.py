@@ -16,8 +16,8 @@ from sqlalchemy import Engine, event, select
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service.db.api_clients import KEY_PREFIX, create_client, revoke_client, rotate_key
-from service.db.models import ApiClient
 from service.db.session import make_sessionmaker
+from service.db.tables import ApiClient
 from service.problems import install_problem_handlers
 from service.security import Authenticator, AuthError, Client, require_scope
 
