@@ -7,7 +7,7 @@
 - batch, predict: the student's micro-batcher, then the teacher's for the frames the second-opinion
   policy sends it (service/inference/classifier.py), giving plain typed results;
 - postprocess: those results become the answer, the pydantic `ClassifyResponse` of the API schema
-  (service/api/schemas.py), validated as it is built;
+  (service/answer.py), validated as it is built;
 - explain (explain=true): Grad-CAM heatmaps added to the answer, never to the records;
 - encode: FastAPI serialises the answer against the same schema.
 
@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.api.schemas import ClassifyResponse, Explanation, FrameResult, InputInfo, SecondOpinion, Timing
+from service.answer import ClassifyResponse, Explanation, FrameResult, InputInfo, SecondOpinion, Timing
 from service.explain import Explainer, ExplainerBusy
 from service.imaging import DecodedUpload, DicomSource, ImageShape
 from service.inference.batcher import BatcherClosed, InferenceError, QueueFull

@@ -1,7 +1,7 @@
 """Prediction records: the one mapping from an answer to the rows kept of it, and the sink they go to
 before the answer goes out.
 
-`prediction_rows` derives the rows from the answer itself (service/api/schemas.py ClassifyResponse):
+`prediction_rows` derives the rows from the answer itself (service/answer.py ClassifyResponse):
 one per image, or one per frame of a DICOM plus one for the volume result, each with the values of
 a `predictions` row (service/db/tables.py) except the chain's own columns. Never the image, never a
 patient identifier, never a heatmap, and the request id only as its keyed hash.
@@ -16,10 +16,9 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from service.api.schemas import ClassifyResponse, SecondOpinion
+from service.answer import ClassifyResponse, SecondOpinion
 
 __all__ = ["MemorySink", "PredictionSink", "RecordUnavailable", "new_prediction_id", "prediction_rows"]
 

@@ -13,13 +13,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import Response
 
+from service.answer import ClassifyResponse
 from service.api.accept import JSON_MEDIA_TYPE, Accept
 from service.api.recording import count_answer, put_on_record
-from service.api.schemas import ClassifyResponse, ProblemDetail
 from service.deps import ClientDep, PipelineDep, SinkDep, TicketDep
 from service.dicom_sr import DICOM_MEDIA_TYPE, build_report
 from service.inference.second_opinion import Policy
-from service.problems import PROBLEM_MEDIA_TYPE, Problem
+from service.problems import PROBLEM_MEDIA_TYPE, Problem, ProblemDetail
 from service.records import prediction_rows
 
 __all__ = ["router"]

@@ -10,13 +10,23 @@ versions and hashes are for key holders: GET /models).
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
 
-from service.api.schemas import HealthResponse, ProblemDetail
-from service.problems import PROBLEM_MEDIA_TYPE, Problem
+from service.problems import PROBLEM_MEDIA_TYPE, Problem, ProblemDetail
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/health", tags=["health"])
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["ready"])
+    records: str | None = Field(
+        None,
+        description="where records go now: database, or spool while the database is down or stalled "
+        "(degraded: answers still go out, each on record in the fsync'd spool)",
+        examples=["database"],
+    )
 
 
 @router.get("/live", response_model=HealthResponse, summary="Liveness: the process is up")

@@ -23,6 +23,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from service.answer import ClassifyResponse
 from service.api import health
 from service.api.oip_codec import (
     HEADER_LENGTH,
@@ -36,7 +37,6 @@ from service.api.oip_codec import (
     parse_request,
 )
 from service.api.recording import count_answer, put_on_record
-from service.api.schemas import ClassifyResponse
 from service.deps import ClientDep, PipelineDep, SinkDep, TicketDep, get_client
 from service.inference.classifier import ServedModel
 from service.ingress.budget import Ticket

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from service import fhir
+from service.answer import PredictionOut
 from service.api.accept import Accept
 from service.db import queries
 from service.db.tables import Prediction
@@ -26,43 +27,6 @@ from service.problems import Problem
 __all__ = ["router"]
 
 router = APIRouter(prefix="/predictions", tags=["records"])
-
-
-class PredictionOut(BaseModel):
-    id: uuid.UUID
-    sequence: int
-    request_id: str = Field(
-        description="keyed hash (hmac-sha256:...) of the X-Request-ID the prediction was made under; "
-        "find a prediction by the id you sent with the `request_id` filter of GET /predictions"
-    )
-    created_at: datetime
-    client_id: str | None
-    model_name: str
-    model_version: str
-    model_sha256: str
-    teacher_model_name: str | None
-    teacher_model_version: str | None
-    teacher_model_sha256: str | None
-    input_sha256: str = Field(
-        description="sha256 of the uploaded bytes (format tensor: of the image's little-endian float32 bytes)"
-    )
-    format: str
-    width: int
-    height: int
-    frame_index: int | None
-    volume_id: str | None
-    probabilities: dict[str, float]
-    label: str
-    confidence: float
-    refer: bool
-    second_opinion: dict[str, Any] | None
-    timing_ms: dict[str, float]
-    gradable: bool | None = Field(
-        description="the safety gate's verdict; null for records made with the gate off or before it existed"
-    )
-    gate_reason: str | None = Field(description="why the image was not gradable (see POST /classify)")
-    ood_score: float | None
-    row_hash: str = Field(description="this record's link in the audit hash chain")
 
 
 class PredictionPageOut(BaseModel):

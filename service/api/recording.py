@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from service import prometheus
-from service.api.schemas import ClassifyResponse
+from service.answer import ClassifyResponse
 from service.inference.second_opinion import outcome
 from service.problems import Problem
 from service.records import PredictionSink, RecordUnavailable
