@@ -37,11 +37,12 @@ from service.inference.runtime import cpu_count, keep_blas_to_one_thread
 from service.ingress.body import MemoryShare
 from service.ingress.budget import MemoryBudget, RequestLimits
 from service.ingress.gate import IngressGate
+from service.intake import Intake
 from service.logs import configure_logging
 from service.middleware import BodyPolicy, RequestContextMiddleware
 from service.pipeline import ClassificationPipeline
 from service.problems import install_problem_handlers
-from service.records import PredictionSink
+from service.records import PredictionSink, Recorder
 from service.security import Authenticator, require_scope
 
 __all__ = ["create_app", "create_app_from_env"]
@@ -146,19 +147,23 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.admission.limit = settings.max_queue + served[0].batcher.max_batch_size + decode_threads
     # Each frame of a request becomes a float32 input of each model's size (ingress budget, per frame).
     app.state.gate.input_bytes_per_frame = sum(_input_bytes(item.loaded) for item in served)
-    pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="kdoct-decode")
-    limits = ImageLimits(settings.max_image_pixels, settings.max_frames, settings.max_volume_pixels)
+    # Uploads are decoded, checked and preprocessed for the student in the decode pool.
+    intake = Intake(
+        student.spec,
+        student.gate,
+        limits=ImageLimits(settings.max_image_pixels, settings.max_frames, settings.max_volume_pixels),
+        pool=ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="kdoct-decode"),
+    )
     app.state.classifier = Classifier(
         served[0],
         served[1] if teacher else None,
         policy=settings.second_opinion_policy,
         threshold=settings.second_opinion_threshold,
-        limits=limits,
-        pool=pool,
+        preprocess=intake.preprocess,
     )
     # Grad-CAM runs on its own worker thread, built with the models and closed with them.
     app.state.explainer = Explainer()
-    app.state.pipeline = ClassificationPipeline(app.state.classifier, app.state.explainer)
+    app.state.pipeline = ClassificationPipeline(intake, app.state.classifier, app.state.explainer)
     if not is_postgresql(settings.database_url):
         # The embedded SQLite store migrates itself; PostgreSQL is migrated by the deployment
         # (`python -m service db upgrade` in docker/entrypoint.sh) before replicas start.
@@ -195,7 +200,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             await app.state.anchor.stop()  # after the writer drained: its last append is checkpointed
         await asyncio.to_thread(app.state.records.engine.dispose)
-        pool.shutdown(wait=False, cancel_futures=True)
+        intake.close()
         app.state.explainer.close()
 
 
@@ -247,6 +252,7 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         on_failure=lambda reason: prometheus.AUTH_FAILURES.labels(reason=reason).inc(),
     )
     app.state.sink = sink if sink is not None else records.writer
+    app.state.recorder = Recorder(app.state.sink, app.state.audit_key)
     # Classifying requests are admitted before their body is read (service/admission.py); the limit is
     # final once the lifespan has resolved the batch size.
     app.state.admission = Admission(

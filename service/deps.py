@@ -12,7 +12,7 @@ from service.inference.classifier import Classifier
 from service.ingress.budget import Ticket
 from service.pipeline import ClassificationPipeline
 from service.problems import Problem
-from service.records import PredictionSink
+from service.records import PredictionSink, Recorder
 from service.security import Client, require_scope
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "FeedbackClientDep",
     "PipelineDep",
     "ReadClientDep",
+    "RecorderDep",
     "SessionsDep",
     "SettingsDep",
     "SinkDep",
@@ -54,6 +55,10 @@ async def get_sink(request: Request) -> PredictionSink:
     return request.app.state.sink
 
 
+async def get_recorder(request: Request) -> Recorder:
+    return request.app.state.recorder
+
+
 _require_classify = require_scope("classify")
 
 
@@ -80,6 +85,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 PipelineDep = Annotated[ClassificationPipeline, Depends(get_pipeline)]
 SinkDep = Annotated[PredictionSink, Depends(get_sink)]
+RecorderDep = Annotated[Recorder, Depends(get_recorder)]
 ClientDep = Annotated[str | None, Depends(get_client)]
 TicketDep = Annotated[Ticket, Depends(get_ticket)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]

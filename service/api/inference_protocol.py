@@ -16,7 +16,6 @@ answer, counted in the same metrics. Outputs: calibrated `probabilities` FP32 [N
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -36,13 +35,12 @@ from service.api.oip_codec import (
     json_part_length,
     parse_request,
 )
-from service.api.recording import count_answer, put_on_record
-from service.deps import ClientDep, PipelineDep, SinkDep, TicketDep, get_client
+from service.deps import ClientDep, PipelineDep, RecorderDep, TicketDep, get_client
 from service.inference.classifier import ServedModel
 from service.ingress.budget import Ticket
 from service.pipeline import ClassificationPipeline
 from service.problems import Problem
-from service.records import PredictionSink, prediction_rows
+from service.records import Recorder
 
 __all__ = ["router"]
 
@@ -158,9 +156,14 @@ async def model_version_ready(request: Request, name: str, version: str) -> Resp
     response_class=Response,
 )
 async def infer(
-    request: Request, name: str, client_id: ClientDep, pipeline: PipelineDep, sink: SinkDep, ticket: TicketDep
+    request: Request,
+    name: str,
+    client_id: ClientDep,
+    pipeline: PipelineDep,
+    recorder: RecorderDep,
+    ticket: TicketDep,
 ) -> Response:
-    return await _infer(request, name, None, client_id, pipeline, sink, ticket)
+    return await _infer(request, name, None, client_id, pipeline, recorder, ticket)
 
 
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False, response_class=Response)
@@ -170,10 +173,10 @@ async def infer_version(
     version: str,
     client_id: ClientDep,
     pipeline: PipelineDep,
-    sink: SinkDep,
+    recorder: RecorderDep,
     ticket: TicketDep,
 ) -> Response:
-    return await _infer(request, name, version, client_id, pipeline, sink, ticket)
+    return await _infer(request, name, version, client_id, pipeline, recorder, ticket)
 
 
 def _bad(message: str) -> Problem:
@@ -216,22 +219,13 @@ async def _infer(
     version: str | None,
     client_id: str | None,
     pipeline: ClassificationPipeline,
-    sink: PredictionSink,
+    recorder: Recorder,
     ticket: Ticket,
 ) -> Response:
     student = _student(request, name, version)
     parsed, given = await _read(request, student, pipeline, ticket)
     answers = await _answers(pipeline, given, ticket, request.state.request_id, request.state.started)
-    # Records keep only a keyed hash of the client's X-Request-ID: it may hold an identifier.
-    request_id_hash = request.app.state.audit_key.request_id_hash(request.state.request_id)
-    rows = [
-        row
-        for answer in answers
-        for row in prediction_rows(answer, request_id_hash=request_id_hash, client_id=client_id)
-    ]
-    await put_on_record(sink, rows)
-    for answer in answers:
-        count_answer(student.loaded.bundle.name, answer)
+    await recorder.record(answers, client_id=client_id)
     return _response(parsed, student, answers, given.name)
 
 
@@ -257,9 +251,8 @@ async def _read(
             raise _bad(str(exc)) from None
         return parsed, _check_request(parsed, student, max_items)
 
-    loop = asyncio.get_running_loop()
     try:
-        return await loop.run_in_executor(pipeline.classifier.pool, parse)
+        return await pipeline.intake.in_pool(parse)
     finally:
         ticket.refund(tree)  # the tree is gone; the values parsed from it stay charged (len(body))
 
@@ -268,29 +261,16 @@ async def _answers(
     pipeline: ClassificationPipeline, given: RequestInput, ticket: Ticket, request_id: str, started: float
 ) -> list[ClassifyResponse]:
     """One answer per image. All are prepared (decoded) before any is inferred, so one bad image fails
-    the request before the model spends time on the others; each then goes to the micro-batcher on its
-    own, which batches them with each other and with other requests."""
-    classifier = pipeline.classifier
+    the request before the model spends time on the others (service/intake.py)."""
     if given.name == TENSOR_INPUT:
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(
-            classifier.pool, lambda: [(classifier.prepare_tensor(image), 0.0) for image in given.value]
-        )
+        prepared = await pipeline.intake.prepare_tensors(given.value)
     else:
         try:
-            prepared = await pipeline.prepare_all(given.value, ticket)
+            prepared = await pipeline.intake.prepare_all(given.value, ticket)
         except Problem as problem:
             problem.detail = f"input '{IMAGE_INPUT}' {problem.detail}"
             raise
-    policy = classifier.policy
-    return list(
-        await asyncio.gather(
-            *(
-                pipeline.answer(item, decode_ms, policy=policy, request_id=request_id, started=started)
-                for item, decode_ms in prepared
-            )
-        )
-    )
+    return await pipeline.answer_all(prepared, request_id=request_id, started=started)
 
 
 def _response(

@@ -107,10 +107,10 @@ def test_overload_refuses_before_decoding(make_settings, jpeg_paths):
     with TestClient(
         create_app(make_settings(max_queue=1, max_batch_size=1, second_opinion="never"))
     ) as client:
-        classifier = client.app.state.classifier
+        pipeline = client.app.state.pipeline
         assert client.app.state.admission.limit == 3
-        runtime = classifier.student.batcher.runtime
-        original_predict, original_prepare = runtime.predict, classifier.prepare
+        runtime = pipeline.classifier.student.batcher.runtime
+        original_predict, original_decode = runtime.predict, pipeline.intake.decode
         decoded = []
 
         def blocked(batch):
@@ -119,10 +119,10 @@ def test_overload_refuses_before_decoding(make_settings, jpeg_paths):
 
         def counting(data, **options):
             decoded.append(len(data))
-            return original_prepare(data, **options)
+            return original_decode(data, **options)
 
         runtime.predict = blocked
-        classifier.prepare = counting
+        pipeline.intake.decode = counting
         refused_before = _queue_full(client)
         data = jpeg_paths[0].read_bytes()
 
