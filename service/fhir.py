@@ -57,7 +57,6 @@ KDOCT_GATE_REASON_SYSTEM = f"{KDOCT_BASE}/CodeSystem/gate-reason"
 # Identifies a model bundle by the sha256 of its manifest (GET /models), the strongest identity it has.
 MODEL_SHA256_SYSTEM = f"{KDOCT_BASE}/NamingSystem/model-bundle-sha256"
 MODEL_NAME_SYSTEM = f"{KDOCT_BASE}/NamingSystem/model-name"
-VOLUME_ID_SYSTEM = f"{KDOCT_BASE}/NamingSystem/volume-id"
 
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -30,7 +29,6 @@ from service.inference.second_opinion import outcome
 from service.problems import Problem
 
 __all__ = [
-    "MemorySink",
     "PredictionSink",
     "RecordUnavailable",
     "Recorder",
@@ -200,42 +198,3 @@ def count_answer(answer: ClassifyResponse) -> None:
     opinion = answer.second_opinion
     if opinion is not None:
         prometheus.SECOND_OPINIONS.labels(outcome=outcome(answer.label, opinion.label)).inc()
-
-
-class MemorySink:
-    """Keeps the last `capacity` rows in memory: for tests and local demos, not an audit log."""
-
-    def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = capacity
-        self._rows: OrderedDict[uuid.UUID, dict[str, Any]] = OrderedDict()
-        self.accepting = True
-
-    async def start(self) -> None:
-        self.accepting = True
-
-    async def stop(self) -> None:
-        self.accepting = False
-
-    async def record(self, rows: list[dict[str, Any]]) -> None:
-        if not self.accepting:
-            raise RecordUnavailable("the prediction record sink is stopped")
-        for row in rows:
-            self._rows[row["id"]] = row
-        while len(self._rows) > self.capacity:
-            self._rows.popitem(last=False)
-
-    async def ready(self) -> bool:
-        return self.accepting
-
-    async def flush(self, timeout_s: float) -> bool:
-        return True
-
-    def get(self, prediction_id: uuid.UUID | str) -> dict[str, Any] | None:
-        key = prediction_id if isinstance(prediction_id, uuid.UUID) else uuid.UUID(str(prediction_id))
-        return self._rows.get(key)
-
-    def all(self) -> list[dict[str, Any]]:
-        return list(self._rows.values())
-
-    def __len__(self) -> int:
-        return len(self._rows)

@@ -35,8 +35,17 @@ from service.api.oip_codec import (
     json_part_length,
     parse_request,
 )
-from service.deps import ClientDep, PipelineDep, RecorderDep, TicketDep, get_client
-from service.inference.classifier import ServedModel
+from service.deps import (
+    ClientDep,
+    LoadedClassifierDep,
+    PipelineDep,
+    RecorderDep,
+    SettingsDep,
+    StateDep,
+    TicketDep,
+    get_client,
+)
+from service.inference.classifier import Classifier, ServedModel
 from service.ingress.budget import Ticket
 from service.pipeline import ClassificationPipeline
 from service.problems import Problem
@@ -65,18 +74,13 @@ async def server_live() -> Response:
 
 
 @router.get("/health/ready", summary="Open Inference Protocol: readiness (503 while not ready)")
-async def server_ready(request: Request) -> Response:
-    await health.ready(request)  # the same checks as /health/ready; raises 503 when not ready
+async def server_ready(state: StateDep) -> Response:
+    await health.ready(state)  # the same checks as /health/ready; raises 503 when not ready
     return Response(status_code=200)
 
 
-def _student(request: Request, name: str, version: str | None) -> ServedModel:
-    """The student, when `name` (and `version`) are its own; 404 otherwise, 503 before it is loaded."""
-    classifier = getattr(request.app.state, "classifier", None)
-    if classifier is None:
-        raise Problem(
-            "not-ready", "the models are not loaded yet", reason="not_ready", headers={"Retry-After": "5"}
-        )
+def _student(classifier: Classifier, name: str, version: str | None) -> ServedModel:
+    """The student, when `name` (and `version`) are its own; 404 otherwise."""
     student = classifier.student
     bundle = student.loaded.bundle
     if name != bundle.name:
@@ -104,8 +108,8 @@ def _outputs(student: ServedModel) -> list[dict[str, Any]]:
     return outputs
 
 
-async def _metadata(request: Request, name: str, version: str | None) -> dict[str, Any]:
-    student = _student(request, name, version)
+def _metadata(classifier: Classifier, name: str, version: str | None) -> dict[str, Any]:
+    student = _student(classifier, name, version)
     loaded = student.loaded
     height, width = loaded.spec.input_size
     return {
@@ -122,32 +126,35 @@ async def _metadata(request: Request, name: str, version: str | None) -> dict[st
     }
 
 
-async def _model_ready(request: Request, name: str, version: str | None) -> Response:
-    _student(request, name, version)
-    await health.ready(request)
+async def _model_ready(state: StateDep, classifier: Classifier, name: str, version: str | None) -> Response:
+    _student(classifier, name, version)
+    await health.ready(state)
     return Response(status_code=200)
 
 
+# The metadata answers as soon as the models are loaded (LoadedClassifierDep: 503 before), ready or not.
 @router.get("/models/{name}", dependencies=_classify_scope, summary="Open Inference Protocol: model metadata")
-async def model_metadata(request: Request, name: str) -> dict[str, Any]:
-    return await _metadata(request, name, None)
+async def model_metadata(classifier: LoadedClassifierDep, name: str) -> dict[str, Any]:
+    return _metadata(classifier, name, None)
 
 
 @router.get("/models/{name}/versions/{version}", dependencies=_classify_scope, include_in_schema=False)
-async def model_version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
-    return await _metadata(request, name, version)
+async def model_version_metadata(classifier: LoadedClassifierDep, name: str, version: str) -> dict[str, Any]:
+    return _metadata(classifier, name, version)
 
 
 @router.get(
     "/models/{name}/ready", dependencies=_classify_scope, summary="Open Inference Protocol: model ready"
 )
-async def model_ready(request: Request, name: str) -> Response:
-    return await _model_ready(request, name, None)
+async def model_ready(state: StateDep, classifier: LoadedClassifierDep, name: str) -> Response:
+    return await _model_ready(state, classifier, name, None)
 
 
 @router.get("/models/{name}/versions/{version}/ready", dependencies=_classify_scope, include_in_schema=False)
-async def model_version_ready(request: Request, name: str, version: str) -> Response:
-    return await _model_ready(request, name, version)
+async def model_version_ready(
+    state: StateDep, classifier: LoadedClassifierDep, name: str, version: str
+) -> Response:
+    return await _model_ready(state, classifier, name, version)
 
 
 @router.post(
@@ -162,8 +169,9 @@ async def infer(
     pipeline: PipelineDep,
     recorder: RecorderDep,
     ticket: TicketDep,
+    settings: SettingsDep,
 ) -> Response:
-    return await _infer(request, name, None, client_id, pipeline, recorder, ticket)
+    return await _infer(request, name, None, client_id, pipeline, recorder, ticket, settings.max_frames)
 
 
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False, response_class=Response)
@@ -175,8 +183,9 @@ async def infer_version(
     pipeline: PipelineDep,
     recorder: RecorderDep,
     ticket: TicketDep,
+    settings: SettingsDep,
 ) -> Response:
-    return await _infer(request, name, version, client_id, pipeline, recorder, ticket)
+    return await _infer(request, name, version, client_id, pipeline, recorder, ticket, settings.max_frames)
 
 
 def _bad(message: str) -> Problem:
@@ -221,16 +230,17 @@ async def _infer(
     pipeline: ClassificationPipeline,
     recorder: Recorder,
     ticket: Ticket,
+    max_items: int,
 ) -> Response:
-    student = _student(request, name, version)
-    parsed, given = await _read(request, student, pipeline, ticket)
+    student = _student(pipeline.classifier, name, version)
+    parsed, given = await _read(request, student, pipeline, ticket, max_items)
     answers = await _answers(pipeline, given, ticket, request.state.request_id, request.state.started)
     await recorder.record(answers, client_id=client_id)
     return _response(parsed, student, answers, given.name)
 
 
 async def _read(
-    request: Request, student: ServedModel, pipeline: ClassificationPipeline, ticket: Ticket
+    request: Request, student: ServedModel, pipeline: ClassificationPipeline, ticket: Ticket, max_items: int
 ) -> tuple[InferRequest, RequestInput]:
     """The body parsed and checked in the decode pool, off the event loop, its parse charged to the
     ticket first: the JSON tree while it lives, the binary part's copies for the request."""
@@ -242,7 +252,6 @@ async def _read(
         raise _bad(str(exc)) from None
     tree = json_length * (JSON_PARSE_BYTES_PER_BYTE - 1)
     ticket.charge_bytes(tree + len(body), "parsing the request")
-    max_items = request.app.state.settings.max_frames
 
     def parse() -> tuple[InferRequest, RequestInput]:
         try:

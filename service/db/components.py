@@ -33,11 +33,6 @@ class Records:
     sessions: sessionmaker[Session]
     writer: DurableWriter
 
-    async def close(self) -> None:
-        """Drain the writer, then let go of the database."""
-        await self.writer.stop()
-        self.engine.dispose()
-
 
 def build_records(
     database_url: str,

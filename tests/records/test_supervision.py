@@ -9,12 +9,11 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine
-from starlette.requests import Request
 
 import service.db.writer as writer_module
 from kdoct_testing.chain import CHAIN_KEY
@@ -63,10 +62,9 @@ async def until_ready(writer, ready: bool, timeout: float) -> None:
 
 async def readiness_refusal(writer) -> Problem:
     """What GET /health/ready answers (its handler, on an app whose models are ready) while not ready."""
-    app = FastAPI()
-    app.state.ready, app.state.sink = True, writer
+    state = SimpleNamespace(ready=True, sink=writer)  # what the handler reads of the AppState
     with pytest.raises(Problem) as refused:
-        await health.ready(Request({"type": "http", "app": app}))
+        await health.ready(state)
     return refused.value
 
 
