@@ -8,8 +8,8 @@ from logging.config import fileConfig
 from alembic import context
 
 from service.db.migrate import migration_lock
-from service.db.models import Base
 from service.db.session import database_url_from_env, make_engine
+from service.db.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

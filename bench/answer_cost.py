@@ -100,7 +100,7 @@ async def _typed_answer(pipeline, field, upload, result: Classification) -> byte
 
 def measure(repeats: int) -> list[list[str]]:
     classifier = SimpleNamespace(student=SimpleNamespace(loaded=SimpleNamespace(identity=lambda: STUDENT)))
-    pipeline = ClassificationPipeline(classifier, explainer=None)
+    pipeline = ClassificationPipeline(intake=None, classifier=classifier, explainer=None)
     field = next(route for route in router.routes if route.path == "/classify").response_field
     loop = asyncio.new_event_loop()
     rows = []

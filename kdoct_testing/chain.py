@@ -12,8 +12,8 @@ from sqlalchemy import Connection, Engine, insert, inspect, select
 
 from service.audit_key import AuditKey
 from service.db.chain import GENESIS_HASH
-from service.db.models import Prediction
 from service.db.rows import canonical_bytes
+from service.db.tables import Prediction
 
 __all__ = ["CHAIN_KEY", "CHAIN_SECRET", "append_unkeyed", "has_link_rule", "unkeyed_next_link"]
 

@@ -1,4 +1,5 @@
-"""Support for the records tests: what a database holds, and waiting for the durable writers."""
+"""Support for the records tests: what a database holds, waiting for the durable writers, and
+MemorySink, the PredictionSink that keeps rows in memory (the in-process app tests)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import hashlib
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from service.db.models import Prediction
+from service.db.tables import Prediction
+from service.records import RecordUnavailable
 
-__all__ = ["UNREACHABLE_PG", "count_rows", "make_record", "spool_line", "stored_rows", "until"]
+__all__ = ["MemorySink", "UNREACHABLE_PG", "count_rows", "make_record", "spool_line", "stored_rows", "until"]
 
 # Nothing listens on port 1: connections are refused at once.
 UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
@@ -77,3 +80,42 @@ async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+class MemorySink:
+    """Keeps the last `capacity` rows in memory: a PredictionSink for tests, not an audit log."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._rows: OrderedDict[uuid.UUID, dict[str, Any]] = OrderedDict()
+        self.accepting = True
+
+    async def start(self) -> None:
+        self.accepting = True
+
+    async def stop(self) -> None:
+        self.accepting = False
+
+    async def record(self, rows: list[dict[str, Any]]) -> None:
+        if not self.accepting:
+            raise RecordUnavailable("the prediction record sink is stopped")
+        for row in rows:
+            self._rows[row["id"]] = row
+        while len(self._rows) > self.capacity:
+            self._rows.popitem(last=False)
+
+    async def ready(self) -> bool:
+        return self.accepting
+
+    async def flush(self, timeout_s: float) -> bool:
+        return True
+
+    def get(self, prediction_id: uuid.UUID | str) -> dict[str, Any] | None:
+        key = prediction_id if isinstance(prediction_id, uuid.UUID) else uuid.UUID(str(prediction_id))
+        return self._rows.get(key)
+
+    def all(self) -> list[dict[str, Any]]:
+        return list(self._rows.values())
+
+    def __len__(self) -> int:
+        return len(self._rows)

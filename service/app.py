@@ -1,5 +1,6 @@
 """The FastAPI application. Everything is built inside `create_app` and its lifespan, never at import,
-so tests can run several apps with their own settings in one process.
+so tests can run several apps with their own settings in one process. What they build is one typed
+AppState (service/state.py), which handlers reach through the dependencies of service/deps.py.
 
 Start-up order: load and verify the bundles, build their runtimes, warm up, reproduce each bundle's
 golden probabilities on the runtime that will serve it (a mismatch refuses to start), start the
@@ -18,10 +19,9 @@ from fastapi import Depends, FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
 from kdoct.errors import ConfigError, KdoctError
-from service import metrics
+from service import prometheus
 from service.admission import Admission
-from service.api import classify, health, inference_protocol, models, page, predictions
-from service.api import metrics as metrics_api
+from service.api import classify, health, inference_protocol, manifests, page, predictions, scrape
 from service.audit_key import load_audit_key
 from service.config import Settings, get_settings
 from service.db import migrate
@@ -38,12 +38,14 @@ from service.inference.runtime import cpu_count, keep_blas_to_one_thread
 from service.ingress.body import MemoryShare
 from service.ingress.budget import MemoryBudget, RequestLimits
 from service.ingress.gate import IngressGate
+from service.intake import Intake
 from service.logs import configure_logging
 from service.middleware import BodyPolicy, RequestContextMiddleware
 from service.pipeline import ClassificationPipeline
 from service.problems import install_problem_handlers
-from service.records import PredictionSink
+from service.records import PredictionSink, Recorder
 from service.security import Authenticator, require_scope
+from service.state import AppState, app_state, install_state
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -129,8 +131,8 @@ def _check_database_role(engine, mode: str) -> None:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    sink: PredictionSink = app.state.sink
+    state = app_state(app)
+    settings, sink = state.settings, state.sink
     keep_blas_to_one_thread()
     try:
         student, teacher = await asyncio.to_thread(_load_models, settings)
@@ -144,38 +146,42 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         served.append(_serve(teacher, settings, decode_threads))
     # Now that the student's batch size is resolved (adaptive by runtime): what may wait, what may run,
     # and what the decode threads prepare meanwhile (without them the queue runs dry between batches).
-    app.state.admission.limit = settings.max_queue + served[0].batcher.max_batch_size + decode_threads
+    state.admission.limit = settings.max_queue + served[0].batcher.max_batch_size + decode_threads
     # Each frame of a request becomes a float32 input of each model's size (ingress budget, per frame).
-    app.state.gate.input_bytes_per_frame = sum(_input_bytes(item.loaded) for item in served)
-    pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="kdoct-decode")
-    limits = ImageLimits(settings.max_image_pixels, settings.max_frames, settings.max_volume_pixels)
-    app.state.classifier = Classifier(
+    state.gate.input_bytes_per_frame = sum(_input_bytes(item.loaded) for item in served)
+    # Uploads are decoded, checked and preprocessed for the student in the decode pool.
+    intake = Intake(
+        student.spec,
+        student.gate,
+        limits=ImageLimits(settings.max_image_pixels, settings.max_frames, settings.max_volume_pixels),
+        pool=ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="kdoct-decode"),
+    )
+    classifier = Classifier(
         served[0],
         served[1] if teacher else None,
         policy=settings.second_opinion_policy,
         threshold=settings.second_opinion_threshold,
-        limits=limits,
-        pool=pool,
+        preprocess=intake.preprocess,
     )
     # Grad-CAM runs on its own worker thread, built with the models and closed with them.
-    app.state.explainer = Explainer()
-    app.state.pipeline = ClassificationPipeline(app.state.classifier, app.state.explainer)
+    explainer = Explainer()
+    state.pipeline = ClassificationPipeline(intake, classifier, explainer)
     if not is_postgresql(settings.database_url):
         # The embedded SQLite store migrates itself; PostgreSQL is migrated by the deployment
         # (`python -m service db upgrade` in docker/entrypoint.sh) before replicas start.
         await asyncio.to_thread(migrate.upgrade, settings.database_url)
     else:
-        await asyncio.to_thread(_check_database_role, app.state.records.engine, settings.db_role_check)
+        await asyncio.to_thread(_check_database_role, state.records.engine, settings.db_role_check)
     await sink.start()
-    await app.state.anchor.start()
-    await app.state.authenticator.start()  # after the migration: loads the API keys, keeps them fresh
+    await state.anchor.start()
+    await state.authenticator.start()  # after the migration: loads the API keys, keeps them fresh
     for item in served:
         item.batcher.start()
         identity = item.loaded.identity()
-        metrics.MODEL_INFO.labels(role=item.loaded.role, **identity).set(1)
-        metrics.MODEL_READY.labels(role=item.loaded.role).set(1)
-    metrics.initialise_label_sets(student.bundle.name, student.class_names)
-    app.state.ready = True
+        prometheus.MODEL_INFO.labels(role=item.loaded.role, **identity).set(1)
+        prometheus.MODEL_READY.labels(role=item.loaded.role).set(1)
+    prometheus.initialise_label_sets(student.bundle.name, student.class_names)
+    state.ready = True
     log.info("ready: second opinion %s, threshold %.2f, safety gate %s", settings.second_opinion_policy,
              settings.second_opinion_threshold, settings.safety_gate)  # fmt: skip
     if settings.safety_gate == "off":
@@ -186,18 +192,70 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        app.state.ready = False
-        await app.state.authenticator.stop()
+        state.ready = False
+        await state.authenticator.stop()
         for item in served:
-            metrics.MODEL_READY.labels(role=item.loaded.role).set(0)
+            prometheus.MODEL_READY.labels(role=item.loaded.role).set(0)
         await asyncio.gather(*(item.batcher.stop(settings.drain_timeout_s) for item in served))
         try:
             await sink.stop()
         finally:
-            await app.state.anchor.stop()  # after the writer drained: its last append is checkpointed
-        await asyncio.to_thread(app.state.records.engine.dispose)
-        pool.shutdown(wait=False, cancel_futures=True)
-        app.state.explainer.close()
+            await state.anchor.stop()  # after the writer drained: its last append is checkpointed
+        await asyncio.to_thread(state.records.engine.dispose)
+        intake.close()
+        explainer.close()
+
+
+def _build_state(settings: Settings, sink: PredictionSink | None) -> AppState:
+    """What the app holds from the start; the lifespan adds the pipeline. Nothing here touches a
+    database: the engine and the writer connect lazily."""
+    audit_key = load_audit_key(settings.audit_key_file)
+    anchor = ChainAnchor(audit_key, settings.anchor_file, interval_s=settings.anchor_interval_s)
+    records = build_records(
+        settings.database_url,
+        settings.spool_dir,
+        chain_key=audit_key,
+        auth_enabled=settings.auth == "enabled",
+        queue_size=settings.writer_queue_size,
+        batch_size=settings.writer_batch_size,
+        statement_timeout_s=settings.db_statement_timeout_s,
+        lock_timeout_s=settings.db_lock_timeout_s,
+        record_ack=settings.record_ack,
+        record_deadline_s=settings.record_deadline_s,
+        on_append=anchor.note,
+    )
+    auth_enabled = settings.auth == "enabled"
+    authenticator = Authenticator(
+        records.sessions if auth_enabled else None,
+        enabled=auth_enabled,
+        refresh_s=settings.api_key_refresh_s,
+        failure_limit=settings.auth_failure_limit,
+        failure_window_s=settings.auth_failure_window_s,
+        on_failure=lambda reason: prometheus.AUTH_FAILURES.labels(reason=reason).inc(),
+    )
+    sink = sink if sink is not None else records.writer
+    # Classifying requests are admitted before their body is read (service/admission.py); the limit is
+    # final once the lifespan has resolved the batch size.
+    admission = Admission(
+        settings.max_queue + (settings.max_batch_size or 1), wait_s=settings.admission_wait_s
+    )
+    gate = IngressGate(
+        admission,
+        MemoryBudget(settings.memory_budget_bytes),
+        RequestLimits(max_frames=settings.max_frames, max_pixels=settings.max_volume_pixels),
+        max_in_flight_per_key=settings.max_in_flight_per_key,
+    )
+    return AppState(
+        settings=settings,
+        audit_key=audit_key,
+        anchor=anchor,
+        records=records,
+        authenticator=authenticator,
+        sink=sink,
+        recorder=Recorder(sink, audit_key),
+        admission=admission,
+        gate=gate,
+    )
 
 
 def create_app(settings: Settings | None = None, *, sink: PredictionSink | None = None) -> FastAPI:
@@ -218,62 +276,20 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         docs_url=None,
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.audit_key = load_audit_key(settings.audit_key_file)
-    app.state.anchor = ChainAnchor(
-        app.state.audit_key, settings.anchor_file, interval_s=settings.anchor_interval_s
-    )
-    # Engine and writer connect lazily: building them here touches no database.
-    records = build_records(
-        settings.database_url,
-        settings.spool_dir,
-        chain_key=app.state.audit_key,
-        auth_enabled=settings.auth == "enabled",
-        queue_size=settings.writer_queue_size,
-        batch_size=settings.writer_batch_size,
-        statement_timeout_s=settings.db_statement_timeout_s,
-        lock_timeout_s=settings.db_lock_timeout_s,
-        record_ack=settings.record_ack,
-        record_deadline_s=settings.record_deadline_s,
-        on_append=app.state.anchor.note,
-    )
-    app.state.records = records
-    auth_enabled = settings.auth == "enabled"
-    app.state.authenticator = Authenticator(
-        records.sessions if auth_enabled else None,
-        enabled=auth_enabled,
-        refresh_s=settings.api_key_refresh_s,
-        failure_limit=settings.auth_failure_limit,
-        failure_window_s=settings.auth_failure_window_s,
-        on_failure=lambda reason: metrics.AUTH_FAILURES.labels(reason=reason).inc(),
-    )
-    app.state.sink = sink if sink is not None else records.writer
-    # Classifying requests are admitted before their body is read (service/admission.py); the limit is
-    # final once the lifespan has resolved the batch size.
-    app.state.admission = Admission(
-        settings.max_queue + (settings.max_batch_size or 1), wait_s=settings.admission_wait_s
-    )
-    budget = MemoryBudget(settings.memory_budget_bytes)
-    app.state.gate = IngressGate(
-        app.state.admission,
-        budget,
-        RequestLimits(max_frames=settings.max_frames, max_pixels=settings.max_volume_pixels),
-        max_in_flight_per_key=settings.max_in_flight_per_key,
-    )
-    app.state.ready = False
-    app.state.classifier = None
+    state = _build_state(settings, sink)
+    install_state(app, state)
     install_problem_handlers(app)
-    for router in (classify.router, health.router, metrics_api.router, page.router, predictions.router):
+    for router in (classify.router, health.router, scrape.router, page.router, predictions.router):
         app.include_router(router)
     # The Open Inference Protocol v2 (tritonclient, KServe): its routes check their own scopes.
     app.include_router(inference_protocol.router)
     # GET /models tells what is deployed: a reader's business, not the public's.
-    app.include_router(models.router, dependencies=[Depends(require_scope("read"))])
+    app.include_router(manifests.router, dependencies=[Depends(require_scope("read"))])
     page.mount_static(app)
     known_paths = {getattr(route, "path", "") for route in app.routes}
     app.add_middleware(
         RequestContextMiddleware,
-        gate=app.state.gate,
+        gate=state.gate,
         body=BodyPolicy(
             max_upload_bytes=settings.max_upload_bytes,
             read_timeout_s=settings.body_read_timeout_s,
@@ -283,7 +299,7 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         share=MemoryShare(settings.memory_budget_bytes // 4, settings.body_spill_dir),
         known_paths=known_paths,
         # Keys and scopes are checked before a body is read (docs/SECURITY.md); auth off: nothing to check.
-        authenticate=app.state.authenticator.authenticate if auth_enabled else None,
+        authenticate=state.authenticator.authenticate if settings.auth == "enabled" else None,
     )
     return app
 

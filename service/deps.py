@@ -1,4 +1,6 @@
-"""Annotated dependency aliases: handlers declare what they need and never reach for globals."""
+"""Annotated dependency aliases: handlers declare what they need and never reach for globals or the
+app's state. Every one starts from the typed AppState (service/state.py `get_state`), so a test can
+replace any of them with `app.dependency_overrides[get_...] = ...`."""
 
 from __future__ import annotations
 
@@ -12,46 +14,75 @@ from service.inference.classifier import Classifier
 from service.ingress.budget import Ticket
 from service.pipeline import ClassificationPipeline
 from service.problems import Problem
-from service.records import PredictionSink
+from service.records import Recorder
 from service.security import Client, require_scope
+from service.state import AppState, get_state
 
 __all__ = [
     "ClassifierDep",
     "ClientDep",
     "FeedbackClientDep",
+    "LoadedClassifierDep",
     "PipelineDep",
     "ReadClientDep",
+    "RecorderDep",
     "SessionsDep",
     "SettingsDep",
-    "SinkDep",
+    "StateDep",
     "TicketDep",
+    "get_app_settings",
+    "get_classifier",
     "get_client",
+    "get_loaded_classifier",
+    "get_pipeline",
+    "get_recorder",
+    "get_sessions",
+    "get_state",
+    "get_ticket",
 ]
 
 
 # Plain lookups are `async def` on purpose: FastAPI runs a sync dependency in its thread pool, two
 # thread hops per request for a dictionary read (measured on POST /classify, docs/BENCHMARKS.md).
 
-
-async def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings
+StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def get_pipeline(request: Request) -> ClassificationPipeline:
-    pipeline = getattr(request.app.state, "pipeline", None)
-    if pipeline is None or not request.app.state.ready:
-        raise Problem(
-            "not-ready", "the models are not loaded yet", reason="not_ready", headers={"Retry-After": "5"}
-        )
-    return pipeline
+def _not_loaded() -> Problem:
+    return Problem(
+        "not-ready", "the models are not loaded yet", reason="not_ready", headers={"Retry-After": "5"}
+    )
+
+
+async def get_app_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+async def get_pipeline(state: StateDep) -> ClassificationPipeline:
+    """The pipeline, once the service is ready (503 before, and once shutting down)."""
+    if state.pipeline is None or not state.ready:
+        raise _not_loaded()
+    return state.pipeline
 
 
 async def get_classifier(pipeline: ClassificationPipeline = Depends(get_pipeline)) -> Classifier:
     return pipeline.classifier
 
 
-async def get_sink(request: Request) -> PredictionSink:
-    return request.app.state.sink
+async def get_loaded_classifier(state: StateDep) -> Classifier:
+    """The classifier as soon as the models are loaded, ready or not (503 before): what the Open
+    Inference Protocol's model metadata describes."""
+    if state.pipeline is None:
+        raise _not_loaded()
+    return state.pipeline.classifier
+
+
+async def get_recorder(state: StateDep) -> Recorder:
+    return state.recorder
+
+
+async def get_sessions(state: StateDep) -> sessionmaker[Session]:
+    return state.records.sessions
 
 
 _require_classify = require_scope("classify")
@@ -72,16 +103,13 @@ async def get_ticket(request: Request) -> Ticket:
     return ticket
 
 
-async def get_sessions(request: Request) -> sessionmaker[Session]:
-    return request.app.state.records.sessions
-
-
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 PipelineDep = Annotated[ClassificationPipeline, Depends(get_pipeline)]
-SinkDep = Annotated[PredictionSink, Depends(get_sink)]
+ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
+LoadedClassifierDep = Annotated[Classifier, Depends(get_loaded_classifier)]
+RecorderDep = Annotated[Recorder, Depends(get_recorder)]
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 ClientDep = Annotated[str | None, Depends(get_client)]
 TicketDep = Annotated[Ticket, Depends(get_ticket)]
-SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 ReadClientDep = Annotated[Client, Depends(require_scope("read"))]
 FeedbackClientDep = Annotated[Client, Depends(require_scope("feedback"))]

@@ -37,7 +37,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from service.api.schemas import ClassifyResponse, FrameResult
+from service.answer import ClassifyResponse, FrameResult
 from service.imaging import DicomSource
 
 __all__ = ["DICOM_MEDIA_TYPE", "PRIVATE_SCHEME", "build_report", "finding_code"]

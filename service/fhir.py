@@ -1,6 +1,6 @@
 """HL7 FHIR R4 form of one prediction record: what `GET /predictions/{id}` answers with
-`Accept: application/fhir+json` (or `?format=fhir`). Pure: a record in, a JSON-ready dict out; no
-request, no database, no clock, so the same record always gives the same Bundle.
+`Accept: application/fhir+json` (or `?format=fhir`). Pure: a record in (service/answer.py PredictionOut),
+a JSON-ready dict out; no request, no database, no clock, so the same record always gives the same Bundle.
 
 Shape: a Bundle of type "collection" holding a DiagnosticReport, its Observations and the Device(s)
 (the student model, and the teacher when it gave a second opinion), referring to each other by
@@ -32,7 +32,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
+
+from service.answer import PredictionOut
 
 __all__ = [
     "FHIR_MEDIA_TYPE",
@@ -55,7 +57,6 @@ KDOCT_GATE_REASON_SYSTEM = f"{KDOCT_BASE}/CodeSystem/gate-reason"
 # Identifies a model bundle by the sha256 of its manifest (GET /models), the strongest identity it has.
 MODEL_SHA256_SYSTEM = f"{KDOCT_BASE}/NamingSystem/model-bundle-sha256"
 MODEL_NAME_SYSTEM = f"{KDOCT_BASE}/NamingSystem/model-name"
-VOLUME_ID_SYSTEM = f"{KDOCT_BASE}/NamingSystem/volume-id"
 
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
@@ -110,29 +111,6 @@ GATE_NOT_PERFORMED = {
 # Resource ids are derived from the prediction id (or the model sha256) under this namespace, so a
 # record read twice gives the same ids, and one model is one Device across all its reports.
 _NAMESPACE = uuid.UUID("5d1e3c36-8a4e-4f43-9a38-0c6c2f1b7e15")
-
-
-class PredictionRecord(Protocol):
-    """What the mapping reads of a record: the fields of PredictionOut (service/api/predictions.py)."""
-
-    id: uuid.UUID
-    created_at: datetime
-    model_name: str
-    model_version: str
-    model_sha256: str
-    teacher_model_name: str | None
-    teacher_model_version: str | None
-    teacher_model_sha256: str | None
-    frame_index: int | None
-    volume_id: str | None
-    probabilities: dict[str, float]
-    label: str
-    confidence: float
-    refer: bool
-    second_opinion: dict[str, Any] | None
-    gradable: bool | None
-    gate_reason: str | None
-    ood_score: float | None
 
 
 def _id(*parts: str) -> str:
@@ -197,7 +175,7 @@ def _device(resource_id: str, name: str, version: str, sha256: str, role: str) -
     }
 
 
-def prediction_bundle(record: PredictionRecord) -> dict[str, Any]:
+def prediction_bundle(record: PredictionOut) -> dict[str, Any]:
     """The FHIR R4 Bundle (type collection) of one prediction record, as a JSON-ready dict."""
     pid = str(record.id)
     when = _instant(record.created_at)
@@ -345,7 +323,7 @@ def prediction_bundle(record: PredictionRecord) -> dict[str, Any]:
     }
 
 
-def _conclusion(record: PredictionRecord, is_volume: bool) -> str:
+def _conclusion(record: PredictionOut, is_volume: bool) -> str:
     if is_volume:
         what = "volume"
     elif record.frame_index is not None:

@@ -54,7 +54,6 @@ if ImageFile.LOAD_TRUNCATED_IMAGES:  # a truncated scan must be refused, never p
 # pydicom's validation warnings quote element values (a patient's name among them) into logs.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
-OPHTHALMIC_TOMOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.5.4"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
 _ACCEPTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I;16", "I;16L", "I;16B", "I"}

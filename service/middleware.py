@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics
+from service import prometheus
 from service.ingress.body import Body, BodyLimits, MemoryShare, declared_length, read_body
 from service.ingress.budget import Ticket
 from service.ingress.doors import Door, HttpDoors
@@ -164,7 +164,7 @@ class RequestContextMiddleware:
             template = getattr(route, "path", None) or (
                 scope["path"] if scope["path"] in self.known_paths else "unmatched"
             )
-            metrics.REQUEST_DURATION.labels(route=template, method=method, status=str(status)).observe(
+            prometheus.REQUEST_DURATION.labels(route=template, method=method, status=str(status)).observe(
                 time.perf_counter() - started
             )
 
@@ -184,7 +184,7 @@ class RequestContextMiddleware:
     ) -> None:
         """Answered with the body unread (or not all read): the connection is closed, not drained."""
         if problem.reason:
-            metrics.REJECTED_REQUESTS.labels(reason=problem.reason).inc()
+            prometheus.REJECTED_REQUESTS.labels(reason=problem.reason).inc()
         response = problem_response(
             problem.slug,
             problem.detail,

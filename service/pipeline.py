@@ -1,35 +1,37 @@
 """The classification pipeline, in one place:
 
-    decode → preprocess → batch → predict → postprocess → (explain) → encode
+    decode → batch → predict → postprocess → (explain) → encode
 
-- decode, preprocess: the upload's bytes to validated frames (service/imaging.py) and the student's
-  input batch (kdoct.preprocess), in the decode pool, off the event loop;
+- decode: the upload's bytes to validated frames, their quality reasons and the student's input batch
+  (service/intake.py), in the decode pool, off the event loop;
 - batch, predict: the student's micro-batcher, then the teacher's for the frames the second-opinion
-  policy sends it (service/inference/classifier.py), giving plain typed results;
+  policy sends it (service/inference/classifier.py, which owns that policy), giving plain typed results;
 - postprocess: those results become the answer, the pydantic `ClassifyResponse` of the API schema
-  (service/api/schemas.py), validated as it is built;
+  (service/answer.py), validated as it is built;
 - explain (explain=true): Grad-CAM heatmaps added to the answer, never to the records;
-- encode: FastAPI serialises the answer against the same schema.
+- encode: FastAPI serialises the answer against the same schema; a DICOM SR of it (`dicom_report`)
+  is built in the decode pool.
 
-The route records the rows derived from the answer (service.records.prediction_rows) before it
+The route puts the rows derived from the answer on record (service/records.py Recorder) before it
 returns it, so what is stored and what is answered cannot drift apart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.api.schemas import ClassifyResponse, Explanation, FrameResult, InputInfo, SecondOpinion, Timing
+from service.answer import ClassifyResponse, Explanation, FrameResult, InputInfo, SecondOpinion, Timing
+from service.dicom_sr import build_report
 from service.explain import Explainer, ExplainerBusy
-from service.imaging import DecodedUpload, DicomSource, ImageShape
+from service.imaging import DecodedUpload, DicomSource
 from service.inference.batcher import BatcherClosed, InferenceError, QueueFull
-from service.inference.classifier import Classification, Classifier, Opinion, Prepared
+from service.inference.classifier import Classification, Classifier, Opinion, SecondOpinionUnavailable
 from service.inference.second_opinion import Policy
 from service.ingress.budget import Ticket
+from service.intake import Intake, Prepared
 from service.problems import Problem
 from service.records import new_prediction_id
 
@@ -45,7 +47,8 @@ class Classified:
 
 
 class ClassificationPipeline:
-    def __init__(self, classifier: Classifier, explainer: Explainer) -> None:
+    def __init__(self, intake: Intake, classifier: Classifier, explainer: Explainer) -> None:
+        self.intake = intake
         self.classifier = classifier
         self.explainer = explainer
 
@@ -54,16 +57,18 @@ class ClassificationPipeline:
         data: bytes,
         *,
         ticket: Ticket,
-        policy: Policy,
+        policy: Policy | None,
         explain: bool,
         request_id: str,
         started: float,
         require_dicom_source: bool = False,
     ) -> Classified:
-        """The answer to one upload; ``started`` (perf_counter) is when the request arrived.
+        """The answer to one upload; ``started`` (perf_counter) is when the request arrived, ``policy``
+        the request's own second-opinion policy (None: the service's).
         ``require_dicom_source``: only a DICOM SR is acceptable, so an upload a report cannot reference
         is refused (406) right after decoding: nothing is inferred or recorded for an unwanted answer."""
-        prepared, decode_ms = await self.prepare(data, ticket)
+        policy = self._policy(policy)
+        prepared, decode_ms = await self.intake.prepare(data, ticket)
         if require_dicom_source and prepared.upload.dicom_source is None:
             raise _no_dicom_source(prepared.upload)
         answer = await self.answer(
@@ -71,45 +76,21 @@ class ClassificationPipeline:
         )
         return Classified(answer, prepared.upload.dicom_source)
 
-    async def prepare(
-        self, data: bytes, ticket: Ticket, shape: ImageShape | None = None
-    ) -> tuple[Prepared, float]:
-        """Decode and preprocess in the decode pool, the upload's header charged to `ticket` first (or
-        `shape`, already charged); the Prepared upload and the milliseconds it took."""
-        classifier = self.classifier
-        decode_began = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        prepare = functools.partial(classifier.prepare, data, charge=ticket.charge_images, shape=shape)
-        prepared = await loop.run_in_executor(classifier.pool, prepare)
-        return prepared, (time.perf_counter() - decode_began) * 1000.0
-
-    async def prepare_all(self, items: Sequence[bytes], ticket: Ticket) -> list[tuple[Prepared, float]]:
-        """Several uploads of one request (service/api/inference_protocol.py): every header is read and
-        the whole request charged to `ticket` before any pixel is decoded, and every upload is decoded
-        before any is inferred, so a bad one fails the request before the model spends time on the
-        others. A refusal names the element: "element <i>: ...", with the status its cause has."""
-        loop = asyncio.get_running_loop()
-        shapes = await loop.run_in_executor(self.classifier.pool, self._probe_all, items)
-        ticket.charge_images(shapes)
-        results = await asyncio.gather(
-            *(self.prepare(data, ticket, shape) for data, shape in zip(items, shapes, strict=True)),
-            return_exceptions=True,
+    async def answer_all(
+        self, prepared: Sequence[tuple[Prepared, float]], *, request_id: str, started: float
+    ) -> list[ClassifyResponse]:
+        """One answer per prepared upload or tensor of a request (the Open Inference Protocol's infer),
+        under the service's policy. Each goes to the micro-batcher on its own, which batches them with
+        each other and with other requests."""
+        policy = self.classifier.policy
+        return list(
+            await asyncio.gather(
+                *(
+                    self.answer(item, decode_ms, policy=policy, request_id=request_id, started=started)
+                    for item, decode_ms in prepared
+                )
+            )
         )
-        for index, result in enumerate(results):
-            if isinstance(result, Problem):
-                raise _element_problem(index, result)
-            if isinstance(result, BaseException):
-                raise result
-        return results
-
-    def _probe_all(self, items: Sequence[bytes]) -> list[ImageShape]:
-        shapes = []
-        for index, data in enumerate(items):
-            try:
-                shapes.append(self.classifier.probe(data))
-            except Problem as problem:
-                raise _element_problem(index, problem) from None
-        return shapes
 
     async def answer(
         self,
@@ -129,6 +110,18 @@ class ClassificationPipeline:
             await self._explain(upload, result, answer)
         answer.timing_ms.total = round((time.perf_counter() - started) * 1000.0, 3)
         return answer
+
+    async def dicom_report(self, classified: Classified) -> bytes:
+        """The answer as a DICOM SR referencing its upload (service/dicom_sr.py), built in the decode
+        pool (tens of ms of highdicom). Only for an answer with a DICOM source."""
+        assert classified.dicom_source is not None
+        return await self.intake.in_pool(build_report, classified.answer, classified.dicom_source)
+
+    def _policy(self, requested: Policy | None) -> Policy:
+        try:
+            return self.classifier.policy_for(requested)
+        except SecondOpinionUnavailable as exc:
+            raise Problem("second-opinion-unavailable", str(exc), reason="bad_request") from None
 
     async def _predict(self, prepared: Prepared, policy: Policy) -> Classification:
         try:
@@ -217,16 +210,6 @@ class ClassificationPipeline:
         answer.explanation = Explanation(**student.to_dict(), frame_index=shown_index)
         if teacher is not None:
             opinion.explanation = Explanation(**teacher.to_dict(), frame_index=shown_index)
-
-
-def _element_problem(index: int, problem: Problem) -> Problem:
-    return Problem(
-        problem.slug,
-        f"element {index}: {problem.detail}",
-        reason=problem.reason,
-        headers=problem.headers,
-        status=problem.status,
-    )
 
 
 def _no_dicom_source(upload: DecodedUpload) -> Problem:

@@ -9,10 +9,11 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from service import metrics
+from service import prometheus
 
 __all__ = [
     "OIP_PREFIX",
@@ -20,6 +21,7 @@ __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "PROBLEM_TYPES",
     "Problem",
+    "ProblemDetail",
     "install_problem_handlers",
     "problem_response",
 ]
@@ -53,6 +55,18 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "inference-failed": (503, "Inference failed"),
     "record-unavailable": (503, "Prediction could not be recorded"),
 }
+
+
+class ProblemDetail(BaseModel):
+    """RFC 9457 problem details (`application/problem+json`)."""
+
+    type: str = Field(examples=["https://kdoct.dev/problems/unsupported-media-type"])
+    title: str = Field(examples=["Unsupported media type"])
+    status: int = Field(examples=[415])
+    detail: str = Field(examples=["GIF uploads are not accepted: send PNG, JPEG, TIFF, BMP or DICOM"])
+    instance: str | None = Field(None, examples=["/classify"])
+    request_id: str | None = None
+
 
 _STATUS_SLUGS = {404: "not-found", 405: "method-not-allowed", 401: "unauthorized", 403: "forbidden"}
 
@@ -123,7 +137,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> Response:
         if exc.reason:
-            metrics.REJECTED_REQUESTS.labels(reason=exc.reason).inc()
+            prometheus.REJECTED_REQUESTS.labels(reason=exc.reason).inc()
         return problem_response(
             exc.slug,
             exc.detail,
@@ -135,7 +149,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        metrics.REJECTED_REQUESTS.labels(reason="bad_request").inc()
+        prometheus.REJECTED_REQUESTS.labels(reason="bad_request").inc()
         parts = []
         for error in exc.errors():
             where = ".".join(str(part) for part in error.get("loc", ()))

@@ -1,27 +1,46 @@
-"""Prediction records: the one mapping from an answer to the rows kept of it, and the sink they go to
-before the answer goes out.
+"""Prediction records: the one mapping from an answer to the rows kept of it, the sink they go to
+before the answer goes out, and the Recorder that puts answers there.
 
-`prediction_rows` derives the rows from the answer itself (service/api/schemas.py ClassifyResponse):
+`prediction_rows` derives the rows from the answer itself (service/answer.py ClassifyResponse):
 one per image, or one per frame of a DICOM plus one for the volume result, each with the values of
-a `predictions` row (service/db/models.py) except the chain's own columns. Never the image, never a
+a `predictions` row (service/db/tables.py) except the chain's own columns. Never the image, never a
 patient identifier, never a heatmap, and the request id only as its keyed hash.
 
-The classify route awaits `PredictionSink.record(rows)` before it answers: a sink that cannot take
-them raises `RecordUnavailable` and the client gets 503, never an answer without a record.
-`MemorySink` keeps the latest rows in memory (tests, demos); service/db/writer.py is the durable one.
+Every classifying route awaits `Recorder.record(answers)` before it answers: the rows go to the
+`PredictionSink`, and a sink that cannot take them (`RecordUnavailable`, or any failure) is a 503,
+never an answer without a record; then the answers are counted in the metrics. The Recorder also
+owns the request id's keyed hash (the audit key's, service/audit_key.py), for the rows and for the
+query API's filter and read log. service/db/writer.py and service/db/spool_first.py are the durable
+sinks.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from service.api.schemas import ClassifyResponse, SecondOpinion
+from service import prometheus
+from service.answer import ClassifyResponse, SecondOpinion
+from service.audit_key import AuditKey
+from service.inference.second_opinion import outcome
+from service.problems import Problem
 
-__all__ = ["MemorySink", "PredictionSink", "RecordUnavailable", "new_prediction_id", "prediction_rows"]
+__all__ = [
+    "PredictionSink",
+    "RecordUnavailable",
+    "Recorder",
+    "count_answer",
+    "new_prediction_id",
+    "prediction_rows",
+]
+
+log = logging.getLogger(__name__)
+
+# A read or feedback first waits this long for what this worker has answered to be in the database.
+READ_YOUR_ANSWER_S = 2.0
 
 
 def new_prediction_id() -> uuid.UUID:
@@ -120,40 +139,62 @@ class PredictionSink(Protocol):
         database; False if they could not be in time. Immediate for a sink that commits first."""
 
 
-class MemorySink:
-    """Keeps the last `capacity` rows in memory: for tests and local demos, not an audit log."""
+class Recorder:
+    """Puts answers on record before they go out, and counts them; hashes request ids as the records
+    keep them."""
 
-    def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = capacity
-        self._rows: OrderedDict[uuid.UUID, dict[str, Any]] = OrderedDict()
-        self.accepting = True
+    def __init__(self, sink: PredictionSink, audit_key: AuditKey) -> None:
+        self.sink = sink
+        self.audit_key = audit_key
 
-    async def start(self) -> None:
-        self.accepting = True
+    def request_id_hash(self, request_id: str) -> str:
+        """Records keep only a keyed hash of the client's X-Request-ID: it may hold an identifier."""
+        return self.audit_key.request_id_hash(request_id)
 
-    async def stop(self) -> None:
-        self.accepting = False
+    async def record(self, answers: Sequence[ClassifyResponse], *, client_id: str | None) -> None:
+        """Put the rows of ``answers`` (one request's) on record, then count them in the metrics.
+        Never answer a prediction that is not on record: any failure of the sink is a 503 Problem."""
+        rows = [
+            row
+            for answer in answers
+            for row in prediction_rows(
+                answer, request_id_hash=self.request_id_hash(answer.request_id), client_id=client_id
+            )
+        ]
+        try:
+            await self.sink.record(rows)
+        except RecordUnavailable as exc:
+            raise Problem(
+                "record-unavailable", str(exc), reason="record_unavailable", headers={"Retry-After": "5"}
+            ) from None
+        except Exception as exc:  # noqa: BLE001
+            log.error("prediction sink failed", exc_info=exc)
+            raise Problem(
+                "record-unavailable", "the prediction could not be recorded", reason="record_unavailable",
+                headers={"Retry-After": "5"},
+            ) from None  # fmt: skip
+        for answer in answers:
+            count_answer(answer)
 
-    async def record(self, rows: list[dict[str, Any]]) -> None:
-        if not self.accepting:
-            raise RecordUnavailable("the prediction record sink is stopped")
-        for row in rows:
-            self._rows[row["id"]] = row
-        while len(self._rows) > self.capacity:
-            self._rows.popitem(last=False)
+    async def caught_up(self) -> bool:
+        """Answers go out once their record is journaled (KDOCT_RECORD_ACK=spool) and the insert follows
+        within 0.25 s: before a read or feedback, this worker inserts what it has answered (immediate
+        when nothing waits), so a client finds what it was just answered. A database that does not take
+        them in time (READ_YOUR_ANSWER_S) leaves the read to what is there: False."""
+        return await self.sink.flush(READ_YOUR_ANSWER_S)
 
-    async def ready(self) -> bool:
-        return self.accepting
 
-    async def flush(self, timeout_s: float) -> bool:
-        return True
-
-    def get(self, prediction_id: uuid.UUID | str) -> dict[str, Any] | None:
-        key = prediction_id if isinstance(prediction_id, uuid.UUID) else uuid.UUID(str(prediction_id))
-        return self._rows.get(key)
-
-    def all(self) -> list[dict[str, Any]]:
-        return list(self._rows.values())
-
-    def __len__(self) -> int:
-        return len(self._rows)
+def count_answer(answer: ClassifyResponse) -> None:
+    """Metrics per answered upload (a volume counts once, by its volume result), by its model's name."""
+    model = answer.model.name
+    prometheus.PREDICTIONS.labels(model=model, label=answer.label).inc()
+    prometheus.PREDICTION_CONFIDENCE.labels(model=model).observe(answer.confidence)
+    if answer.refer:
+        prometheus.REFERRALS.labels(model=model).inc()
+    for judged in answer.frames or [answer]:
+        if judged.gradable is not None:
+            gate_outcome = "gradable" if judged.gradable else judged.reason
+            prometheus.SAFETY_GATE.labels(model=model, outcome=gate_outcome).inc()
+    opinion = answer.second_opinion
+    if opinion is not None:
+        prometheus.SECOND_OPINIONS.labels(outcome=outcome(answer.label, opinion.label)).inc()

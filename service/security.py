@@ -6,9 +6,10 @@ a known key costs no database work, an unknown one waits for the next shared rel
 0.5 s), and a revocation or rotation takes effect within ``refresh_s`` (KDOCT_API_KEY_REFRESH_S).
 Keys are never logged.
 
-``require_scope(scope)`` is the FastAPI dependency the routers use; it reads the ``Authenticator``
-from ``app.state.authenticator`` and answers 401 (missing, invalid or revoked key) or 403 (key without
-the scope) as problem+json (service/problems.py), each failure counted by reason. Beyond
+``require_scope(scope)`` is the FastAPI dependency the routers use; it takes the app's
+``Authenticator`` from ``get_authenticator`` (the typed app state, service/state.py) and answers 401
+(missing, invalid or revoked key) or 403 (key without the scope) as problem+json
+(service/problems.py), each failure counted by reason. Beyond
 KDOCT_AUTH_FAILURE_LIMIT failed authentications from one address in KDOCT_AUTH_FAILURE_WINDOW_S, that
 address gets 429 with Retry-After until the window ends, good key or not (service/auth_throttle.py).
 
@@ -31,8 +32,9 @@ from service.auth_throttle import FailureThrottle
 from service.db.api_clients import KEY_PREFIX, SCOPES, hash_key, key_rows
 from service.key_table import KeyTable, NotLoaded
 from service.problems import Problem
+from service.state import AppState, get_state
 
-__all__ = ["ANONYMOUS", "AuthError", "Authenticator", "Client", "require_scope"]
+__all__ = ["ANONYMOUS", "AuthError", "Authenticator", "Client", "get_authenticator", "require_scope"]
 
 _REVOKED = "revoked"
 # auto_error=False: a missing key is our 401 problem+json, not FastAPI's plain 403. Declaring the
@@ -165,15 +167,20 @@ class Authenticator:
         }
 
 
+async def get_authenticator(state: AppState = Depends(get_state)) -> Authenticator:
+    return state.authenticator
+
+
 def require_scope(scope: str) -> Callable:
     """FastAPI dependency: the calling Client, which must hold ``scope`` (admin holds every scope)."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; scopes are {', '.join(SCOPES)}")
 
     async def dependency(
-        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+        authenticator: Authenticator = Depends(get_authenticator),
     ) -> Client:
-        authenticator: Authenticator = request.app.state.authenticator
         peer = request.client.host if request.client else None
         return await authenticator.authenticate(credentials.credentials if credentials else None, scope, peer)
 

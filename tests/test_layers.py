@@ -1,5 +1,6 @@
 """The layers of the code, checked from the imports themselves: kdoct at the ground, training and
-serving never touching, the records (service/db) below request handling, and no import cycles."""
+serving never touching, the records (service/db) below request handling, nothing below the API
+importing it, and no import cycles."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import ast
 from pathlib import Path
 
 import pytest
+
+from kdoct_testing.code_shape import API_FLOOR, read_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("kdoct", "model_training", "service", "kdoct_testing")
@@ -64,6 +67,15 @@ def test_a_layer_never_imports_what_sits_above_it(modules, importer: str, forbid
         if any(target == f or target.startswith(f + ".") for f in forbidden)
     ]
     assert offending == []
+
+
+def test_nothing_below_the_api_floor_imports_the_api() -> None:
+    """The API floor (service.api, service.app, service.__main__, service.commands) composes the
+    service; every other module of service/ sits below it and never imports service.api, not even
+    for type checking: what they share with the routes (the answer, service/answer.py) lives below."""
+    assert API_FLOOR == ("service.api", "service.app", "service.__main__", "service.commands")
+    upward = [f"{i.importer}:{i.line} imports {i.target}" for i in read_shape(ROOT).upward_imports()]
+    assert upward == []
 
 
 def test_no_module_level_import_cycles(modules) -> None:

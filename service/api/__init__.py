@@ -1,1 +1,2 @@
-"""HTTP routers: classify, models, health, metrics."""
+"""HTTP routers: classify, predictions, manifests (GET /models), health, scrape (GET /metrics), page,
+and the Open Inference Protocol v2 (inference_protocol)."""

@@ -1,26 +1,23 @@
 """POST /classify: one B-scan (PNG, JPEG, TIFF, BMP) or an OCT DICOM (single frame or a volume).
 
-The route asks the pipeline (service/pipeline.py) for the answer, puts the rows derived from it on
-record, and returns it; FastAPI serialises it against the ClassifyResponse schema. A DICOM upload
+The route asks the pipeline (service/pipeline.py) for the answer, puts it on record (service/records.py
+Recorder), and returns it; FastAPI serialises it against the ClassifyResponse schema. A DICOM upload
 asked for `Accept: application/dicom` gets the same answer as a DICOM SR (service/dicom_sr.py),
 built after the same recording: what is stored never depends on the form of the answer."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import Response
 
+from service.answer import ClassifyResponse
 from service.api.accept import JSON_MEDIA_TYPE, Accept
-from service.api.recording import count_answer, put_on_record
-from service.api.schemas import ClassifyResponse, ProblemDetail
-from service.deps import ClientDep, PipelineDep, SinkDep, TicketDep
-from service.dicom_sr import DICOM_MEDIA_TYPE, build_report
+from service.deps import ClientDep, PipelineDep, RecorderDep, TicketDep
+from service.dicom_sr import DICOM_MEDIA_TYPE
 from service.inference.second_opinion import Policy
-from service.problems import PROBLEM_MEDIA_TYPE, Problem
-from service.records import prediction_rows
+from service.problems import PROBLEM_MEDIA_TYPE, ProblemDetail
 
 __all__ = ["router"]
 
@@ -119,42 +116,29 @@ def negotiate(accept: str | None) -> AnswerForm:
 async def classify(
     request: Request,
     pipeline: PipelineDep,
-    sink: SinkDep,
+    recorder: RecorderDep,
     client_id: ClientDep,
     ticket: TicketDep,
     file: Annotated[UploadFile, File(description=FILE_DESCRIPTION)],
     second_opinion: Annotated[Policy | None, Query(description=POLICY_DESCRIPTION)] = None,
     explain: Annotated[bool, Query(description=EXPLAIN_DESCRIPTION)] = False,
 ) -> ClassifyResponse | Response:
-    classifier = pipeline.classifier
-    policy = second_opinion or classifier.policy
-    if policy == "always" and classifier.teacher is None:
-        raise Problem(
-            "second-opinion-unavailable",
-            "second_opinion=always needs a teacher model, and this service has none (KDOCT_TEACHER_BUNDLE)",
-            reason="bad_request",
-        )
     form = negotiate(request.headers.get("accept"))
-    request_id, started = request.state.request_id, request.state.started
     data = await file.read()
     classified = await pipeline.run(
         data,
         ticket=ticket,
-        policy=policy,
+        policy=second_opinion,
         explain=explain,
-        request_id=request_id,
-        started=started,
+        request_id=request.state.request_id,
+        started=request.state.started,
         require_dicom_source=form == "dicom",
     )
     answer = classified.answer
-    # Records keep only a keyed hash of the client's X-Request-ID: it may hold an identifier.
-    request_id_hash = request.app.state.audit_key.request_id_hash(request_id)
-    await put_on_record(sink, prediction_rows(answer, request_id_hash=request_id_hash, client_id=client_id))
-    count_answer(classifier.student.loaded.bundle.name, answer)
+    await recorder.record([answer], client_id=client_id)
     if form != "json" and classified.dicom_source is not None:
-        # Built after recording, like the JSON encoding; off the event loop (tens of ms of highdicom).
-        loop = asyncio.get_running_loop()
-        report = await loop.run_in_executor(classifier.pool, build_report, answer, classified.dicom_source)
+        # Built after recording, like the JSON encoding.
+        report = await pipeline.dicom_report(classified)
         return Response(
             report,
             media_type=DICOM_MEDIA_TYPE,

@@ -9,14 +9,25 @@ versions and hashes are for key holders: GET /models).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
 
-from service.api.schemas import HealthResponse, ProblemDetail
-from service.problems import PROBLEM_MEDIA_TYPE, Problem
+from service.deps import StateDep
+from service.problems import PROBLEM_MEDIA_TYPE, Problem, ProblemDetail
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/health", tags=["health"])
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["ready"])
+    records: str | None = Field(
+        None,
+        description="where records go now: database, or spool while the database is down or stalled "
+        "(degraded: answers still go out, each on record in the fsync'd spool)",
+        examples=["database"],
+    )
 
 
 @router.get("/live", response_model=HealthResponse, summary="Liveness: the process is up")
@@ -32,9 +43,8 @@ async def live() -> HealthResponse:
         503: {"model": ProblemDetail, "description": "Not ready", "content": {PROBLEM_MEDIA_TYPE: {}}}
     },
 )
-async def ready(request: Request) -> HealthResponse:
-    state = request.app.state
-    if not getattr(state, "ready", False):
+async def ready(state: StateDep) -> HealthResponse:
+    if not state.ready:
         raise Problem("not-ready", "the models are not loaded and verified yet", headers={"Retry-After": "5"})
     if not await state.sink.ready():
         down = getattr(state.sink, "not_running", None)

@@ -16,13 +16,13 @@ answer, counted in the same metrics. Outputs: calibrated `probabilities` FP32 [N
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from service.answer import ClassifyResponse
 from service.api import health
 from service.api.oip_codec import (
     HEADER_LENGTH,
@@ -35,14 +35,21 @@ from service.api.oip_codec import (
     json_part_length,
     parse_request,
 )
-from service.api.recording import count_answer, put_on_record
-from service.api.schemas import ClassifyResponse
-from service.deps import ClientDep, PipelineDep, SinkDep, TicketDep, get_client
-from service.inference.classifier import ServedModel
+from service.deps import (
+    ClientDep,
+    LoadedClassifierDep,
+    PipelineDep,
+    RecorderDep,
+    SettingsDep,
+    StateDep,
+    TicketDep,
+    get_client,
+)
+from service.inference.classifier import Classifier, ServedModel
 from service.ingress.budget import Ticket
 from service.pipeline import ClassificationPipeline
 from service.problems import Problem
-from service.records import PredictionSink, prediction_rows
+from service.records import Recorder
 
 __all__ = ["router"]
 
@@ -67,18 +74,13 @@ async def server_live() -> Response:
 
 
 @router.get("/health/ready", summary="Open Inference Protocol: readiness (503 while not ready)")
-async def server_ready(request: Request) -> Response:
-    await health.ready(request)  # the same checks as /health/ready; raises 503 when not ready
+async def server_ready(state: StateDep) -> Response:
+    await health.ready(state)  # the same checks as /health/ready; raises 503 when not ready
     return Response(status_code=200)
 
 
-def _student(request: Request, name: str, version: str | None) -> ServedModel:
-    """The student, when `name` (and `version`) are its own; 404 otherwise, 503 before it is loaded."""
-    classifier = getattr(request.app.state, "classifier", None)
-    if classifier is None:
-        raise Problem(
-            "not-ready", "the models are not loaded yet", reason="not_ready", headers={"Retry-After": "5"}
-        )
+def _student(classifier: Classifier, name: str, version: str | None) -> ServedModel:
+    """The student, when `name` (and `version`) are its own; 404 otherwise."""
     student = classifier.student
     bundle = student.loaded.bundle
     if name != bundle.name:
@@ -106,8 +108,8 @@ def _outputs(student: ServedModel) -> list[dict[str, Any]]:
     return outputs
 
 
-async def _metadata(request: Request, name: str, version: str | None) -> dict[str, Any]:
-    student = _student(request, name, version)
+def _metadata(classifier: Classifier, name: str, version: str | None) -> dict[str, Any]:
+    student = _student(classifier, name, version)
     loaded = student.loaded
     height, width = loaded.spec.input_size
     return {
@@ -124,32 +126,35 @@ async def _metadata(request: Request, name: str, version: str | None) -> dict[st
     }
 
 
-async def _model_ready(request: Request, name: str, version: str | None) -> Response:
-    _student(request, name, version)
-    await health.ready(request)
+async def _model_ready(state: StateDep, classifier: Classifier, name: str, version: str | None) -> Response:
+    _student(classifier, name, version)
+    await health.ready(state)
     return Response(status_code=200)
 
 
+# The metadata answers as soon as the models are loaded (LoadedClassifierDep: 503 before), ready or not.
 @router.get("/models/{name}", dependencies=_classify_scope, summary="Open Inference Protocol: model metadata")
-async def model_metadata(request: Request, name: str) -> dict[str, Any]:
-    return await _metadata(request, name, None)
+async def model_metadata(classifier: LoadedClassifierDep, name: str) -> dict[str, Any]:
+    return _metadata(classifier, name, None)
 
 
 @router.get("/models/{name}/versions/{version}", dependencies=_classify_scope, include_in_schema=False)
-async def model_version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
-    return await _metadata(request, name, version)
+async def model_version_metadata(classifier: LoadedClassifierDep, name: str, version: str) -> dict[str, Any]:
+    return _metadata(classifier, name, version)
 
 
 @router.get(
     "/models/{name}/ready", dependencies=_classify_scope, summary="Open Inference Protocol: model ready"
 )
-async def model_ready(request: Request, name: str) -> Response:
-    return await _model_ready(request, name, None)
+async def model_ready(state: StateDep, classifier: LoadedClassifierDep, name: str) -> Response:
+    return await _model_ready(state, classifier, name, None)
 
 
 @router.get("/models/{name}/versions/{version}/ready", dependencies=_classify_scope, include_in_schema=False)
-async def model_version_ready(request: Request, name: str, version: str) -> Response:
-    return await _model_ready(request, name, version)
+async def model_version_ready(
+    state: StateDep, classifier: LoadedClassifierDep, name: str, version: str
+) -> Response:
+    return await _model_ready(state, classifier, name, version)
 
 
 @router.post(
@@ -158,9 +163,15 @@ async def model_version_ready(request: Request, name: str, version: str) -> Resp
     response_class=Response,
 )
 async def infer(
-    request: Request, name: str, client_id: ClientDep, pipeline: PipelineDep, sink: SinkDep, ticket: TicketDep
+    request: Request,
+    name: str,
+    client_id: ClientDep,
+    pipeline: PipelineDep,
+    recorder: RecorderDep,
+    ticket: TicketDep,
+    settings: SettingsDep,
 ) -> Response:
-    return await _infer(request, name, None, client_id, pipeline, sink, ticket)
+    return await _infer(request, name, None, client_id, pipeline, recorder, ticket, settings.max_frames)
 
 
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False, response_class=Response)
@@ -170,10 +181,11 @@ async def infer_version(
     version: str,
     client_id: ClientDep,
     pipeline: PipelineDep,
-    sink: SinkDep,
+    recorder: RecorderDep,
     ticket: TicketDep,
+    settings: SettingsDep,
 ) -> Response:
-    return await _infer(request, name, version, client_id, pipeline, sink, ticket)
+    return await _infer(request, name, version, client_id, pipeline, recorder, ticket, settings.max_frames)
 
 
 def _bad(message: str) -> Problem:
@@ -216,27 +228,19 @@ async def _infer(
     version: str | None,
     client_id: str | None,
     pipeline: ClassificationPipeline,
-    sink: PredictionSink,
+    recorder: Recorder,
     ticket: Ticket,
+    max_items: int,
 ) -> Response:
-    student = _student(request, name, version)
-    parsed, given = await _read(request, student, pipeline, ticket)
+    student = _student(pipeline.classifier, name, version)
+    parsed, given = await _read(request, student, pipeline, ticket, max_items)
     answers = await _answers(pipeline, given, ticket, request.state.request_id, request.state.started)
-    # Records keep only a keyed hash of the client's X-Request-ID: it may hold an identifier.
-    request_id_hash = request.app.state.audit_key.request_id_hash(request.state.request_id)
-    rows = [
-        row
-        for answer in answers
-        for row in prediction_rows(answer, request_id_hash=request_id_hash, client_id=client_id)
-    ]
-    await put_on_record(sink, rows)
-    for answer in answers:
-        count_answer(student.loaded.bundle.name, answer)
+    await recorder.record(answers, client_id=client_id)
     return _response(parsed, student, answers, given.name)
 
 
 async def _read(
-    request: Request, student: ServedModel, pipeline: ClassificationPipeline, ticket: Ticket
+    request: Request, student: ServedModel, pipeline: ClassificationPipeline, ticket: Ticket, max_items: int
 ) -> tuple[InferRequest, RequestInput]:
     """The body parsed and checked in the decode pool, off the event loop, its parse charged to the
     ticket first: the JSON tree while it lives, the binary part's copies for the request."""
@@ -248,7 +252,6 @@ async def _read(
         raise _bad(str(exc)) from None
     tree = json_length * (JSON_PARSE_BYTES_PER_BYTE - 1)
     ticket.charge_bytes(tree + len(body), "parsing the request")
-    max_items = request.app.state.settings.max_frames
 
     def parse() -> tuple[InferRequest, RequestInput]:
         try:
@@ -257,9 +260,8 @@ async def _read(
             raise _bad(str(exc)) from None
         return parsed, _check_request(parsed, student, max_items)
 
-    loop = asyncio.get_running_loop()
     try:
-        return await loop.run_in_executor(pipeline.classifier.pool, parse)
+        return await pipeline.intake.in_pool(parse)
     finally:
         ticket.refund(tree)  # the tree is gone; the values parsed from it stay charged (len(body))
 
@@ -268,29 +270,16 @@ async def _answers(
     pipeline: ClassificationPipeline, given: RequestInput, ticket: Ticket, request_id: str, started: float
 ) -> list[ClassifyResponse]:
     """One answer per image. All are prepared (decoded) before any is inferred, so one bad image fails
-    the request before the model spends time on the others; each then goes to the micro-batcher on its
-    own, which batches them with each other and with other requests."""
-    classifier = pipeline.classifier
+    the request before the model spends time on the others (service/intake.py)."""
     if given.name == TENSOR_INPUT:
-        loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(
-            classifier.pool, lambda: [(classifier.prepare_tensor(image), 0.0) for image in given.value]
-        )
+        prepared = await pipeline.intake.prepare_tensors(given.value)
     else:
         try:
-            prepared = await pipeline.prepare_all(given.value, ticket)
+            prepared = await pipeline.intake.prepare_all(given.value, ticket)
         except Problem as problem:
             problem.detail = f"input '{IMAGE_INPUT}' {problem.detail}"
             raise
-    policy = classifier.policy
-    return list(
-        await asyncio.gather(
-            *(
-                pipeline.answer(item, decode_ms, policy=policy, request_id=request_id, started=started)
-                for item, decode_ms in prepared
-            )
-        )
-    )
+    return await pipeline.answer_all(prepared, request_id=request_id, started=started)
 
 
 def _response(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
@@ -17,52 +17,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from service import fhir
+from service.answer import PredictionOut
 from service.api.accept import Accept
 from service.db import queries
-from service.db.models import Prediction
-from service.deps import FeedbackClientDep, ReadClientDep, SessionsDep
+from service.db.tables import Prediction
+from service.deps import FeedbackClientDep, ReadClientDep, RecorderDep, SessionsDep
 from service.problems import Problem
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/predictions", tags=["records"])
-
-
-class PredictionOut(BaseModel):
-    id: uuid.UUID
-    sequence: int
-    request_id: str = Field(
-        description="keyed hash (hmac-sha256:...) of the X-Request-ID the prediction was made under; "
-        "find a prediction by the id you sent with the `request_id` filter of GET /predictions"
-    )
-    created_at: datetime
-    client_id: str | None
-    model_name: str
-    model_version: str
-    model_sha256: str
-    teacher_model_name: str | None
-    teacher_model_version: str | None
-    teacher_model_sha256: str | None
-    input_sha256: str = Field(
-        description="sha256 of the uploaded bytes (format tensor: of the image's little-endian float32 bytes)"
-    )
-    format: str
-    width: int
-    height: int
-    frame_index: int | None
-    volume_id: str | None
-    probabilities: dict[str, float]
-    label: str
-    confidence: float
-    refer: bool
-    second_opinion: dict[str, Any] | None
-    timing_ms: dict[str, float]
-    gradable: bool | None = Field(
-        description="the safety gate's verdict; null for records made with the gate off or before it existed"
-    )
-    gate_reason: str | None = Field(description="why the image was not gradable (see POST /classify)")
-    ood_score: float | None
-    row_hash: str = Field(description="this record's link in the audit hash chain")
 
 
 class PredictionPageOut(BaseModel):
@@ -96,23 +60,8 @@ async def _query(work):
         ) from None  # fmt: skip
 
 
-_READ_YOUR_ANSWER_S = 2.0
-
-
-async def _caught_up(request: Request) -> None:
-    """Answers go out once their record is journaled (KDOCT_RECORD_ACK=spool) and the insert follows
-    within 0.25 s: before a read or feedback, this worker inserts what it has answered (immediate when
-    nothing waits), so a client finds what it was just answered. A database that does not take them
-    in time leaves the read to what is there."""
-    await request.app.state.sink.flush(_READ_YOUR_ANSWER_S)
-
-
 def _out(row: Prediction) -> PredictionOut:
     return PredictionOut.model_validate(row, from_attributes=True)
-
-
-def _stored_request_id(request: Request, request_id: str) -> str:
-    return request.app.state.audit_key.request_id_hash(request_id)
 
 
 def _wants_fhir(request: Request, format: str | None) -> bool:
@@ -143,13 +92,14 @@ async def get_prediction(
     prediction_id: uuid.UUID,
     request: Request,
     sessions: SessionsDep,
+    recorder: RecorderDep,
     client: ReadClientDep,
     format: Annotated[
         Literal["json", "fhir"] | None,
         Query(description="fhir: the HL7 FHIR R4 Bundle, as with Accept: application/fhir+json"),
     ] = None,
 ) -> PredictionOut | Response:
-    reader = _stored_request_id(request, request.state.request_id)
+    reader = recorder.request_id_hash(request.state.request_id)
 
     def load():
         with sessions() as session:
@@ -159,7 +109,7 @@ async def get_prediction(
                 queries.log_reads(session, [row], client_id=client.id, request_id=reader, route=route)
             return row
 
-    await _caught_up(request)
+    await recorder.caught_up()
     row = await _query(load)
     if row is None:
         raise Problem("not-found", f"no prediction {prediction_id} on record")
@@ -174,6 +124,7 @@ async def get_prediction(
 async def list_predictions(
     request: Request,
     sessions: SessionsDep,
+    recorder: RecorderDep,
     client: ReadClientDep,
     created_from: Annotated[datetime | None, Query(alias="from", description="inclusive, ISO 8601")] = None,
     created_to: Annotated[datetime | None, Query(alias="to", description="exclusive, ISO 8601")] = None,
@@ -188,12 +139,12 @@ async def list_predictions(
     limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
     cursor: str | None = None,
 ) -> PredictionPageOut:
-    stored = _stored_request_id(request, request_id) if request_id is not None else None
+    stored = recorder.request_id_hash(request_id) if request_id is not None else None
     where = queries.PredictionFilter(
         created_from, created_to, label, model_version, refer, stored, gradable=gradable
     )
-    reader = _stored_request_id(request, request.state.request_id)
-    await _caught_up(request)
+    reader = recorder.request_id_hash(request.state.request_id)
+    await recorder.caught_up()
 
     def load():
         with sessions() as session:
@@ -219,11 +170,11 @@ async def list_predictions(
 async def add_feedback(
     prediction_id: uuid.UUID,
     body: FeedbackIn,
-    request: Request,
     sessions: SessionsDep,
+    recorder: RecorderDep,
     client: FeedbackClientDep,
 ) -> FeedbackOut:
-    await _caught_up(request)
+    await recorder.caught_up()
 
     def store():
         with sessions() as session:

@@ -1,6 +1,6 @@
 """Records: the prediction audit log, API clients, clinician feedback and the read log.
 
-models.py   the tables (SQLAlchemy 2.0, typed)
+tables.py   the tables (SQLAlchemy 2.0, typed)
 session.py  engine and session factory from a URL (SQLite embedded, PostgreSQL production)
 migrate.py  Alembic upgrade/downgrade under an exclusive lock
 chain.py    the hash chain over predictions and the serialised append
@@ -11,10 +11,14 @@ spool_files.py  how spool files are created (locked before they are named), writ
 quarantine.py   spool lines and files replay cannot insert, set aside and kept
 backlog.py  the spool backlog as a count kept up to date
 journal.py  the spool-first writer's fsync'd journal segments
-writer.py   DurableWriter: queue -> batches -> database or spool, replay when the database is back
-spool_first.py  SpoolFirstWriter: answers once journaled, the insert follows
+record_queue.py  a writer's bounded queue of record() requests, taken in batches, stop's marker private
+store.py    RecordStore: insert into the database, else spool; replay the spool (and a journal's
+            segments left for replay) once the database is back; the backlog count
+writer.py   DurableWriter: queue -> batches -> store (database or spool); answers once committed
+spool_first.py  SpoolFirstWriter: queue -> journal, answers once journaled; an insert task follows
+            (both writers are made of the queue, the store and the supervisor: no inheritance)
 supervisor.py   restarts a writer's task after a failure; readiness reports it down meanwhile
-observer.py the writer's metrics
+observer.py what the writers report (WriterObserver), and as Prometheus metrics
 audit.py    verify the chain and its checkpoints, report the first broken link
 queries.py  what the query API reads and writes (each read logged)
 roles.py    could the connected role rewrite the records?

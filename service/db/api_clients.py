@@ -17,7 +17,7 @@ from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.models import ApiClient
+from service.db.tables import ApiClient
 
 __all__ = [
     "KEY_PREFIX",

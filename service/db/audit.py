@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, select
 from service.audit_key import AuditKey
 from service.db.anchor import Checkpoint
 from service.db.chain import GENESIS_HASH, KEYED_RULE, UNKEYED_RULE, keyed_link_hash, unkeyed_link_hash
-from service.db.models import ChainEpoch, Prediction
+from service.db.tables import ChainEpoch, Prediction
 
 __all__ = ["AuditReport", "BrokenLink", "verify"]
 

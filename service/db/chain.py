@@ -31,8 +31,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, text
 
 from service.audit_key import AuditKey
-from service.db.models import Prediction
 from service.db.rows import canonical_bytes
+from service.db.tables import Prediction
 
 __all__ = [
     "CHAIN_LOCK_KEY",

@@ -31,12 +31,7 @@ log = logging.getLogger(__name__)
 class Records:
     engine: Engine
     sessions: sessionmaker[Session]
-    writer: DurableWriter
-
-    async def close(self) -> None:
-        """Drain the writer, then let go of the database."""
-        await self.writer.stop()
-        self.engine.dispose()
+    writer: DurableWriter | SpoolFirstWriter  # the PredictionSink
 
 
 def build_records(
@@ -74,7 +69,7 @@ def build_records(
         "on_append": on_append,
     }
     if record_ack == "spool":
-        writer: DurableWriter = SpoolFirstWriter(engine, Path(spool_dir), **common)
+        writer: DurableWriter | SpoolFirstWriter = SpoolFirstWriter(engine, Path(spool_dir), **common)
     else:
         writer = DurableWriter(engine, Path(spool_dir), record_deadline_s=record_deadline_s, **common)
     return Records(engine=engine, sessions=sessions, writer=writer)

@@ -107,10 +107,6 @@ class Journal:
         with self._lock:
             return any(segment.left_for_replay for segment in self._open)
 
-    def unsettled_rows(self) -> int:
-        with self._lock:
-            return sum(segment.written - segment.settled for segment in self._open)
-
     def close(self) -> None:
         """Seal everything; segments with unsettled rows are closed and left for replay."""
         with self._lock:

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db.models import Feedback, Prediction, PredictionRead
 from service.db.rows import utc
+from service.db.tables import Feedback, Prediction, PredictionRead
 
 __all__ = [
     "PredictionFilter",

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Uuid
 
-from service.db.models import Prediction
+from service.db.tables import Prediction
 
 __all__ = [
     "CHAINED_FIELDS",

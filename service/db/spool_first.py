@@ -8,11 +8,15 @@ The insert task takes the journaled rows from memory, gathers what arrives withi
 (ids are new, so no lookups), and tells the journal, which unlinks a sealed segment once every row in
 it is committed. Rows not inserted from memory (the database is down, or more than ``memory_rows``
 are waiting) stay in their segment, which is then closed and replayed by the ordinary spool replay
-(DurableWriter): it skips the ids the database already has, so each row ends up there exactly once,
-whether the process lives, stops, or crashes between the fsync and the commit.
+(service/db/store.py): it skips the ids the database already has, so each row ends up there exactly
+once, whether the process lives, stops, or crashes between the fsync and the commit.
 
 If the journal cannot be written (disk full, read-only volume), a batch falls back to what
-DurableWriter does: commit to the database before answering, else 503.
+DurableWriter does: commit to the database (or spool) before answering, else 503.
+
+Made of the same parts as DurableWriter (service/db/writer.py), not derived from it: the request
+queue (service/db/record_queue.py), the store (service/db/store.py, holding the journal) and the
+supervisor.
 
 Both tasks are supervised (service/db/supervisor.py). If the journal task fails, the requests of its
 batch that were not answered get RecordUnavailable, and rows it had journaled but not handed on are
@@ -28,46 +32,76 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
+from service.audit_key import AuditKey
+from service.db.chain import ChainLink
 from service.db.journal import Journal, Segment
-from service.db.writer import _STOP, DurableWriter
+from service.db.observer import WriterObserver
+from service.db.record_queue import Batch, RecordQueue
+from service.db.rows import normalise_row
+from service.db.store import RecordStore
+from service.db.supervisor import TaskSupervisor
+from service.records import RecordUnavailable
 
 __all__ = ["SpoolFirstWriter"]
 
 log = logging.getLogger(__name__)
 
 _QUIET_S = 1.0  # no insert for this long: the journal's current segment is let go
+# The insert task's queue: journaled rows, and these markers (private to this module).
+_STOP = object()  # stop() reached the journal task: insert what is queued, then end
 _REPLAY = object()  # wakes the insert task: rows were left for replay
 _FLUSH = object()  # a read waits for its row: insert what is gathered now
 _Journaled = tuple[Segment, list[dict[str, Any]]]
 
 
-class SpoolFirstWriter(DurableWriter):
-    # Our own live journals and other workers' are held while their rows are on their way from memory.
-    _BACKLOG_UNHELD_ONLY = True
-    _TASK = "journal"
-
+class SpoolFirstWriter:
     def __init__(
         self,
         engine: Engine,
         spool_dir: str | os.PathLike[str],
         *,
+        chain_key: AuditKey,
+        queue_size: int = 1024,
+        batch_size: int = 256,
+        retry_interval_s: float = 2.0,
+        rescan_interval_s: float = 30.0,
+        record_deadline_s: float | None = None,
+        observer: WriterObserver | None = None,
+        on_append: Callable[[ChainLink], None] | None = None,
+        restart_backoff_s: float = 0.1,
         segment_bytes: int = 4 << 20,
         memory_rows: int | None = None,
         coalesce_s: float = 0.25,
-        **kwargs: Any,
     ) -> None:
-        if kwargs.get("record_deadline_s") is not None:
+        if record_deadline_s is not None:
             raise ValueError("a spool-first writer never waits for the database: no record deadline")
-        super().__init__(engine, spool_dir, **kwargs)
-        self.journal = Journal(self.spool_dir, segment_bytes=segment_bytes, counter=self.backlog)
+        self.requests = RecordQueue(queue_size, batch_size)
+        self.store = RecordStore(
+            engine,
+            spool_dir,
+            chain_key=chain_key,
+            retry_interval_s=retry_interval_s,
+            observer=observer,
+            on_append=on_append,
+            journal_segment_bytes=segment_bytes,
+        )
+        self.journal: Journal = self.store.journal
+        self.batch_size = batch_size
+        self.retry_interval_s = retry_interval_s
+        self.rescan_interval_s = rescan_interval_s
+        self.supervisor = TaskSupervisor(on_restart=self._restarted, first_backoff_s=restart_backoff_s)
         # Journaled rows waiting for their insert, at most; beyond it they are replayed from the file.
-        self.memory_rows = memory_rows if memory_rows is not None else 4 * self.queue_size
+        self.memory_rows = memory_rows if memory_rows is not None else 4 * queue_size
         # An insert waits this long for more journaled rows to share its transaction (flush() cuts it).
         self.coalesce_s = coalesce_s
+        self._task: asyncio.Task | None = None  # the journal task
+        self._stopping = False
         self._inserts: asyncio.Queue | None = None
         self._insert_task: asyncio.Task | None = None
         self._in_memory = 0
@@ -79,18 +113,49 @@ class SpoolFirstWriter(DurableWriter):
         self._inserting: list[_Journaled] = []
         self._insert_took_stop = False
 
+    @property
+    def spool_dir(self) -> Path:
+        return self.store.spool_dir
+
+    def _restarted(self, task: str) -> None:
+        report = getattr(self.store.observer, "writer_restarted", None)
+        if report is not None:
+            report(task)
+
+    # PredictionSink -------------------------------------------------------------------------
+
     async def start(self) -> None:
         if self._task is not None:
             return
         self._inserts = asyncio.Queue()
         self._handed_over = asyncio.Event()
         self._handed_over.set()
-        await super().start()
+        self.requests.open()
+        self._stopping = False
+        await asyncio.to_thread(self.store.look_at_the_spool)
+        self._task = self.supervisor.start("journal", self._run, self._journal_crashed)
         self._insert_task = self.supervisor.start("insert", self._insert_loop, self._insert_crashed)
+
+    async def record(self, records: Sequence[dict[str, Any]]) -> None:
+        if not records:
+            return
+        # A task waiting to be restarted is still "running": what is queued is taken once it is back.
+        if not self.requests.is_open or self._task is None or self._task.done() or self._stopping:
+            raise RecordUnavailable("the record writer is not running")
+        # A full queue means the disk is slower than the traffic: refuse at once (503).
+        if self.requests.full:
+            raise RecordUnavailable("the record queue is full")
+        await self.requests.put([normalise_row(record) for record in records])
 
     async def stop(self) -> None:
         """Journal everything queued, insert what the database takes, leave the rest for replay."""
-        await super().stop()
+        if self._task is not None and self.requests.is_open:
+            self._stopping = True  # from here on record() refuses, so nothing lands behind the marker
+            if not self._task.done():
+                self.requests.close()
+            await self._task  # the journal task ends once the insert task has
+            self._task = None
+            await asyncio.to_thread(self.store.release)
         self._insert_task = None
         await asyncio.to_thread(self.journal.close)
 
@@ -107,43 +172,64 @@ class SpoolFirstWriter(DurableWriter):
             return False
         return True
 
-    # The journal task (DurableWriter's queue) -------------------------------------------------
+    @property
+    def not_running(self) -> list[str]:
+        """The writer's tasks that are down, waiting to be restarted after a failure ([] when all run,
+        and when the writer is not started or was stopped)."""
+        return sorted(self.supervisor.down)
+
+    @property
+    def degraded(self) -> bool:
+        """Records are going to the spool, not the database (it is down)."""
+        return self.store.degraded
+
+    async def ready(self) -> bool:
+        """Whether a record can be taken now: the writer's tasks run and the database or the spool works."""
+        if self._task is None or self._task.done() or self.supervisor.down:
+            return False
+        return await self.store.can_take()
+
+    # The journal task ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        assert self._queue is not None and self._inserts is not None
+        assert self._inserts is not None
         stopping = False
         while not stopping:
-            item = await self._queue.get()
-            if item is _STOP:
+            batch = await self.requests.take()
+            if batch is None:
                 break
-            batch, rows, stopping = self._take_batch(item)
-            await self._journal(batch, rows)
-            self._in_flight = []
+            stopping = batch.last
+            await self._journal(batch)
+            self.requests.done()
         self._inserts.put_nowait(_STOP)
         if self._insert_task is not None:
             await self._insert_task
 
-    async def _journal(self, batch: list[tuple[list, asyncio.Future]], rows: list[dict[str, Any]]) -> None:
+    async def _journal(self, batch: Batch) -> None:
+        rows = batch.rows
         try:
             segment = await asyncio.to_thread(self.journal.append, rows)
         except OSError as exc:
             log.error("journal in %s not writable (%s); committing before answering", self.spool_dir, exc)
-            await self._write(batch, rows)  # the database, else a 503 for each request
+            try:  # the database, else a 503 for each request
+                await self.store.commit_or_spool(rows)
+            except RecordUnavailable as error:
+                batch.answer(error)
+            else:
+                batch.answer()
             return
         self._unhanded = (segment, len(rows))
-        for _, done in batch:
-            if not done.done():
-                done.set_result(None)
+        batch.answer()
         self._hand_over(segment, rows)
         self._unhanded = None
 
-    def _writer_crashed(self) -> None:
+    def _journal_crashed(self) -> None:
         if self._unhanded is not None:
             segment, count = self._unhanded
             self._unhanded = None
             self.journal.leave_for_replay(segment, count)
-            self._spool_pending = True
-        super()._writer_crashed()
+            self.store.spool_pending = True
+        self.requests.crashed()
 
     def _hand_over(self, segment: Segment, rows: list[dict[str, Any]]) -> None:
         assert self._inserts is not None and self._handed_over is not None
@@ -151,8 +237,8 @@ class SpoolFirstWriter(DurableWriter):
             # The database is slower than the traffic: these rows are replayed from the file instead
             # of piling up in memory.
             self.journal.leave_for_replay(segment, len(rows))
-            if not self._spool_pending:
-                self._spool_pending = True
+            if not self.store.spool_pending:
+                self.store.spool_pending = True
                 self._inserts.put_nowait(_REPLAY)  # the insert task may be waiting out a long timeout
             return
         with self._memory_lock:
@@ -167,7 +253,7 @@ class SpoolFirstWriter(DurableWriter):
         stopping = False
         last_maintained = time.monotonic()
         while not stopping:
-            interval = self.retry_interval_s if self._spool_pending else self.rescan_interval_s
+            interval = self.retry_interval_s if self.store.spool_pending else self.rescan_interval_s
             timeout = max(0.0, min(_QUIET_S, last_maintained + interval - time.monotonic()))
             try:
                 item = await asyncio.wait_for(self._inserts.get(), timeout=timeout)
@@ -176,7 +262,7 @@ class SpoolFirstWriter(DurableWriter):
                 # unlinked); probe a down database and replay only once per interval.
                 await asyncio.to_thread(self.journal.seal_active)
                 if time.monotonic() - last_maintained >= interval:
-                    await asyncio.to_thread(self._maintain)
+                    await asyncio.to_thread(self.store.maintain)
                     last_maintained = time.monotonic()
                 continue
             if item is _STOP:
@@ -190,8 +276,8 @@ class SpoolFirstWriter(DurableWriter):
             stopping = self._insert_took_stop = await self._gather(item)
             await asyncio.to_thread(self._insert_journaled)
             self._note_handed_over()
-            if self._spool_pending and self._db_down_since is None:
-                await asyncio.to_thread(self._replay_one)
+            if self.store.spool_pending and not self.store.database_down:
+                await asyncio.to_thread(self.store.replay_one)
 
     def _note_handed_over(self) -> None:
         assert self._handed_over is not None
@@ -232,18 +318,13 @@ class SpoolFirstWriter(DurableWriter):
             if nxt is _FLUSH:
                 break
             if nxt is _REPLAY:
-                continue  # replayed after this batch anyway (_spool_pending is set)
+                continue  # replayed after this batch anyway (the store's spool_pending is set)
             items.append(nxt)
             count += len(nxt[1])
         return False
 
     def _insert_journaled(self) -> None:
-        now = time.monotonic()
-        inserted = False
-        if self._db_down_since is None or now - self._last_attempt >= self.retry_interval_s:
-            self._last_attempt = now
-            inserted = self._insert([row for _, rows in self._inserting for row in rows])
-        self._settle(inserted)
+        self._settle(self.store.try_insert([row for _, rows in self._inserting for row in rows]))
 
     def _settle(self, inserted: bool) -> None:
         """Tell the journal where each row the insert task took went: into the database, or (not
@@ -258,27 +339,11 @@ class SpoolFirstWriter(DurableWriter):
             with self._memory_lock:
                 self._in_memory -= len(rows)
         if not inserted:
-            self._spool_pending = True
-            self._report_backlog()
+            self.store.spool_pending = True
+            self.store.report_backlog()
 
     def _idle(self) -> None:
         """Nothing to insert: let the current segment go (it is unlinked, every row being in the
         database), then probe a down database and replay what waits."""
         self.journal.seal_active()
-        self._maintain()
-
-    # DurableWriter's hooks --------------------------------------------------------------------
-
-    def _release_own(self) -> None:
-        super()._release_own()
-        self.journal.seal_active(only_if_left_for_replay=True)
-
-    def _replay_pending(self) -> bool:
-        # Our own journal and other processes' are always there and held: only a file nobody holds
-        # (a crashed process's, or one of ours left for replay) needs replaying.
-        return self.journal.awaiting_replay() or self.spool.claimable()
-
-    def _report_backlog(self) -> None:
-        # Files nobody holds (crashed processes', ours closed for replay) and our own segments whose
-        # rows were left for replay; not the journals whose rows are on their way from memory.
-        self.observer.spool_backlog(self.backlog.total + self.journal.rows_awaiting_replay())
+        self.store.maintain()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service import metrics
+from service import prometheus
 from service.inference.runtime import Runtime
 
 __all__ = ["BatchResult", "Batcher", "BatcherClosed", "InferenceError", "InferenceTimeout", "QueueFull"]
@@ -87,10 +87,10 @@ class Batcher:
         self._busy = False
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kdoct-infer-{model_label}")
-        self._depth = metrics.QUEUE_DEPTH.labels(model=model_label)
-        self._queue_wait = metrics.QUEUE_WAIT.labels(model=model_label)
-        self._batch_size = metrics.BATCH_SIZE.labels(model=model_label)
-        self._inference = metrics.INFERENCE_DURATION.labels(model=model_label, runtime=runtime.name)
+        self._depth = prometheus.QUEUE_DEPTH.labels(model=model_label)
+        self._queue_wait = prometheus.QUEUE_WAIT.labels(model=model_label)
+        self._batch_size = prometheus.BATCH_SIZE.labels(model=model_label)
+        self._inference = prometheus.INFERENCE_DURATION.labels(model=model_label, runtime=runtime.name)
 
     @property
     def depth(self) -> int:

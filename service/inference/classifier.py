@@ -1,51 +1,42 @@
-"""Batch and predict: decoded frames -> student (and, by policy, teacher) results, as plain typed
-values; service/pipeline.py turns them into the answer.
+"""Batch and predict: prepared uploads (service/intake.py) -> student (and, by policy, teacher)
+results, as plain typed values; service/pipeline.py turns them into the answer.
+
+The second-opinion policy is the classifier's: the service's default, a request's override (refused
+when it asks for a teacher the service has none of), and which frames the teacher reviews.
 
 The safety gate (kdoct/safety.py), when the student has one, judges every frame: the quality check
-in `prepare` (decode pool, before inference), the out-of-distribution score on the student's own
+at intake (decode pool, before inference), the out-of-distribution score on the student's own
 features after it. A frame it flags keeps its probabilities but is `gradable: false`, with its
 reason, and referred; a volume is decided by its gradable frames only (service/inference/volume.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from kdoct.preprocess import PreprocessSpec, preprocess_array
+from kdoct.preprocess import PreprocessSpec
 from kdoct.probabilities import softmax
 from kdoct.safety import GateVerdict
-from service.imaging import DecodedUpload, ImageLimits, ImageShape, decode_upload, probe_upload
 from service.inference.batcher import Batcher, InferenceError
 from service.inference.loaded_model import LoadedModel
 from service.inference.second_opinion import Policy, frames_to_review, refer
 from service.inference.volume import aggregate_volume, volume_gate
+from service.intake import Prepared
 
 __all__ = [
     "Classification",
     "Classifier",
     "Opinion",
-    "Prepared",
     "Result",
+    "SecondOpinionUnavailable",
     "ServedModel",
-    "preprocess_frames",
 ]
 
-
-def preprocess_frames(frames: list, spec: PreprocessSpec) -> np.ndarray:
-    """Frames -> one C-contiguous float32 batch (frames, 3, H, W), filled in place (no stacking copy)."""
-    if len(frames) == 1:
-        return preprocess_array(frames[0], spec)[None]
-    height, width = spec.input_size
-    batch = np.empty((len(frames), 3, height, width), dtype=np.float32)
-    for index, frame in enumerate(frames):
-        batch[index] = preprocess_array(frame, spec)
-    return batch
+# Frames preprocessed for another model's spec (a teacher's), off the event loop (service/intake.py).
+Preprocess = Callable[[list, PreprocessSpec], Awaitable[np.ndarray]]
 
 
 @dataclass
@@ -81,15 +72,6 @@ class Result:
     ood_score: float | None = None
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """An upload ready for the student: its frames, their input batch and their quality reasons."""
-
-    upload: DecodedUpload
-    inputs: np.ndarray  # (frames, 3, H, W) float32
-    quality: list[str | None] | None  # per frame: None when fine; the list is None when the gate is off
-
-
 @dataclass
 class Classification:
     frames: list[Result]
@@ -97,6 +79,10 @@ class Classification:
     queue_ms: float
     inference_ms: float
     teacher_used: bool
+
+
+class SecondOpinionUnavailable(Exception):
+    """A request asked for the teacher (second_opinion=always) and this service has none."""
 
 
 def _as_dict(class_names: tuple[str, ...], probabilities: np.ndarray) -> dict[str, float]:
@@ -112,57 +98,24 @@ class Classifier:
         *,
         policy: Policy,
         threshold: float,
-        limits: ImageLimits,
-        pool: Executor,
+        preprocess: Preprocess,
     ) -> None:
         self.student = student
         self.teacher = teacher
         self.policy = policy
         self.threshold = threshold
-        self.limits = limits
-        self.pool = pool
+        self.preprocess = preprocess
 
-    def probe(self, data: bytes) -> ImageShape:
-        """The upload's shape from its header, checked against the per-image limits; nothing decoded."""
-        return probe_upload(data, self.limits)
-
-    def prepare(
-        self,
-        data: bytes,
-        *,
-        charge: Callable[[Sequence[ImageShape]], None] | None = None,
-        shape: ImageShape | None = None,
-    ) -> Prepared:
-        """Decode, check quality and preprocess for the student; runs in the decode pool, off the
-        event loop. The upload's shape is read from its header first (or given: `shape`, already
-        charged) and `charge`d (the request's ingress budget, which may refuse) before any pixel is
-        decoded."""
-        if shape is None:
-            shape = self.probe(data)
-            if charge is not None:
-                charge([shape])
-        upload = decode_upload(data, self.limits, expected=shape)
-        gate = self.student.loaded.gate
-        quality = None if gate is None else [gate.quality_reason(frame) for frame in upload.frames]
-        return Prepared(upload, preprocess_frames(upload.frames, self.student.loaded.spec), quality)
-
-    def prepare_tensor(self, image: np.ndarray) -> Prepared:
-        """One already preprocessed image (3, H, W) float32, as the Open Inference Protocol sends it.
-
-        There are no pixels to look at, so the gate's quality check cannot run: every quality reason is
-        None and only the out-of-distribution score on the student's features decides `gradable`. The
-        recorded input hash is that of the tensor's little-endian float32 bytes."""
-        image = np.ascontiguousarray(image, dtype="<f4")
-        _, height, width = image.shape
-        upload = DecodedUpload(
-            format="tensor",
-            frames=[],  # nothing decoded: a teacher with other preprocessing cannot review it
-            width=width,
-            height=height,
-            input_sha256=hashlib.sha256(image.tobytes()).hexdigest(),
-        )
-        quality = None if self.student.loaded.gate is None else [None]
-        return Prepared(upload, image[None], quality)
+    def policy_for(self, requested: Policy | None) -> Policy:
+        """The policy a request runs under: its own (`?second_opinion=`), else the service's. Asking for
+        the teacher always needs one: SecondOpinionUnavailable when the service has none."""
+        policy = requested or self.policy
+        if policy == "always" and self.teacher is None:
+            raise SecondOpinionUnavailable(
+                "second_opinion=always needs a teacher model, and this service has none "
+                "(KDOCT_TEACHER_BUNDLE)"
+            )
+        return policy
 
     async def classify(self, prepared: Prepared, policy: Policy) -> Classification:
         upload, student_inputs = prepared.upload, prepared.inputs
@@ -190,10 +143,7 @@ class Classifier:
                 teacher_inputs = student_inputs if len(review) == len(labels) else student_inputs[review]
             else:
                 frames = [upload.frames[index] for index in review]
-                loop = asyncio.get_running_loop()
-                teacher_inputs = await loop.run_in_executor(
-                    self.pool, preprocess_frames, frames, teacher.spec
-                )
+                teacher_inputs = await self.preprocess(frames, teacher.spec)
             teacher_answer = await self.teacher.batcher.submit(np.ascontiguousarray(teacher_inputs))
             queue_s += teacher_answer.queue_s
             inference_s += teacher_answer.inference_s

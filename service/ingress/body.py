@@ -26,7 +26,7 @@ from typing import IO
 
 from starlette.types import Message
 
-from service import metrics
+from service import prometheus
 from service.ingress.budget import Ticket
 from service.problems import Problem
 
@@ -88,7 +88,7 @@ class Body:
         for chunk in self._chunks:
             self._file.write(chunk)
         self._chunks.clear()
-        metrics.INGRESS_SPILLED_BODIES.inc()
+        prometheus.INGRESS_SPILLED_BODIES.inc()
 
     def replay(self, receive: Callable[[], Awaitable[Message]]) -> Callable[[], Awaitable[Message]]:
         """A receive that hands the body over in chunks, then defers to the connection's receive."""

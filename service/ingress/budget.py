@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from service import metrics
+from service import prometheus
 from service.imaging import ImageShape
 from service.problems import Problem
 
@@ -62,13 +62,13 @@ class MemoryBudget:
             if self.used + size > self.capacity:
                 return False
             self.used += size
-            metrics.INGRESS_MEMORY.set(self.used)
+            prometheus.INGRESS_MEMORY.set(self.used)
             return True
 
     def give_back(self, size: int) -> None:
         with self._lock:
             self.used -= size
-            metrics.INGRESS_MEMORY.set(self.used)
+            prometheus.INGRESS_MEMORY.set(self.used)
 
 
 class Ticket:

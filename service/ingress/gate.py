@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from service import metrics
+from service import prometheus
 from service.admission import Admission
 from service.ingress.budget import MemoryBudget, RequestLimits, Ticket
 from service.ingress.doors import Door
@@ -94,8 +94,8 @@ class IngressGate:
             ticket.on_close(self.admission.leave)
         if key is not None:
             ticket.on_close(lambda: self._leave(key))
-        metrics.INGRESS_IN_FLIGHT.labels(door=door.name).inc()
-        ticket.on_close(metrics.INGRESS_IN_FLIGHT.labels(door=door.name).dec)
+        prometheus.INGRESS_IN_FLIGHT.labels(door=door.name).inc()
+        ticket.on_close(prometheus.INGRESS_IN_FLIGHT.labels(door=door.name).dec)
         return ticket
 
     def _leave(self, key: str) -> None:

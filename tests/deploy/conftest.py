@@ -32,7 +32,7 @@ DEBIAN_PACKAGES = {
     "shellcheck": "shellcheck",
 }
 
-# Every metric the service declares (service/metrics.py); dashboards and rules may use only these.
+# Every metric the service declares (service/prometheus.py); dashboards and rules may use only these.
 SERVICE_METRICS = {
     "kdoct_request_duration_seconds": "histogram",
     "kdoct_inference_duration_seconds": "histogram",

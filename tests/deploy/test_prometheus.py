@@ -52,7 +52,7 @@ def test_every_required_alert_exists_with_severity_and_summary(alert_rules: list
 
 
 def test_latency_slo_threshold_is_a_bucket_boundary_of_the_service(alert_rules: list[dict[str, Any]]) -> None:
-    from service.metrics import LATENCY_BUCKETS
+    from service.prometheus import LATENCY_BUCKETS
 
     thresholds = {float(le) for rule in alert_rules for le in re.findall(r'le="([0-9.]+)"', rule["expr"])}
     assert thresholds, "the SLO rules must read a histogram bucket"
@@ -62,7 +62,7 @@ def test_latency_slo_threshold_is_a_bucket_boundary_of_the_service(alert_rules: 
 
 
 def test_the_declared_metric_list_matches_service_metrics(service_metrics: dict[str, str]) -> None:
-    import service.metrics as module
+    import service.prometheus as module
 
     declared = {}
     for name in module.__all__:

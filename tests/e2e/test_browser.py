@@ -30,8 +30,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import select
 
 from kdoct_testing.server import running_service
-from service.db.models import Feedback
 from service.db.session import make_engine
+from service.db.tables import Feedback
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from kdoct.bundle import load_bundle
 from service.imaging import ImageLimits, decode_upload
-from service.inference.classifier import preprocess_frames
+from service.intake import preprocess_frames
 
 MODEL = "test-student"  # kdoct_testing.bundles names the tiny student so
 OUTPUTS = ("probabilities", "label", "prediction_id", "refer", "gradable")

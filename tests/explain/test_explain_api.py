@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from kdoct_testing.records import MemorySink
 from kdoct_testing.uploads import jpeg_gray, make_dicom
 from service.app import create_app
 from service.config import load_settings
-from service.records import MemorySink
 
 FEATURE_STRIDE = 32
 

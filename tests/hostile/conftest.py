@@ -81,7 +81,7 @@ def hostile_server(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, r
         workdir,
         repo_root,
         KDOCT_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
-        # Loopback only and SQLite: the hostile suite tests input handling, not keys (tests/records does).
+        # Loopback only and SQLite: the hostile suite tests input handling, not keys (tests/service/db does).
         KDOCT_AUTH="disabled",
     )
     # The records schema must exist before the service's durable writer starts.

@@ -36,7 +36,7 @@ def make_settings(bundles, monkeypatch):
             "student_bundle": bundles["student"],
             "teacher_bundle": bundles["teacher"],
             "decode_threads": 1,
-            # Auth has its own tests (tests/records); these exercise inference on a local SQLite.
+            # Auth has its own tests (tests/service/db); these exercise inference on a local SQLite.
             "auth": "disabled",
         }
         values.update(overrides)

@@ -18,6 +18,7 @@ from service.ingress.budget import MemoryBudget, RequestLimits
 from service.ingress.doors import HttpDoors
 from service.ingress.gate import IngressGate
 from service.middleware import BodyPolicy, RequestContextMiddleware
+from service.state import app_state
 
 
 def test_admitted_doors_are_the_classifying_ones():
@@ -107,10 +108,11 @@ def test_overload_refuses_before_decoding(make_settings, jpeg_paths):
     with TestClient(
         create_app(make_settings(max_queue=1, max_batch_size=1, second_opinion="never"))
     ) as client:
-        classifier = client.app.state.classifier
-        assert client.app.state.admission.limit == 3
-        runtime = classifier.student.batcher.runtime
-        original_predict, original_prepare = runtime.predict, classifier.prepare
+        state = app_state(client.app)
+        pipeline = state.pipeline
+        assert state.admission.limit == 3
+        runtime = pipeline.classifier.student.batcher.runtime
+        original_predict, original_decode = runtime.predict, pipeline.intake.decode
         decoded = []
 
         def blocked(batch):
@@ -119,10 +121,10 @@ def test_overload_refuses_before_decoding(make_settings, jpeg_paths):
 
         def counting(data, **options):
             decoded.append(len(data))
-            return original_prepare(data, **options)
+            return original_decode(data, **options)
 
         runtime.predict = blocked
-        classifier.prepare = counting
+        pipeline.intake.decode = counting
         refused_before = _queue_full(client)
         data = jpeg_paths[0].read_bytes()
 
@@ -140,7 +142,7 @@ def test_overload_refuses_before_decoding(make_settings, jpeg_paths):
         assert len(decoded) == 3  # the refused three were never decoded
         for refused in (r for r in responses if r.status_code == 503):
             assert refused.headers["Retry-After"] == "1"
-        assert client.app.state.admission.in_flight == 0
+        assert state.admission.in_flight == 0
         assert _queue_full(client) == refused_before + 3
 
 

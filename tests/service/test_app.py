@@ -19,10 +19,11 @@ from kdoct.errors import GoldenMismatchError
 from kdoct.preprocess import preprocess_array
 from kdoct.probabilities import softmax
 from kdoct_testing.bundles import STUDENT_TEMPERATURE
+from kdoct_testing.records import MemorySink
 from kdoct_testing.uploads import PATIENT_ID, PATIENT_NAME, encode, jpeg_gray, make_dicom
 from service.app import create_app
 from service.problems import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
-from service.records import MemorySink
+from service.state import app_state
 
 
 def post(client: TestClient, data: bytes, name: str = "scan.jpeg", **params):
@@ -66,7 +67,7 @@ def test_every_answer_is_recorded_before_it_is_sent(make_settings, jpeg_paths):
     with TestClient(create_app(make_settings(second_opinion="never"), sink=sink)) as client:
         data = jpeg_paths[1].read_bytes()
         body = post(client, data).json()
-        key = client.app.state.audit_key
+        key = app_state(client.app).audit_key
     record = sink.get(body["prediction_id"])
     assert record is not None and record["input_sha256"] == body["input"]["sha256"]
     # The answer echoes the request id; the record keeps only its keyed hash.
@@ -203,7 +204,7 @@ def test_queue_full_answers_503_with_retry_after(make_settings, jpeg_paths):
     with TestClient(
         create_app(make_settings(max_queue=1, max_batch_size=1, second_opinion="never"))
     ) as client:
-        runtime = client.app.state.classifier.student.batcher.runtime
+        runtime = app_state(client.app).pipeline.classifier.student.batcher.runtime
         original = runtime.predict
 
         def blocked(batch):
@@ -246,7 +247,7 @@ def test_startup_refuses_a_bundle_whose_golden_outputs_do_not_match(make_setting
     app = create_app(make_settings(student_bundle=tampered))
     with pytest.raises(GoldenMismatchError, match="refusing to serve test-student"), TestClient(app):
         pass
-    assert app.state.ready is False
+    assert app_state(app).ready is False
 
 
 def test_openapi_documents_every_endpoint_and_error(client):

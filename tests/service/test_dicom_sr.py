@@ -27,12 +27,12 @@ from PIL import Image
 from pydicom.uid import ComprehensiveSRStorage
 
 from kdoct.bundle import load_bundle
+from kdoct_testing.records import MemorySink
 from kdoct_testing.uploads import PATIENT_ID, PATIENT_NAME, encode, jpeg_gray, make_dicom
 from service.api.classify import negotiate
 from service.app import create_app
 from service.dicom_sr import DICOM_MEDIA_TYPE, finding_code
 from service.problems import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
-from service.records import MemorySink
 
 SR_ACCEPT = {"Accept": DICOM_MEDIA_TYPE}
 PREDICTION = re.compile(r"kdoct prediction ([0-9a-f-]{36}) \((image|volume|frame \d+)\)")

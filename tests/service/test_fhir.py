@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from sqlalchemy import create_engine, text
 
 from kdoct_testing.uploads import PATIENT_ID, PATIENT_NAME, encode, jpeg_gray, make_dicom
 from service import fhir
+from service.answer import PredictionOut
 from service.app import create_app
 
 FHIR_JSON = "application/fhir+json"
@@ -299,15 +299,22 @@ def test_the_accept_header_is_weighed_by_its_q_values(app_client, jpeg_paths, ac
 
 def test_a_record_made_with_the_gate_off_says_the_gate_was_not_performed():
     # The mapping alone (service/fhir.py is pure): a record from before the gate or with it off.
-    record = SimpleNamespace(
+    record = PredictionOut(
         id=uuid.uuid4(),
+        sequence=1,
+        request_id="hmac-sha256:" + "0" * 64,
         created_at=datetime(2026, 1, 2, 3, 4, 5),  # naive, as SQLite returns it: read as UTC
+        client_id=None,
         model_name="m",
         model_version="1.0.0",
         model_sha256="a" * 64,
         teacher_model_name=None,
         teacher_model_version=None,
         teacher_model_sha256=None,
+        input_sha256="b" * 64,
+        format="png",
+        width=512,
+        height=496,
         frame_index=None,
         volume_id=None,
         probabilities={"normal": 0.8, "drusen": 0.15, "cnv": 0.05},
@@ -315,9 +322,11 @@ def test_a_record_made_with_the_gate_off_says_the_gate_was_not_performed():
         confidence=0.8,
         refer=False,
         second_opinion=None,
+        timing_ms={"decode": 1.0, "queue": 0.1, "inference": 8.0, "total": 9.1},
         gradable=None,
         gate_reason=None,
         ood_score=None,
+        row_hash="c" * 64,
     )
     bundle = fhir.prediction_bundle(record)
     assert bundle == json.loads(json.dumps(bundle)) == fhir.prediction_bundle(record)  # plain, stable

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.db.api_clients import create_client
+from service.state import app_state
 
 MODEL = "test-student"
 
@@ -24,7 +25,7 @@ def test_keys_and_scopes_guard_the_model_routes(make_settings, jpeg_paths, tmp_p
         auth="enabled", database_url=f"sqlite:///{tmp_path}/kdoct.db", spool_dir=tmp_path / "spool"
     )
     with TestClient(create_app(settings)) as client:
-        with client.app.state.records.sessions() as session:
+        with app_state(client.app).records.sessions() as session:
             _, clinic = create_client(session, "clinic", ["classify", "read"])
             _, reader = create_client(session, "reader", ["read"])
         for path in ("/v2", "/v2/health/live", "/v2/health/ready"):

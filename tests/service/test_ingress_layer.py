@@ -20,6 +20,7 @@ from service.ingress.body import BodyLimits, MemoryShare, declared_length, read_
 from service.ingress.budget import MemoryBudget, RequestLimits, Ticket, image_cost
 from service.ingress.doors import HttpDoors
 from service.problems import Problem
+from service.state import app_state
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -194,7 +195,7 @@ def test_the_shape_a_header_announces_is_the_shape_decoded():
 
 def test_admission_and_budget_come_back_after_each_request(make_settings, jpeg_paths):
     with TestClient(create_app(make_settings(second_opinion="never"))) as client:
-        gate = client.app.state.gate
+        gate = app_state(client.app).gate
         assert gate.input_bytes_per_frame > 0
         upload = {"file": ("scan.jpeg", jpeg_paths[0].read_bytes(), "image/jpeg")}
         response = client.post("/classify", files=upload)

@@ -13,6 +13,7 @@ from service.app import create_app
 from service.audit_key import load_audit_key
 from service.db.anchor import read_checkpoints
 from service.db.audit import verify
+from service.deps import get_sessions
 
 
 def _classified(client: TestClient, jpeg_paths) -> str:
@@ -44,7 +45,7 @@ def test_unreachable_database_answers_503_on_reads(make_settings, jpeg_paths, tm
         prediction_id = _classified(client, jpeg_paths)
         # A database file that cannot be opened stands in for a database server that is down.
         gone = create_engine(f"sqlite:///{tmp_path}/missing-dir/none.db")
-        client.app.state.records.sessions = sessionmaker(gone)
+        client.app.dependency_overrides[get_sessions] = lambda: sessionmaker(gone)
         for response in (
             client.get("/predictions"),
             client.get(f"/predictions/{prediction_id}"),

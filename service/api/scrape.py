@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from service.metrics import render_metrics
+from service.prometheus import render_metrics
 
 __all__ = ["router"]
 

@@ -16,10 +16,10 @@ from sqlalchemy import Engine, event, select
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service.db.api_clients import KEY_PREFIX, create_client, revoke_client, rotate_key
-from service.db.models import ApiClient
 from service.db.session import make_sessionmaker
+from service.db.tables import ApiClient
 from service.problems import install_problem_handlers
-from service.security import Authenticator, AuthError, Client, require_scope
+from service.security import Authenticator, AuthError, Client, get_authenticator, require_scope
 
 
 def test_keys_are_random_prefixed_and_stored_only_hashed(engine: Engine) -> None:
@@ -59,7 +59,7 @@ def _guarded_app(authenticator: Authenticator) -> FastAPI:
         await authenticator.stop()
 
     app = FastAPI(lifespan=lifespan)
-    app.state.authenticator = authenticator
+    app.dependency_overrides[get_authenticator] = lambda: authenticator
     install_problem_handlers(app)
 
     @app.get("/predictions")
@@ -232,7 +232,7 @@ def test_failed_authentications_beyond_the_limit_hold_the_address_off(engine: En
 
 def test_disabled_auth_lets_anonymous_through(engine: Engine) -> None:
     app = FastAPI()
-    app.state.authenticator = Authenticator(None, enabled=False)
+    app.dependency_overrides[get_authenticator] = lambda: Authenticator(None, enabled=False)
 
     @app.get("/predictions")
     async def read(client: Client = Depends(require_scope("read"))) -> dict:

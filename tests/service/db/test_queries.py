@@ -9,10 +9,10 @@ from sqlalchemy import Engine, select
 
 from kdoct_testing.chain import CHAIN_KEY
 from service.db.chain import append_predictions
-from service.db.models import Feedback, PredictionRead
 from service.db.queries import PredictionFilter, add_feedback, get_prediction, list_predictions, log_reads
 from service.db.rows import normalise_row
 from service.db.session import make_sessionmaker
+from service.db.tables import Feedback, PredictionRead
 
 
 def test_pages_cover_every_row_once_with_filters(engine: Engine, record_factory) -> None:

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError
 
-import service.db.writer as writer_module
+import service.db.store as store_module
 from kdoct_testing.chain import CHAIN_KEY
 from kdoct_testing.records import spool_line, stored_rows, until
 from service.db.audit import verify
@@ -124,14 +124,14 @@ def test_a_row_the_database_refuses_is_set_aside_and_the_rest_go_in(
     refused = records[5]
     spooled = spool_dir / "spool-5-crashed.jsonl"
     spooled.write_bytes(b"".join(line(r) for r in records))
-    real_append = writer_module.append_predictions
+    real_append = store_module.append_predictions
 
     def database_refusing_one_row(engine, rows, **kwargs):
         if any(row["id"] == refused["id"] for row in rows):
             raise DataError("INSERT INTO predictions ...", {}, Exception("value out of range"))
         return real_append(engine, rows, **kwargs)
 
-    monkeypatch.setattr(writer_module, "append_predictions", database_refusing_one_row)
+    monkeypatch.setattr(store_module, "append_predictions", database_refusing_one_row)
     before = quarantined("refused")
     wanted = {str(r["id"]) for r in records if r is not refused}
 

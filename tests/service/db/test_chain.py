@@ -14,9 +14,9 @@ from kdoct_testing.chain import CHAIN_KEY, append_unkeyed
 from service.db.audit import verify
 from service.db.chain import GENESIS_HASH, append_predictions
 from service.db.migrate import upgrade
-from service.db.models import Prediction
 from service.db.rows import LATER_FIELDS, normalise_row
 from service.db.session import make_engine
+from service.db.tables import Prediction
 
 
 def _sequences(engine: Engine) -> list[int]:

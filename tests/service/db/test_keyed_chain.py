@@ -24,8 +24,8 @@ from service.db.anchor import sign
 from service.db.audit import verify
 from service.db.chain import append_predictions
 from service.db.migrate import upgrade
-from service.db.models import ChainEpoch
 from service.db.session import make_engine
+from service.db.tables import ChainEpoch
 
 # What the forged row claims: the old rule outright, or the keyed one with an unkeyed hash.
 CLAIMS = ["sha256", "hmac-sha256"]

@@ -21,7 +21,7 @@ from service.db.session import make_engine
 from service.db.spool import Spool
 from service.db.spool_first import SpoolFirstWriter
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _journal_files(spool_dir: Path) -> list[Path]:

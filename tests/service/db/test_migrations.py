@@ -8,8 +8,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from service.db.migrate import downgrade, upgrade
-from service.db.models import Base
 from service.db.session import make_engine
+from service.db.tables import Base
 
 RECORD_TABLES = {"predictions", "api_clients", "feedback", "chain_epochs"}
 

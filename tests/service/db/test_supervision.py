@@ -9,14 +9,13 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine
-from starlette.requests import Request
 
-import service.db.writer as writer_module
+import service.db.store as store_module
 from kdoct_testing.chain import CHAIN_KEY
 from kdoct_testing.records import count_rows, stored_rows, until
 from service.api import health
@@ -63,10 +62,9 @@ async def until_ready(writer, ready: bool, timeout: float) -> None:
 
 async def readiness_refusal(writer) -> Problem:
     """What GET /health/ready answers (its handler, on an app whose models are ready) while not ready."""
-    app = FastAPI()
-    app.state.ready, app.state.sink = True, writer
+    state = SimpleNamespace(ready=True, sink=writer)  # what the handler reads of the AppState
     with pytest.raises(Problem) as refused:
-        await health.ready(Request({"type": "http", "app": app}))
+        await health.ready(state)
     return refused.value
 
 
@@ -81,7 +79,7 @@ def test_insert_task_failure_is_logged_reported_and_restarted(
     engine: Engine, tmp_path: Path, record_factory, monkeypatch, caplog
 ) -> None:
     """KDOCT_RECORD_ACK=spool: the insert task's transaction fails with a non-database exception."""
-    fired = fails_once(monkeypatch, writer_module, "append_predictions")
+    fired = fails_once(monkeypatch, store_module, "append_predictions")
     records = [record_factory() for _ in range(6)]
     before = restarts("insert")
 
@@ -125,7 +123,7 @@ def test_writer_task_failure_in_replay_is_restarted_and_records_keep_being_commi
     )
     # Replays look stored ids up (new_ids=False); live inserts do not.
     fired = fails_once(
-        monkeypatch, writer_module, "append_predictions", lambda *a, new_ids=False, **_: not new_ids
+        monkeypatch, store_module, "append_predictions", lambda *a, new_ids=False, **_: not new_ids
     )
     live = [record_factory() for _ in range(5)]
     before = restarts("writer")

@@ -13,10 +13,11 @@ from sqlalchemy import Engine
 import service.db.backlog as backlog_module
 from kdoct_testing.chain import CHAIN_KEY
 from kdoct_testing.records import UNREACHABLE_PG, count_rows, until
+from service.db.observer import NullObserver
 from service.db.rows import normalise_row, row_to_json
 from service.db.session import make_engine
 from service.db.spool_first import SpoolFirstWriter
-from service.db.writer import DurableWriter, NullObserver
+from service.db.writer import DurableWriter
 
 
 class Reported(NullObserver):

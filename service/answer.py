@@ -1,6 +1,15 @@
-"""Response models: they document the API (OpenAPI) and pin its shape in the tests."""
+"""The answer contract: what the service answers to a classification (ClassifyResponse and its
+parts) and what it answers for a prediction on record (PredictionOut). Pydantic models, so they document
+the API (OpenAPI) and pin its shape in the tests; they sit below the routes because the layers under
+them build and read them: the pipeline builds the answer (service/pipeline.py), the records are derived
+from it (service/records.py), the DICOM SR encodes it (service/dicom_sr.py), FHIR maps a record
+(service/fhir.py), and the routes (service/api/) answer them."""
 
 from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -8,11 +17,9 @@ __all__ = [
     "ClassifyResponse",
     "Explanation",
     "FrameResult",
-    "HealthResponse",
     "InputInfo",
     "ModelIdentity",
-    "ModelsResponse",
-    "ProblemDetail",
+    "PredictionOut",
     "SecondOpinion",
     "Timing",
 ]
@@ -158,50 +165,41 @@ class ClassifyResponse(BaseModel):
     )
 
 
-class ModelInfo(BaseModel):
-    role: str = Field(examples=["student"])
-    name: str
-    version: str
-    sha256: str
-    arch: str = Field(examples=["efficientnet_b2"])
-    class_names: list[str] = Field(examples=[["normal", "drusen", "cnv"]])
-    preprocess: dict
-    calibration: dict = Field(examples=[{"temperature": 1.3}])
-    metrics: dict = Field(description="the bundle's evaluation metrics (per fold and mean ± std)")
-    provenance: dict
-    runtime: dict = Field(examples=[{"name": "onnx", "device": "cpu", "precision": "fp32"}])
-    safety_gate: dict | None = Field(
-        None,
-        description="the safety gate applied to this model: quality bounds, the out-of-distribution "
-        "threshold and how they were fitted; null when none is applied",
+# One prediction record as read back (GET /predictions/{id}, GET /predictions): the stored row, its link in
+# the chain included; what service/fhir.py maps to a FHIR Bundle. (A comment, not a docstring: pydantic
+# would publish a docstring in the OpenAPI schema.)
+class PredictionOut(BaseModel):
+    id: uuid.UUID
+    sequence: int
+    request_id: str = Field(
+        description="keyed hash (hmac-sha256:...) of the X-Request-ID the prediction was made under; "
+        "find a prediction by the id you sent with the `request_id` filter of GET /predictions"
     )
-    golden_max_difference: float = Field(
-        description="max |p - p_golden| measured at start-up on this runtime"
+    created_at: datetime
+    client_id: str | None
+    model_name: str
+    model_version: str
+    model_sha256: str
+    teacher_model_name: str | None
+    teacher_model_version: str | None
+    teacher_model_sha256: str | None
+    input_sha256: str = Field(
+        description="sha256 of the uploaded bytes (format tensor: of the image's little-endian float32 bytes)"
     )
-
-
-class ModelsResponse(BaseModel):
-    models: list[ModelInfo]
-    second_opinion: str = Field(description="the default policy: never, auto or always")
-    second_opinion_threshold: float
-
-
-class HealthResponse(BaseModel):
-    status: str = Field(examples=["ready"])
-    records: str | None = Field(
-        None,
-        description="where records go now: database, or spool while the database is down or stalled "
-        "(degraded: answers still go out, each on record in the fsync'd spool)",
-        examples=["database"],
+    format: str
+    width: int
+    height: int
+    frame_index: int | None
+    volume_id: str | None
+    probabilities: dict[str, float]
+    label: str
+    confidence: float
+    refer: bool
+    second_opinion: dict[str, Any] | None
+    timing_ms: dict[str, float]
+    gradable: bool | None = Field(
+        description="the safety gate's verdict; null for records made with the gate off or before it existed"
     )
-
-
-class ProblemDetail(BaseModel):
-    """RFC 9457 problem details (`application/problem+json`)."""
-
-    type: str = Field(examples=["https://kdoct.dev/problems/unsupported-media-type"])
-    title: str = Field(examples=["Unsupported media type"])
-    status: int = Field(examples=[415])
-    detail: str = Field(examples=["GIF uploads are not accepted: send PNG, JPEG, TIFF, BMP or DICOM"])
-    instance: str | None = Field(None, examples=["/classify"])
-    request_id: str | None = None
+    gate_reason: str | None = Field(description="why the image was not gradable (see POST /classify)")
+    ood_score: float | None
+    row_hash: str = Field(description="this record's link in the audit hash chain")

@@ -19,9 +19,9 @@ from sqlalchemy.engine import make_url
 from kdoct_testing.chain import CHAIN_KEY
 from kdoct_testing.postgres import libpq_url as _libpq
 from service.db.chain import append_predictions
-from service.db.models import Feedback, PredictionRead
 from service.db.roles import audit_log_rewrite_powers
 from service.db.session import make_engine
+from service.db.tables import Feedback, PredictionRead
 
 FEEDBACK = Feedback.__table__
 READS = PredictionRead.__table__

@@ -21,7 +21,7 @@ from service.db.chain import append_predictions
 from service.db.session import make_engine
 from service.db.spool import Spool
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ROWS = 5_000
 # Two workers replaying the same spool: twice the chances to meet a segment in the moment it appears.
 CLAIMERS = 2

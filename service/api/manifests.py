@@ -3,14 +3,42 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 
-from service.api.schemas import ModelsResponse
 from service.deps import ClassifierDep
 from service.inference.classifier import ServedModel
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["models"])
+
+
+class ModelInfo(BaseModel):
+    role: str = Field(examples=["student"])
+    name: str
+    version: str
+    sha256: str
+    arch: str = Field(examples=["efficientnet_b2"])
+    class_names: list[str] = Field(examples=[["normal", "drusen", "cnv"]])
+    preprocess: dict
+    calibration: dict = Field(examples=[{"temperature": 1.3}])
+    metrics: dict = Field(description="the bundle's evaluation metrics (per fold and mean ± std)")
+    provenance: dict
+    runtime: dict = Field(examples=[{"name": "onnx", "device": "cpu", "precision": "fp32"}])
+    safety_gate: dict | None = Field(
+        None,
+        description="the safety gate applied to this model: quality bounds, the out-of-distribution "
+        "threshold and how they were fitted; null when none is applied",
+    )
+    golden_max_difference: float = Field(
+        description="max |p - p_golden| measured at start-up on this runtime"
+    )
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    second_opinion: str = Field(description="the default policy: never, auto or always")
+    second_opinion_threshold: float
 
 
 def _describe(served: ServedModel) -> dict:
