@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from safetensors.numpy import load_file, save
 
 from kdoct.errors import BundleError
 from kdoct.preprocess import to_gray
@@ -245,8 +246,6 @@ def ood_files(
     ood: OodDetector, summary: Mapping[str, Any], json_name: str, arrays_name: str
 ) -> dict[str, bytes]:
     """A JSON document (`summary`, the detector's threshold and dimensions) and the detector's arrays."""
-    from safetensors.numpy import save
-
     document = {
         **summary,
         "format": GATE_FORMAT,
@@ -263,8 +262,6 @@ def ood_files(
 
 
 def _read_ood(bundle_dir: Path, json_name: str, arrays_name: str) -> tuple[OodDetector, dict[str, Any]]:
-    from safetensors.numpy import load_file
-
     try:
         document = json.loads((bundle_dir / json_name).read_text())
         if document.get("format") != GATE_FORMAT:
