@@ -1,7 +1,7 @@
 """Patient-level cross-validation: per fold, the teacher, then the student distilled from it, both
 evaluated on the fold's held-out test patients; then the report.
 
-The folds are read once from DIR/folds.csv (see experiment.prepare_folds). A stage whose bundle is
+The folds are read once from DIR/folds.csv (see run_data.prepare_folds). A stage whose bundle is
 already complete is not retrained, so an interrupted `cv` picks up where it stopped.
 """
 
@@ -17,42 +17,21 @@ from typing import Any
 import torch
 
 from kdoct.bundle import load_bundle
-from kdoct.errors import BundleError, LeakageError
 from kdoct.labels import class_names as class_set_names
 from model_training.config import ExperimentConfig
+from model_training.data.folds import check_test_isolation
 from model_training.distill import train_student
 from model_training.distributed import DistContext
-from model_training.evaluate import predict_bundle
-from model_training.experiment import bundle_dir, prepare_folds
+from model_training.layout import bundle_dir, is_complete_bundle
 from model_training.metrics import write_predictions
+from model_training.predict import predict_bundle
 from model_training.report import build_report
+from model_training.run_data import prepare_folds
 from model_training.teacher import train_teacher
 
-__all__ = ["check_test_isolation", "run_cv"]
+__all__ = ["run_cv"]
 
 log = logging.getLogger(__name__)
-
-
-def check_test_isolation(split: dict[str, list], fold: int) -> None:
-    """The fold's test patients must be in neither its training nor its validation split."""
-    test = {s.patient_id for s in split["test"]}
-    for role in ("train", "val"):
-        shared = test & {s.patient_id for s in split[role]}
-        if shared:
-            raise LeakageError(
-                f"fold {fold}: test patients {sorted(shared)[:5]} are also in the {role} split"
-            )
-    if not split["test"]:
-        raise LeakageError(f"fold {fold} has no test images")
-
-
-def is_complete_bundle(directory: Path) -> bool:
-    """Whether `directory` holds a bundle that loads and verifies (so a rerun can reuse it)."""
-    try:
-        load_bundle(directory)
-        return True
-    except BundleError:
-        return False
 
 
 def _record_invocation(out_dir: Path, seconds: float, trained: list[str]) -> list[dict[str, Any]]:

@@ -14,11 +14,13 @@ from kdoct.errors import BundleError
 from kdoct.labels import class_names as class_set_names
 from model_training.augment import normalise
 from model_training.config import ExperimentConfig
+from model_training.data.manifest import manifest_fingerprint
 from model_training.distributed import DistContext
-from model_training.experiment import build_model, finish_stage, split_path, stage_spec, work_dir
+from model_training.finish import finish_stage
 from model_training.fit import StageRun, fit
+from model_training.layout import split_path, work_dir
 from model_training.losses import distillation_loss
-from model_training.teacher import head_backbone_groups
+from model_training.stage_model import build_model, head_backbone_groups, stage_spec
 
 __all__ = ["train_student"]
 
@@ -68,8 +70,6 @@ def train_student(
 ) -> Path:
     """Distil the fold's teacher into the student; alpha=0 gives the no-distillation baseline with
     everything else identical. Returns the student's bundle directory."""
-    from model_training.data.manifest import manifest_fingerprint
-
     stage = config.student if alpha is None else config.student.model_copy(update={"alpha": alpha})
     class_names = class_set_names(config.data.classes)
     spec = stage_spec(stage)

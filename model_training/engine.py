@@ -1,5 +1,5 @@
-"""The training and evaluation steps as plain functions: one epoch, evaluation (with optional TTA),
-the learning-rate schedule, mixed precision, and BatchNorm re-estimation for SWA."""
+"""The training step as plain functions: one epoch, the learning-rate schedule, mixed precision, and
+BatchNorm re-estimation for SWA. Evaluation (logits over a loader, TTA) is model_training.predict."""
 
 from __future__ import annotations
 
@@ -9,19 +9,17 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import nn
 from tqdm import tqdm
 
+from model_training.predict import to_device
+
 __all__ = [
     "Precision",
-    "evaluate_logits",
     "make_precision",
     "recompute_batchnorm",
     "train_one_epoch",
-    "tta_views",
     "warmup_cosine_schedule",
 ]
 
@@ -86,11 +84,6 @@ def warmup_cosine_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
-def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
-
-
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -118,7 +111,7 @@ def train_one_epoch(
     batches = len(loader) if hasattr(loader, "__len__") else None
     bar = tqdm(loader, total=batches, desc=description, leave=False, disable=not progress, unit="batch")
     for index, (images, targets) in enumerate(bar):
-        images = _to_device(images, device, channels_last)
+        images = to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
         hard_targets = targets
         if batch_transform is not None:
@@ -157,54 +150,6 @@ def train_one_epoch(
     }
 
 
-def tta_views(images: torch.Tensor) -> list[torch.Tensor]:
-    """KD-OCT's 5 test-time views: original, hflip, vflip, 1.1x zoom + centre crop, small rotation."""
-    height, width = images.shape[-2:]
-    zoomed = torch.nn.functional.interpolate(
-        images, scale_factor=1.1, mode="bilinear", align_corners=False, antialias=True
-    )
-    zoomed = TF.center_crop(zoomed, [height, width])
-    rotated = TF.rotate(images, angle=5.0, interpolation=TF.InterpolationMode.BILINEAR)
-    return [images, TF.horizontal_flip(images), TF.vertical_flip(images), zoomed, rotated]
-
-
-@torch.inference_mode()
-def evaluate_logits(
-    model: nn.Module,
-    loader: Iterable,
-    *,
-    device: torch.device,
-    precision: Precision | None = None,
-    tta: bool = False,
-    channels_last: bool = False,
-    progress: bool = False,
-    description: str = "eval",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, C) float64 and targets (N,) of a loader of normalised images, in loader order.
-
-    With TTA, the logits returned are log(mean of the 5 views' softmax): averaging probabilities,
-    expressed as logits so that temperature scaling and softmax still apply.
-    """
-    model.eval()
-    precision = precision or Precision(None, None)
-    all_logits, all_targets = [], []
-    for images, targets in tqdm(loader, desc=description, leave=False, disable=not progress, unit="batch"):
-        images = _to_device(images, device, channels_last)
-        with precision.autocast(device):
-            if tta:
-                probabilities = torch.stack(
-                    [model(view).float().softmax(dim=1) for view in tta_views(images)]
-                )
-                logits = probabilities.mean(dim=0).clamp_min(1e-12).log()
-            else:
-                logits = model(images).float()
-        all_logits.append(logits.double().cpu().numpy())
-        all_targets.append(np.asarray(targets))
-    if not all_logits:
-        return np.zeros((0, 0)), np.zeros((0,), dtype=np.int64)
-    return np.concatenate(all_logits), np.concatenate(all_targets).astype(np.int64)
-
-
 @torch.no_grad()
 def recompute_batchnorm(
     model: nn.Module,
@@ -227,7 +172,7 @@ def recompute_batchnorm(
     was_training = model.training
     model.train()
     for images, _ in loader:
-        model(prepare(_to_device(images, device, channels_last)))
+        model(prepare(to_device(images, device, channels_last)))
     for module, momentum in momenta.items():
         module.momentum = momentum
     model.train(was_training)

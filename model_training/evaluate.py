@@ -1,48 +1,20 @@
-"""Predictions and metrics of any bundle on any set of images, with the metric code `cv` uses."""
+"""Metrics of any bundle on any manifest (`evaluate`), with the prediction and metric code `cv` uses."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from kdoct.bundle import Bundle, load_bundle
-from kdoct.probabilities import softmax
+from kdoct.bundle import load_bundle
 from model_training.data.manifest import read_manifest
-from model_training.engine import evaluate_logits
-from model_training.fit import eval_loader
 from model_training.metrics import compute_metrics, read_predictions, write_predictions
+from model_training.predict import predict_bundle
 
-__all__ = ["evaluate_bundle", "predict_bundle"]
+__all__ = ["evaluate_bundle"]
 
 log = logging.getLogger(__name__)
-
-
-def predict_bundle(
-    bundle: Bundle,
-    samples: Sequence,
-    *,
-    tta: bool = False,
-    batch_size: int = 32,
-    device: torch.device | None = None,
-    num_workers: int = 0,
-    progress: bool = False,
-) -> np.ndarray:
-    """Calibrated probabilities (N, C) of the bundle's own weights on `samples`, through kdoct's eval
-    transform with the bundle's preprocess spec and temperature: exactly what is shipped."""
-    device = device or torch.device("cpu")
-    model = bundle.model().to(device)
-    loader = eval_loader(samples, bundle.class_names, bundle.preprocess, batch_size, num_workers)
-    logits, _ = evaluate_logits(
-        model, loader, device=device, tta=tta, progress=progress, description=f"predict {bundle.name}"
-    )
-    bundle.model().cpu()
-    return softmax(logits, bundle.temperature)
 
 
 def evaluate_bundle(

@@ -22,85 +22,25 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from kdoct.bundle import load_bundle
-from kdoct.errors import ConfigError, DataError
+from kdoct.errors import ConfigError
 from model_training.config import ExperimentConfig, StageConfig
-from model_training.data.folds import check_no_leakage, group_split
+from model_training.data.final_split import make_final_split, read_final_split, write_final_split
 from model_training.data.image_cache import decoded_images
-from model_training.data.manifest import (
-    MANIFEST_COLUMNS,
-    manifest_fingerprint,
-    read_csv_rows,
-    sample_rows,
-    samples_from_rows,
-    write_csv,
-    write_manifest,
-)
+from model_training.data.manifest import manifest_fingerprint, write_manifest
 from model_training.distill import train_student
 from model_training.distributed import DistContext
-from model_training.experiment import bundle_dir, load_samples, split_path
+from model_training.layout import bundle_dir, split_path
+from model_training.run_data import load_samples
 from model_training.teacher import train_teacher
 
-__all__ = ["chosen_epochs", "make_final_split", "read_final_split", "run_final"]
+__all__ = ["chosen_epochs", "run_final"]
 
 log = logging.getLogger(__name__)
 
 ROLES = ("teacher", "student")
 CARD_JSON = "card.json"
 CARD_MD = "MODEL_CARD.md"
-
-
-def make_final_split(samples, holdout_fraction: float, seed: int, test_fraction: float = 0.0) -> list[str]:
-    """`train`, `val` (the held-back calibration slice) or `test` (patients neither trained nor tuned on:
-    the safety gate's and the card's held-out figures) per sample; patients whole, stratified by label."""
-    if not 0 < holdout_fraction < 0.5:
-        raise ConfigError(f"the held-back fraction must be in (0, 0.5), got {holdout_fraction}")
-    if not 0 <= test_fraction < 0.5 or holdout_fraction + test_fraction >= 0.6:
-        raise ConfigError(
-            f"the test fraction must be in [0, 0.5) and leave most patients to train on, got {test_fraction} "
-            f"with a held-back fraction of {holdout_fraction}"
-        )
-    labels = np.array([s.label for s in samples])
-    groups = np.array([s.patient_id for s in samples])
-    roles = np.array(["train"] * len(samples), dtype=object)
-    patients = len(set(groups.tolist()))
-    if test_fraction > 0:
-        test_parts = max(2, round(1 / test_fraction))
-        if patients < test_parts:
-            raise DataError(
-                f"{patients} patients are too few to set 1/{test_parts} of them apart for testing"
-            )
-        roles[group_split(labels, groups, test_parts, seed)[0]] = "test"
-    rest = np.flatnonzero(roles == "train")
-    parts = max(2, round((1 - test_fraction) / holdout_fraction))
-    if len(set(groups[rest].tolist())) < parts:
-        raise DataError(
-            f"{len(set(groups[rest].tolist()))} patients are too few to hold back 1/{parts} of them"
-        )
-    roles[rest[group_split(labels[rest], groups[rest], parts, seed)[0]]] = "val"
-    return roles.tolist()
-
-
-def _write_split(samples, roles: list[str], path: Path) -> None:
-    rows = [base + [role] for base, role in zip(sample_rows(samples, path), roles, strict=True)]
-    write_csv(path, [*MANIFEST_COLUMNS, "role"], rows)
-
-
-def read_final_split(path: Path) -> dict[str, list]:
-    """{'train', 'val', 'test'} from DIR/split.csv (test may be empty), refused if a patient is on two
-    sides."""
-    _, rows = read_csv_rows(path, ("path", "label", "patient_id", "role"))
-    samples = samples_from_rows(path, rows)
-    roles = [row["role"] for row in rows]
-    check_no_leakage(samples, roles)
-    split: dict[str, list] = {"train": [], "val": [], "test": []}
-    for sample, role in zip(samples, roles, strict=True):
-        split[role].append(sample)
-    if not split["train"] or not split["val"]:
-        raise DataError(f"{path}: both the training part and the held-back slice must be non-empty")
-    return split
 
 
 def chosen_epochs(stage: StageConfig, role: str, cv_report: Path | None) -> dict[str, Any]:
@@ -161,7 +101,7 @@ def _prepare_split(
         out_dir.mkdir(parents=True, exist_ok=True)
         samples = load_samples(config, out_dir)
         write_manifest(samples, out_dir / "manifest.csv")
-        _write_split(samples, make_final_split(samples, holdout, config.data.fold_seed, test), path)
+        write_final_split(samples, make_final_split(samples, holdout, config.data.fold_seed, test), path)
     context.barrier()
     split = read_final_split(path)
     decoded_images.enable(config.data.cache_images)
@@ -225,7 +165,7 @@ def _complete(directory: Path) -> bool:
     """A verified bundle with a safety gate: one exported before the gate existed is exported again
     (from its finished training state: minutes, not a retraining), since the service refuses it."""
     from kdoct.safety import GATE_JSON
-    from model_training.cv import is_complete_bundle
+    from model_training.layout import is_complete_bundle
 
     if not is_complete_bundle(directory):
         return False
@@ -283,8 +223,8 @@ def _test_accuracy(bundle, samples) -> float | None:
         return None
     import torch
 
-    from model_training.engine import evaluate_logits
-    from model_training.fit import eval_loader
+    from model_training.data.dataset import eval_loader
+    from model_training.predict import evaluate_logits
 
     loader = eval_loader(samples, bundle.class_names, bundle.preprocess, 32)
     logits, targets = evaluate_logits(bundle.model(), loader, device=torch.device("cpu"))

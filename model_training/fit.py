@@ -24,18 +24,18 @@ from kdoct.probabilities import log_softmax
 from model_training.augment import TrainAugment, normalise
 from model_training.checkpoint import RESUME_NAME, TrainingState
 from model_training.config import StageConfig
-from model_training.data.dataset import OCTDataset
+from model_training.data.dataset import OCTDataset, eval_loader
 from model_training.distributed import DistContext, broadcast_flag, unwrap
 from model_training.engine import (
     LossFn,
-    evaluate_logits,
     make_precision,
     recompute_batchnorm,
     train_one_epoch,
     warmup_cosine_schedule,
 )
+from model_training.predict import evaluate_logits
 
-__all__ = ["FitResult", "StageRun", "eval_loader", "fit"]
+__all__ = ["FitResult", "StageRun", "fit"]
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,6 @@ class FitResult:
     selected: str  # "swa", "best_checkpoint" or "last_epoch"
     precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def eval_loader(
-    samples: Sequence, class_names: Sequence[str], spec: PreprocessSpec, batch_size: int, workers=0
-):
-    dataset = OCTDataset(samples, class_names, spec=spec)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
 def _cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:

@@ -174,7 +174,7 @@ def gate_report(
     images of unseen patients and the non-OCT sets; `precision` int8: its INT8 model and gate."""
     from sklearn.metrics import roc_auc_score
 
-    from model_training.final import read_final_split
+    from model_training.data.final_split import read_final_split
 
     run_dir = Path(run_dir)
     split = read_final_split(run_dir / "split.csv")

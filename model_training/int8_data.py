@@ -35,13 +35,13 @@ class Int8Images:
 
 def default_split_path(stage_root: Path, fold: int | None) -> Path:
     """Where a stage's split lies: DIR/split.csv next to a final model's DIR/<role>, DIR/folds.csv
-    above a cross-validation fold's DIR/fold_K/<role> (model_training/experiment.py's layout)."""
+    above a cross-validation fold's DIR/fold_K/<role> (model_training/layout.py)."""
     return stage_root / "split.csv" if fold is None else stage_root.parent / "folds.csv"
 
 
 def _read_split(path: Path, fold: int | None) -> dict[str, list]:
     if fold is None:
-        from model_training.final import read_final_split
+        from model_training.data.final_split import read_final_split
 
         return read_final_split(path)
     from model_training.data.folds import read_folds

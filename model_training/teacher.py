@@ -1,5 +1,5 @@
 """Teacher training: focal loss with the fold's balanced class weights, head/backbone learning
-rates, backbone freeze, warm-up + cosine, SWA; then calibration and export (see experiment.py)."""
+rates, backbone freeze, warm-up + cosine, SWA; then calibration and export (see finish.py)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
-from torch import nn
 
 from kdoct.errors import DataError
 from kdoct.labels import class_names as class_set_names
 from model_training.augment import mix_batch, normalise
 from model_training.config import ExperimentConfig, StageConfig
 from model_training.distributed import DistContext
-from model_training.experiment import build_model, finish_stage, stage_spec, work_dir
+from model_training.finish import finish_stage
 from model_training.fit import StageRun, fit
+from model_training.layout import work_dir
 from model_training.losses import focal_loss, soft_target_cross_entropy
+from model_training.stage_model import build_model, head_backbone_groups, stage_spec
 
-__all__ = ["balanced_class_weights", "head_backbone_groups", "train_teacher"]
+__all__ = ["balanced_class_weights", "train_teacher"]
 
 log = logging.getLogger(__name__)
 
@@ -36,34 +37,6 @@ def balanced_class_weights(labels: list[str], class_names: tuple[str, ...]) -> t
     index = np.array([class_names.index(label) for label in labels])
     weights = compute_class_weight("balanced", classes=np.arange(len(class_names)), y=index)
     return torch.tensor(weights, dtype=torch.float32)
-
-
-def head_backbone_groups(model: nn.Module, stage: StageConfig) -> list[dict]:
-    """Two AdamW groups: the classifier (timm's pretrained_cfg['classifier']) and everything else that
-    trains (parameters frozen by `frozen_stages` are left out)."""
-    prefix = model.pretrained_cfg.get("classifier", "") if hasattr(model, "pretrained_cfg") else ""
-    head, backbone = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (head if prefix and name.startswith(prefix) else backbone).append(parameter)
-    if not head:
-        raise DataError(f"{stage.arch}: could not find the classifier parameters (prefix {prefix!r})")
-    return [
-        {
-            "name": "head",
-            "params": head,
-            "lr": stage.lr_head,
-            "min_lr": stage.min_lr_head,
-            "frozen_epochs": 0,
-        },
-        {
-            "name": "backbone",
-            "params": backbone,
-            "lr": stage.lr_backbone,
-            "min_lr": stage.min_lr_backbone,
-            "frozen_epochs": stage.freeze_epochs,
-        },
-    ]
 
 
 def teacher_loss(stage: StageConfig, spec, weight: torch.Tensor | None):

@@ -18,9 +18,8 @@ from model_training.data.manifest import read_manifest
 from model_training.data.synthetic import generate_dataset
 from model_training.distributed import init_distributed
 from model_training.engine import make_precision, train_one_epoch
-from model_training.experiment import build_model, stage_spec
 from model_training.losses import distillation_loss, focal_loss
-from model_training.teacher import head_backbone_groups
+from model_training.stage_model import build_model, head_backbone_groups, stage_spec
 
 __all__ = ["training_throughput"]
 

@@ -50,8 +50,8 @@ def teardown(context: DistContext) -> None:
 
 def fold_split(config, args: argparse.Namespace, context) -> dict:
     """The fold's train/val/test split from the run's folds.csv, refused if a test patient leaks."""
-    from model_training.cv import check_test_isolation
-    from model_training.experiment import prepare_folds
+    from model_training.data.folds import check_test_isolation
+    from model_training.run_data import prepare_folds
 
     split = prepare_folds(config, args.out, context).split(args.fold)
     check_test_isolation(split, args.fold)

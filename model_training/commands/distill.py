@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from model_training.distill import train_student
-    from model_training.experiment import bundle_dir
+    from model_training.layout import bundle_dir
 
     config, context = setup(args)
     try:

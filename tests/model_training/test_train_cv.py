@@ -22,8 +22,8 @@ from model_training.config import load_config
 from model_training.data.folds import read_folds
 from model_training.distill import train_student
 from model_training.distributed import init_distributed
-from model_training.experiment import prepare_folds
 from model_training.metrics import compute_metrics, read_predictions
+from model_training.run_data import prepare_folds
 
 CLASSES = ("normal", "drusen", "cnv")
 

@@ -15,7 +15,8 @@ from kdoct.bundle import load_bundle
 from kdoct.errors import ConfigError, LeakageError
 from kdoct.safety import GATE_JSON, load_gate
 from model_training.config import load_config
-from model_training.final import chosen_epochs, read_final_split
+from model_training.data.final_split import read_final_split
+from model_training.final import chosen_epochs
 
 
 def _cv_report(path: Path) -> Path:

@@ -12,8 +12,7 @@ from safetensors.torch import save_file
 from kdoct.errors import ConfigError
 from kdoct.models import create_model
 from model_training.config import StageConfig, parse_config
-from model_training.experiment import build_model, freeze_early_stages
-from model_training.teacher import head_backbone_groups
+from model_training.stage_model import build_model, freeze_early_stages, head_backbone_groups
 
 CONFIGS = Path(__file__).resolve().parents[2] / "model_training" / "configs"
 

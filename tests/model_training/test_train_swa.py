@@ -16,10 +16,9 @@ from model_training.config import AugmentConfig, StageConfig, SwaConfig
 from model_training.data.manifest import Sample
 from model_training.data.synthetic import synth_bscan
 from model_training.distributed import init_distributed
-from model_training.experiment import stage_spec
 from model_training.fit import StageRun, fit
 from model_training.losses import focal_loss
-from model_training.teacher import head_backbone_groups
+from model_training.stage_model import head_backbone_groups, stage_spec
 
 CLASSES = class_names("neh3")
 
