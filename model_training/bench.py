@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -54,8 +55,6 @@ def _torch_runner(model, batch: np.ndarray, device: str):
 
 
 def _ort_runner(onnx_path: Path, batch: np.ndarray, provider: str):
-    import onnxruntime as ort
-
     session = ort.InferenceSession(str(onnx_path), providers=[provider])
     name = session.get_inputs()[0].name
     return lambda: session.run(None, {name: batch})
@@ -64,8 +63,6 @@ def _ort_runner(onnx_path: Path, batch: np.ndarray, provider: str):
 def bench_bundles(
     bundle_dirs: Sequence[str | Path], *, batch_sizes=(1, 8), runs: int = 30, warmup: int = 5
 ) -> dict[str, Any]:
-    import onnxruntime as ort
-
     cuda = torch.cuda.is_available()
     ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     results = []

@@ -29,6 +29,7 @@ from kdoct.models import create_model
 from kdoct.preprocess import PreprocessSpec
 from kdoct.safety import OodDetector, QualityBounds, SafetyGate
 from model_training.data.dataset import open_image
+from model_training.export import export_bundle
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -100,8 +101,6 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Bundle:
     """Export a final checkpoint as a verified bundle (ONNX checked on its golden validation images)."""
-    from model_training.export import export_bundle
-
     model, meta = load_checkpoint(checkpoint)
     golden = [open_image(path) for path in meta["golden_paths"]]
     bundle = export_bundle(

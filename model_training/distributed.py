@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from kdoct.errors import ConfigError
+
 __all__ = ["DistContext", "broadcast_flag", "init_distributed", "unwrap"]
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,6 @@ class DistContext:
 def _pick_device(preference: str, local_rank: int) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            from kdoct.errors import ConfigError
-
             raise ConfigError("device: cuda was asked for but no CUDA device is available; use auto or cpu")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from PIL import Image
 
@@ -73,8 +74,6 @@ def export_onnx(model: torch.nn.Module, path: Path, input_size: tuple[int, int])
 
 
 def _onnx_outputs(path: Path, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    import onnxruntime as ort
-
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     logits, features = session.run([ONNX_OUTPUT, ONNX_FEATURES], {ONNX_INPUT: batch})
     return logits, features

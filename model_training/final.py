@@ -22,15 +22,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from kdoct.bundle import load_bundle
 from kdoct.errors import ConfigError
+from kdoct.safety import GATE_JSON
 from model_training.config import ExperimentConfig, StageConfig
+from model_training.data.dataset import eval_loader
 from model_training.data.final_split import make_final_split, read_final_split, write_final_split
 from model_training.data.image_cache import decoded_images
 from model_training.data.manifest import manifest_fingerprint, write_manifest
 from model_training.distill import train_student
 from model_training.distributed import DistContext
-from model_training.layout import bundle_dir, split_path
+from model_training.layout import bundle_dir, is_complete_bundle, split_path
+from model_training.predict import evaluate_logits
 from model_training.run_data import load_samples
 from model_training.teacher import train_teacher
 
@@ -164,9 +169,6 @@ def run_final(
 def _complete(directory: Path) -> bool:
     """A verified bundle with a safety gate: one exported before the gate existed is exported again
     (from its finished training state: minutes, not a retraining), since the service refuses it."""
-    from kdoct.safety import GATE_JSON
-    from model_training.layout import is_complete_bundle
-
     if not is_complete_bundle(directory):
         return False
     return GATE_JSON in json.loads((directory / "bundle.json").read_text())["files"]
@@ -221,10 +223,6 @@ def _test_accuracy(bundle, samples) -> float | None:
     nor tuned on, so a held-out figure (about 75 images here: wide uncertainty)."""
     if not samples:
         return None
-    import torch
-
-    from model_training.data.dataset import eval_loader
-    from model_training.predict import evaluate_logits
 
     loader = eval_loader(samples, bundle.class_names, bundle.preprocess, 32)
     logits, targets = evaluate_logits(bundle.model(), loader, device=torch.device("cpu"))

@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 from PIL import Image, ImageDraw
+from sklearn.metrics import roc_auc_score
 
 from kdoct.bundle import load_bundle
 from kdoct.errors import ConfigError, DataError
 from kdoct.preprocess import preprocess_batch
 from kdoct.safety import OOD_REASON, SafetyGate, load_gate
+from model_training.data.final_split import read_final_split
 from model_training.data.image_cache import open_image
 
 __all__ = ["NATURAL_PHOTOGRAPHS", "gate_report", "non_oct_images", "report_markdown"]
@@ -50,7 +53,7 @@ _SIZE = (512, 496)  # width, height of most sample B-scans
 
 def _natural_photographs() -> dict[str, Image.Image]:
     try:
-        import skimage.data
+        import skimage.data  # deferred: scikit-image is a dev extra, needed for these images only
     except ImportError:
         raise ConfigError("the gate report needs scikit-image (pip install -e '.[dev]')") from None
     images = {}
@@ -124,8 +127,6 @@ class _Scorer:
     """The bundle as the service runs it by default: its ONNX graph on ONNX Runtime, and its gate."""
 
     def __init__(self, bundle_dir: Path, precision: str = "fp32") -> None:
-        import onnxruntime as ort
-
         self.bundle = load_bundle(bundle_dir)
         gate = load_gate(self.bundle.path, self.bundle.manifest["files"], precision)
         graph = self.bundle.int8_onnx_path if precision == "int8" else self.bundle.onnx_path
@@ -172,10 +173,6 @@ def gate_report(
 ) -> dict[str, Any]:
     """The report of `run_dir` (a `final` run with a test slice) against `ood_manifest`'s `ood_label`
     images of unseen patients and the non-OCT sets; `precision` int8: its INT8 model and gate."""
-    from sklearn.metrics import roc_auc_score
-
-    from model_training.data.final_split import read_final_split
-
     run_dir = Path(run_dir)
     split = read_final_split(run_dir / "split.csv")
     if not split["test"]:

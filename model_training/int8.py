@@ -28,6 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
 from kdoct.bundle import INT8_ONNX_NAME, Bundle, add_to_bundle, load_bundle
@@ -65,14 +74,6 @@ def quantize_onnx(
     fp32_path: Path, out_path: Path, calibration_images: Sequence[Image.Image], spec: PreprocessSpec
 ) -> None:
     """Write the statically quantized (QDQ, per-channel) `fp32_path` to `out_path`."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -103,8 +104,6 @@ def quantize_onnx(
 def _outputs(
     path: Path, images: Sequence[Image.Image], spec: PreprocessSpec
 ) -> tuple[np.ndarray, np.ndarray]:
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -184,6 +183,8 @@ def _own_gate(
 ) -> SafetyGate:
     """The gate with out-of-distribution statistics fitted on the INT8 model's own features, as
     model_training/safety_fit.py fits the fp32 ones (same images, same share kept)."""
+    # deferred: safety_fit brings torch and sklearn; quantizing and checking an INT8 model need neither
+    # (bench/int8 measures ONNX Runtime in a process without torch)
     from model_training.safety_fit import fit_ood
 
     _, train_features = _outputs(int8_path, train_images, bundle.preprocess)

@@ -16,6 +16,8 @@ from typing import Any
 from PIL import Image
 
 from kdoct.errors import BundleError
+from model_training.data.final_split import read_final_split
+from model_training.data.folds import read_folds
 from model_training.data.image_cache import open_image
 from model_training.data.manifest import manifest_fingerprint
 
@@ -41,10 +43,7 @@ def default_split_path(stage_root: Path, fold: int | None) -> Path:
 
 def _read_split(path: Path, fold: int | None) -> dict[str, list]:
     if fold is None:
-        from model_training.data.final_split import read_final_split
-
         return read_final_split(path)
-    from model_training.data.folds import read_folds
 
     return read_folds(path).split(fold)
 

@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
+from sklearn.metrics import auc, roc_curve
 
+from kdoct.bundle import load_bundle
+from kdoct.errors import BundleError
 from model_training.calibration import calibrated_ece_floor, expected_calibration_error
 from model_training.metrics import aggregate, compute_metrics, read_predictions
 from model_training.statistics import clustered_bootstrap_ci, mcnemar_exact, ovr_macro_auc
@@ -27,9 +31,6 @@ BOOTSTRAP_METRICS = ("accuracy", "macro_f1", "auc", "ece")
 
 def _training_record(out_dir: Path, folds: Sequence[int], model: str) -> dict[str, Any]:
     """Per fold: epochs run, the weights exported (SWA average or best checkpoint), SWA epochs."""
-    from kdoct.bundle import load_bundle
-    from kdoct.errors import BundleError
-
     per_fold = []
     for fold in folds:
         try:
@@ -85,8 +86,6 @@ def _bootstrap(labels, probabilities, patients, class_names, resamples: int) -> 
 
 
 def count_parameters(bundle_dir: Path) -> int | None:
-    from safetensors import safe_open
-
     weights = Path(bundle_dir) / "model.safetensors"
     if not weights.is_file():
         return None
@@ -113,12 +112,20 @@ def _interval(value: float | None, interval: dict[str, Any]) -> str:
     return f"{100 * value:.2f} [{100 * interval['low']:.2f}, {100 * interval['high']:.2f}]"
 
 
-def _plot_confusion(matrix: np.ndarray, class_names: Sequence[str], title: str, path: Path) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files, no display)."""
+    # deferred: matplotlib takes ~2 s to import and only the figures need it; Agg is chosen before pyplot
+    # loads
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot_confusion(matrix: np.ndarray, class_names: Sequence[str], title: str, path: Path) -> None:
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(4.2, 3.8))
     axis.imshow(matrix, cmap="Blues")
     axis.set_xticks(range(len(class_names)), class_names)
@@ -139,12 +146,7 @@ def _plot_confusion(matrix: np.ndarray, class_names: Sequence[str], title: str, 
 def _plot_roc(
     labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str], title: str, path: Path
 ):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import auc, roc_curve
-
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(4.2, 3.8))
     for index, name in enumerate(class_names):
         positives = labels == index

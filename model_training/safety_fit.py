@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from sklearn.covariance import ledoit_wolf
 
 from kdoct.models import LogitsAndFeatures
 from kdoct.preprocess import PreprocessSpec, preprocess_batch
@@ -66,8 +67,6 @@ def fit_ood(
 ) -> tuple[OodDetector, dict[str, Any]]:
     """The Mahalanobis detector of training features (N, d) with class `labels`, its threshold the
     `keep` quantile of the validation features' scores."""
-    from sklearn.covariance import ledoit_wolf
-
     if not 0.5 <= keep < 1:
         raise ValueError(f"keep must be in [0.5, 1), got {keep}")
     features = np.asarray(features, dtype=np.float64)

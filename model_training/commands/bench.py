@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from kdoct.errors import ConfigError
+from model_training.config import load_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,14 +36,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.bundles and not args.training_config:
         raise ConfigError("bench needs --bundles B1 B2 ... and/or --training-config CONFIG")
     if args.bundles:
-        from model_training.bench import bench_bundles, write_bench
+        from model_training.bench import bench_bundles, write_bench  # deferred: see commands/__init__.py
 
         report = bench_bundles(args.bundles, batch_sizes=tuple(args.batch_sizes), runs=args.runs)
         md_path, json_path = write_bench(report, args.out)
         print(md_path.read_text())
         print(f"written: {md_path}, {json_path}")
     if args.training_config:
-        from model_training.config import load_config
+        # deferred: see commands/__init__.py
         from model_training.train_bench import throughput_markdown, training_throughput
 
         report = training_throughput(load_config(args.training_config, args.overrides), batches=args.batches)

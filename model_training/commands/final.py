@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.final import run_final
+    from model_training.final import run_final  # deferred: see commands/__init__.py
 
     config, context = setup(args)
     try:

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.gate_report import gate_report, report_markdown
+    from model_training.gate_report import gate_report, report_markdown  # deferred: see commands/__init__.py
 
     report = gate_report(args.run, args.ood_manifest, args.ood_label, args.precision)
     command = "python -m model_training " + shlex.join(sys.argv[1:])

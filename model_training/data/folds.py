@@ -54,7 +54,8 @@ ROLES = ("train", "val", "test")
 
 def group_split(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
     """Index arrays of the held-out part of each StratifiedGroupKFold split."""
-    from sklearn.model_selection import StratifiedGroupKFold  # here: sklearn takes ~1 s to import
+    # deferred: sklearn takes ~1 s to import; the CLI's parser (the `folds` command) imports this module
+    from sklearn.model_selection import StratifiedGroupKFold
 
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings(record=True) as caught:
