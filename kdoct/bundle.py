@@ -37,7 +37,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "bundle.json"
 WEIGHTS_NAME = "model.safetensors"
 ONNX_NAME = "model.onnx"
-INT8_ONNX_NAME = "model.int8.onnx"  # the statically quantized model.onnx (model_training/int8.py)
+INT8_ONNX_NAME = "model.int8.onnx"  # the statically quantized model.onnx (model_training/export/int8.py)
 ROLES = ("student", "teacher")
 REQUIRED_FIELDS = {
     "name": str,

@@ -11,8 +11,8 @@ import torch.distributed as dist
 
 from model_training.config import ExperimentConfig, load_config
 from model_training.data.folds import check_test_isolation
-from model_training.distributed import DistContext, init_distributed
-from model_training.run_data import prepare_folds
+from model_training.runs.run_data import prepare_folds
+from model_training.train.distributed import DistContext, init_distributed
 
 log = logging.getLogger(__name__)
 

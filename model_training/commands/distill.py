@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.distill import train_student  # deferred: see commands/__init__.py
+    from model_training.train.distill import train_student  # deferred: see commands/__init__.py
 
     config, context = setup(args)
     try:

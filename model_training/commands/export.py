@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace):
-    from model_training.checkpoint import export_checkpoint  # deferred: see commands/__init__.py
+    from model_training.train.checkpoint import export_checkpoint  # deferred: see commands/__init__.py
 
     if not args.int8:
         return export_checkpoint(args.checkpoint, args.out)
@@ -90,8 +90,8 @@ def _add_int8(bundle_dir: Path, args: argparse.Namespace, stage_root: Path | Non
     """`stage_root`: the run directory (DIR or DIR/fold_K) the split is found in without --split; by
     default the bundle's parent (DIR/<role>)."""
     # deferred: see commands/__init__.py
-    from model_training.int8 import Int8Gate, add_int8
-    from model_training.int8_data import default_split_path, int8_images
+    from model_training.export.int8 import Int8Gate, add_int8
+    from model_training.export.int8_data import default_split_path, int8_images
 
     bundle = load_bundle(bundle_dir)
     provenance = bundle.manifest.get("provenance", {})
