@@ -31,7 +31,7 @@ def _run_item(item: str, quick: bool, state: dict) -> str:
         state["service"] = figures
         return text
     if item == "models":
-        from bench.models import teacher_vs_student
+        from bench.teacher_vs_student import teacher_vs_student
 
         return teacher_vs_student(quick)
     if item == "load":

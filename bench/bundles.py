@@ -83,7 +83,7 @@ def bench_int8_bundle() -> Path:
     here: for speed only (accuracy agreement: docs/BENCHMARKS.md, "INT8 student", on trained weights)."""
     import shutil
 
-    from model_training.int8 import Int8Gate, add_int8
+    from model_training.export.int8 import Int8Gate, add_int8
 
     out = CACHE / f"student-{ARCHS['student']}-{INPUT_SIZE[0]}-gated-int8"
     if (out / "bundle.json").is_file():

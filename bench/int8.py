@@ -24,9 +24,9 @@ import numpy as np
 from bench.report import machine, markdown_table, now, write_block
 from kdoct.bundle import load_bundle
 from kdoct.preprocess import preprocess_batch
+from model_training.data.final_split import read_final_split
 from model_training.data.image_cache import open_image
-from model_training.final import read_final_split
-from model_training.int8 import quantize_onnx
+from model_training.export.int8 import quantize_onnx
 from service.inference.onnx_runtime import OnnxRuntime
 from service.inference.runtime import cpu_count
 

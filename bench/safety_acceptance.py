@@ -23,8 +23,8 @@ from PIL import Image
 
 from bench.report import machine, markdown_table, now
 from kdoct_testing.server import running_service
-from model_training.final import read_final_split
-from model_training.gate_report import non_oct_images
+from model_training.data.final_split import read_final_split
+from model_training.evaluation.gate_report import non_oct_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kdoct.errors import BundleError
+from kdoct.hashing import sha256_file
 from kdoct.preprocess import PreprocessSpec
 
 __all__ = [
@@ -36,7 +37,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "bundle.json"
 WEIGHTS_NAME = "model.safetensors"
 ONNX_NAME = "model.onnx"
-INT8_ONNX_NAME = "model.int8.onnx"  # the statically quantized model.onnx (model_training/int8.py)
+INT8_ONNX_NAME = "model.int8.onnx"  # the statically quantized model.onnx (model_training/export/int8.py)
 ROLES = ("student", "teacher")
 REQUIRED_FIELDS = {
     "name": str,
@@ -46,14 +47,6 @@ REQUIRED_FIELDS = {
     "class_names": list,
     "preprocess": dict,
 }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -116,6 +109,8 @@ class Bundle:
 
 
 def _build_model(bundle: Bundle):
+    # deferred: torch (and timm) only for the PyTorch model; loading and verifying a bundle stays
+    # torch-free, which the ONNX Runtime service relies on
     from safetensors.torch import load_file
 
     from kdoct.models import create_model
@@ -163,7 +158,7 @@ def save_bundle(
 
     Files already in `directory` (e.g. model.onnx written by the exporter) are pinned as well.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # deferred: torch, as in _build_model
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,11 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from kdoct.errors import ModelInitError
+from kdoct.packaged_weights import load_packaged_state_dict
 
 __all__ = [
     "ALLOWED_ARCHITECTURES",
@@ -47,6 +49,8 @@ _OFFLINE_ADVICE = (
 def architecture_preprocess(arch: str) -> dict:
     """The input size, interpolation, mean and std the architecture's ImageNet weights were trained
     with (timm's pretrained config): what a model initialised from them must be fed."""
+    # deferred: timm takes seconds to import; check_architecture (every training command's config
+    # check) and LogitsAndFeatures (export, the safety gate's fit) need none of it
     import timm
 
     name = check_architecture(arch)
@@ -86,7 +90,7 @@ def create_model(
     ships, checked by sha256; see kdoct.packaged_weights) or "hub" (timm's pretrained weights, needs
     the network). Options left as None keep timm's defaults for the architecture.
     """
-    import timm
+    import timm  # deferred: as in architecture_preprocess
 
     name = check_architecture(arch)
     if num_classes < 2:
@@ -116,9 +120,7 @@ def create_model(
 
 def _load_packaged(model: nn.Module, name: str, num_classes: int) -> None:
     """The packaged ImageNet weights, every tensor but a classifier of another size."""
-    import timm
-
-    from kdoct.packaged_weights import load_packaged_state_dict
+    import timm  # deferred: as in architecture_preprocess
 
     imagenet = timm.create_model(name, pretrained=False, num_classes=1000)
     state = load_packaged_state_dict(name, imagenet)
@@ -138,8 +140,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         )
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdoct.bundle import sha256_file
 from kdoct.errors import ModelInitError
+from kdoct.hashing import sha256_file
 
 __all__ = [
     "PACKAGED_WEIGHTS",

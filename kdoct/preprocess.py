@@ -154,7 +154,7 @@ def preprocess_batch(images: list[Image.Image], spec: PreprocessSpec) -> np.ndar
 
 def eval_transform(spec: PreprocessSpec):
     """The eval transform as a callable image -> torch.FloatTensor (3, H, W), for datasets."""
-    import torch
+    import torch  # deferred: only training's datasets need torch; the ONNX service runs without it
 
     def transform(image: Image.Image) -> torch.Tensor:
         return torch.from_numpy(preprocess_array(image, spec))

@@ -13,12 +13,12 @@ from, on two independent checks.
    DME B-scans from 0.78 to 0.91 (docs/RESULTS.md).
 
 Both live in the bundle as `safety/gate.json` and `safety/ood.safetensors`, pinned by bundle.json
-like every file, produced by model_training (model_training/safety_fit.py) and re-checked by the
+like every file, produced by model_training (model_training/export/safety_fit.py) and re-checked by the
 golden check. Training and the service compute the same numbers from the same functions here.
 
 An INT8 model computes other features, so it gets out-of-distribution statistics of its own, fitted
 on its own features of the same training and validation images (`safety/gate.int8.json`,
-`safety/ood.int8.safetensors`, model_training/int8.py); the quality bounds are the image's, shared.
+`safety/ood.int8.safetensors`, model_training/export/int8.py); the quality bounds are the image's, shared.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from safetensors.numpy import load_file, save
 
 from kdoct.errors import BundleError
 from kdoct.preprocess import to_gray
@@ -245,8 +246,6 @@ def ood_files(
     ood: OodDetector, summary: Mapping[str, Any], json_name: str, arrays_name: str
 ) -> dict[str, bytes]:
     """A JSON document (`summary`, the detector's threshold and dimensions) and the detector's arrays."""
-    from safetensors.numpy import save
-
     document = {
         **summary,
         "format": GATE_FORMAT,
@@ -263,8 +262,6 @@ def ood_files(
 
 
 def _read_ood(bundle_dir: Path, json_name: str, arrays_name: str) -> tuple[OodDetector, dict[str, Any]]:
-    from safetensors.numpy import load_file
-
     try:
         document = json.loads((bundle_dir / json_name).read_text())
         if document.get("format") != GATE_FORMAT:

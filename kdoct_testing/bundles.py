@@ -93,7 +93,7 @@ def build_test_bundle(
     from kdoct.models import create_model
     from kdoct.preprocess import PreprocessSpec, preprocess_batch
     from kdoct.probabilities import softmax
-    from model_training.export import export_bundle
+    from model_training.export.bundle_export import export_bundle
 
     torch.manual_seed(seed)
     model = create_model(arch, len(CLASSES)).eval()
@@ -101,7 +101,7 @@ def build_test_bundle(
     identity = {"name": name or f"test-{role}", "version": version, "role": role, "arch": arch}
     safety = None
     if gate is not None:
-        from model_training.safety_fit import fit_safety_gate
+        from model_training.export.safety_fit import fit_safety_gate
 
         safety = fit_safety_gate(
             model, train_images=gate.train, train_labels=gate.labels, val_images=gate.val,

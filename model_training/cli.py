@@ -25,7 +25,7 @@ COMMAND_MODULES = [
     "model_training.commands.results",
     "model_training.commands.export",
     "model_training.commands.evaluate",
-    "model_training.commands.bench",
+    "model_training.commands.efficiency",
 ]
 
 

@@ -15,8 +15,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
-from kdoct.errors import ConfigError
+from kdoct.errors import ConfigError, ModelInitError
 from kdoct.labels import CLASS_SETS
+from kdoct.models import check_architecture
+from kdoct.packaged_weights import PACKAGED_WEIGHTS
 
 __all__ = [
     "AugmentConfig",
@@ -229,10 +231,6 @@ def _check_stage(stage: StageConfig, where: str) -> None:
 
 def _check_init(stage: StageConfig, where: str) -> None:
     """Refuse at start-up what create_model would refuse after minutes of data preparation."""
-    from kdoct.errors import ModelInitError
-    from kdoct.models import check_architecture
-    from kdoct.packaged_weights import PACKAGED_WEIGHTS
-
     try:
         name = check_architecture(stage.arch)
     except ModelInitError as exc:

@@ -7,9 +7,12 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from model_training.config import ExperimentConfig, load_config
-from model_training.distributed import DistContext, init_distributed
+from model_training.data.folds import check_test_isolation
+from model_training.runs.run_data import prepare_folds
+from model_training.train.distributed import DistContext, init_distributed
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +46,11 @@ def setup(args: argparse.Namespace) -> tuple[ExperimentConfig, DistContext]:
 
 def teardown(context: DistContext) -> None:
     if context.enabled:
-        import torch.distributed as dist
-
         dist.destroy_process_group()
 
 
 def fold_split(config, args: argparse.Namespace, context) -> dict:
     """The fold's train/val/test split from the run's folds.csv, refused if a test patient leaks."""
-    from model_training.cv import check_test_isolation
-    from model_training.experiment import prepare_folds
-
     split = prepare_folds(config, args.out, context).split(args.fold)
     check_test_isolation(split, args.fold)
     return split

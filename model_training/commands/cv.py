@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.cv import run_cv
+    from model_training.runs.cv import run_cv  # deferred: see commands/__init__.py
 
     config, context = setup(args)
     try:

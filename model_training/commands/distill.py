@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from model_training.commands._training import add_config_arguments, fold_split, setup, teardown
+from model_training.layout import bundle_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,8 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.distill import train_student
-    from model_training.experiment import bundle_dir
+    from model_training.train.distill import train_student  # deferred: see commands/__init__.py
 
     config, context = setup(args)
     try:

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.evaluate import evaluate_bundle
+    from model_training.evaluation.evaluate import evaluate_bundle  # deferred: see commands/__init__.py
 
     out = args.out or args.bundle.with_name(args.bundle.name + "-eval")
     result = evaluate_bundle(args.bundle, args.manifest, out, tta=args.tta, batch_size=args.batch_size)

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from kdoct.bundle import load_bundle
 from kdoct.errors import ConfigError
 
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace):
-    from model_training.checkpoint import export_checkpoint
+    from model_training.train.checkpoint import export_checkpoint  # deferred: see commands/__init__.py
 
     if not args.int8:
         return export_checkpoint(args.checkpoint, args.out)
@@ -81,7 +82,6 @@ def _export(args: argparse.Namespace):
         staging.rename(args.out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    from kdoct.bundle import load_bundle
 
     return load_bundle(args.out)
 
@@ -89,9 +89,9 @@ def _export(args: argparse.Namespace):
 def _add_int8(bundle_dir: Path, args: argparse.Namespace, stage_root: Path | None = None):
     """`stage_root`: the run directory (DIR or DIR/fold_K) the split is found in without --split; by
     default the bundle's parent (DIR/<role>)."""
-    from kdoct.bundle import load_bundle
-    from model_training.int8 import Int8Gate, add_int8
-    from model_training.int8_data import default_split_path, int8_images
+    # deferred: see commands/__init__.py
+    from model_training.export.int8 import Int8Gate, add_int8
+    from model_training.export.int8_data import default_split_path, int8_images
 
     bundle = load_bundle(bundle_dir)
     provenance = bundle.manifest.get("provenance", {})

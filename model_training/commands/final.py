@@ -1,5 +1,5 @@
 """`final`: the deployable teacher and student, trained on every patient but a held-back calibration
-slice, with a card of what they were trained on (see model_training/final.py)."""
+slice, with a card of what they were trained on (see model_training/runs/final.py)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.final import run_final
+    from model_training.runs.final import run_final  # deferred: see commands/__init__.py
 
     config, context = setup(args)
     try:

@@ -1,5 +1,5 @@
 """`gate-report`: how well a final model's safety gate separates what it may grade from what it may not
-(model_training/gate_report.py)."""
+(model_training/evaluation/gate_report.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.gate_report import gate_report, report_markdown
+    from model_training.evaluation.gate_report import (  # deferred: see commands/__init__.py
+        gate_report,
+        report_markdown,
+    )
 
     report = gate_report(args.run, args.ood_manifest, args.ood_label, args.precision)
     command = "python -m model_training " + shlex.join(sys.argv[1:])

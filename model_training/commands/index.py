@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+from kdoct.errors import ConfigError
 from model_training.commands._args import class_set, show_progress
+from model_training.data.manifest import write_manifest
+from model_training.data.readers import index_kermany, index_manifest, index_neh
 
 LAYOUTS = ("kermany", "manifest", "neh")
 
@@ -39,10 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdoct.errors import ConfigError
-    from model_training.data.manifest import write_manifest
-    from model_training.data.readers import index_kermany, index_manifest, index_neh
-
     if args.neh_label_equals_class and args.layout != "neh":
         raise ConfigError("--neh-label-equals-class needs --layout neh: only NEH has a per-patient Class")
     if args.layout == "neh":

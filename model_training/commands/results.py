@@ -1,5 +1,5 @@
 """`results`: copy a cv run's report, figures, predictions and epoch logs into the repository and
-write its tables into a doc (see model_training/publish.py)."""
+write its tables into a doc (see model_training/evaluation/publish.py)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.publish import publish_results
+    from model_training.evaluation.publish import publish_results  # deferred: see commands/__init__.py
 
     written = publish_results(args.run, args.to, args.doc, args.name)
     print(f"wrote {len(written)} files: {', '.join(str(p) for p in written[-3:])}, ...")

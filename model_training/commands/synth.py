@@ -7,6 +7,8 @@ from collections import Counter
 
 from kdoct.errors import DataError
 from model_training.commands._args import class_set, positive_int, show_progress
+from model_training.data.manifest import read_manifest
+from model_training.data.synthetic import generate_dataset
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -36,9 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.data.manifest import read_manifest
-    from model_training.data.synthetic import generate_dataset
-
     if min(args.size) < 32:
         raise DataError(f"--size must be at least 32x32, got {args.size[0]}x{args.size[1]}")
     manifest = generate_dataset(

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_training.teacher import train_teacher
+    from model_training.train.teacher import train_teacher  # deferred: see commands/__init__.py
 
     config, context = setup(args)
     try:

@@ -1,4 +1,5 @@
-"""A torch Dataset over manifest Samples: training (seeded augmentation) or evaluation (kdoct's transform)."""
+"""A torch Dataset over manifest Samples: training (seeded augmentation) or evaluation (kdoct's transform),
+and the evaluation DataLoader every prediction goes through."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from kdoct.errors import DataError
 from kdoct.preprocess import PreprocessSpec, eval_transform
 from model_training.data.image_cache import decoded_images, open_image
 
-__all__ = ["OCTDataset", "open_image"]
+__all__ = ["OCTDataset", "eval_loader", "open_image"]
 
 
 class OCTDataset(Dataset):
@@ -63,3 +64,11 @@ class OCTDataset(Dataset):
         else:
             tensor = self.transform(image)
         return tensor, self.class_index[sample.label]
+
+
+def eval_loader(
+    samples: Sequence, class_names: Sequence[str], spec: PreprocessSpec, batch_size: int, workers=0
+) -> DataLoader:
+    """Samples in order through kdoct's eval transform of `spec` (normalised, no augmentation)."""
+    dataset = OCTDataset(samples, class_names, spec=spec)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)

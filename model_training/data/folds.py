@@ -36,7 +36,16 @@ from model_training.data.manifest import (
     write_csv,
 )
 
-__all__ = ["ROLES", "FoldTable", "check_no_leakage", "group_split", "make_folds", "read_folds", "write_folds"]
+__all__ = [
+    "ROLES",
+    "FoldTable",
+    "check_no_leakage",
+    "check_test_isolation",
+    "group_split",
+    "make_folds",
+    "read_folds",
+    "write_folds",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +54,8 @@ ROLES = ("train", "val", "test")
 
 def group_split(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
     """Index arrays of the held-out part of each StratifiedGroupKFold split."""
-    from sklearn.model_selection import StratifiedGroupKFold  # here: sklearn takes ~1 s to import
+    # deferred: sklearn takes ~1 s to import; the CLI's parser (the `folds` command) imports this module
+    from sklearn.model_selection import StratifiedGroupKFold
 
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings(record=True) as caught:
@@ -109,6 +119,19 @@ def check_no_leakage(samples: Sequence[Sample], roles: Sequence[str], fold: int 
         ]
         more = f" and {len(leaking) - 10} more patients" if len(leaking) > 10 else ""
         raise LeakageError(f"patient leakage{where}: " + "; ".join(described) + more)
+
+
+def check_test_isolation(split: dict[str, list], fold: int) -> None:
+    """The fold's test patients must be in neither its training nor its validation split."""
+    test = {s.patient_id for s in split["test"]}
+    for role in ("train", "val"):
+        shared = test & {s.patient_id for s in split[role]}
+        if shared:
+            raise LeakageError(
+                f"fold {fold}: test patients {sorted(shared)[:5]} are also in the {role} split"
+            )
+    if not split["test"]:
+        raise LeakageError(f"fold {fold} has no test images")
 
 
 @dataclass(frozen=True)

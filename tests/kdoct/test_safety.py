@@ -16,7 +16,7 @@ from kdoct.models import LogitsAndFeatures, create_model
 from kdoct.preprocess import PreprocessSpec
 from kdoct.safety import GATE_JSON, OOD_ARRAYS, OodDetector, load_gate, quality_features
 from kdoct_testing.bundles import build_test_bundle, gate_images, gray_images
-from model_training.safety_fit import fit_ood, fit_quality_bounds
+from model_training.export.safety_fit import fit_ood, fit_quality_bounds
 
 SPEC = PreprocessSpec(input_size=(64, 64))
 

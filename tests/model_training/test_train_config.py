@@ -204,7 +204,7 @@ def test_yaml_cannot_execute_code(tmp_path):
 
 
 def test_preprocessing_comes_from_the_architecture_and_the_bundle_carries_it():
-    from model_training.experiment import stage_spec
+    from model_training.train.stage_model import stage_spec
 
     config = load_config(CONFIG_DIR / "oct2017_sample.yaml")
     teacher, student = stage_spec(config.teacher), stage_spec(config.student)

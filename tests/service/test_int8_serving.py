@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 
 from kdoct.errors import ConfigError
 from kdoct_testing.bundles import CLASSES
-from model_training.int8 import Int8Gate, add_int8
-from model_training.int8_data import int8_images
+from model_training.export.int8 import Int8Gate, add_int8
+from model_training.export.int8_data import int8_images
 from service.app import create_app
 
 
@@ -24,7 +24,7 @@ def int8_student(bundles, tmp_path_factory, sample_dir):
         rows += [f"{p},{label},{p.stem},{'train' if i < 24 else 'val'}" for i, p in enumerate(paths)]
     (root / "split.csv").write_text("\n".join(rows) + "\n")
     # This random student's logits are near-ties, so INT8 changes labels (the export's gate refuses it,
-    # tests/model_training/test_int8_export.py); serving is what is tested here, so the limits are off.
+    # tests/model_training/export/test_int8_export.py); serving is what is tested here, so the limits are off.
     # With the training labels it gets its own out-of-distribution statistics: its golden gate scores
     # are reproduced only if the service scores INT8 features with them, not with the fp32 ones.
     images = int8_images({}, CLASSES, root / "split.csv")

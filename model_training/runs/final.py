@@ -1,0 +1,273 @@
+"""The deployable model: teacher and student trained on every patient of the manifest but a held-back
+slice, which calibrates them (and holds their golden images); then a card of what they learned from.
+
+Cross-validation measures a recipe; this trains the recipe once more on (nearly) all the data, for
+serving. Nothing here is a test figure: the held-back slice chose the temperature, so its accuracy
+is reported as such, and the card points to the cross-validation run for held-out figures.
+
+Run directory (`--out DIR`):
+    DIR/manifest.csv, DIR/split.csv     the data and its one train / held-back split (by patient)
+    DIR/teacher/, DIR/student/          the bundles
+    DIR/work/<role>/                    last.pt (resume), final.pt, log.jsonl
+    DIR/card.json, DIR/MODEL_CARD.md    what was trained on what, with which epochs and why
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdoct.bundle import load_bundle
+from kdoct.errors import ConfigError
+from kdoct.safety import GATE_JSON
+from model_training.config import ExperimentConfig, StageConfig
+from model_training.data.dataset import eval_loader
+from model_training.data.final_split import make_final_split, read_final_split, write_final_split
+from model_training.data.image_cache import decoded_images
+from model_training.data.manifest import manifest_fingerprint, write_manifest
+from model_training.evaluation.predict import evaluate_logits
+from model_training.layout import bundle_dir, is_complete_bundle, split_path
+from model_training.runs.run_data import load_samples
+from model_training.train.distill import train_student
+from model_training.train.distributed import DistContext
+from model_training.train.teacher import train_teacher
+
+__all__ = ["chosen_epochs", "run_final"]
+
+log = logging.getLogger(__name__)
+
+ROLES = ("teacher", "student")
+CARD_JSON = "card.json"
+CARD_MD = "MODEL_CARD.md"
+
+
+def chosen_epochs(stage: StageConfig, role: str, cv_report: Path | None) -> dict[str, Any]:
+    """How many epochs the final model of `role` trains, and why.
+
+    From a cross-validation report: the median over folds of the epochs whose weights were exported
+    (every epoch when the SWA average was exported; up to the best epoch for a best checkpoint).
+    Without one: the config's epochs.
+    """
+    if cv_report is None:
+        return {"epochs": stage.epochs, "source": "config"}
+    try:
+        report = json.loads(Path(cv_report).read_text())
+        folds = report[role]["training"]["folds"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"{cv_report}: not a cv report.json with the {role}'s training record ({exc}); "
+            f"rerun `cv` with this version, or leave out --epochs-from to use the config's epochs"
+        ) from None
+    if not folds:
+        raise ConfigError(f"{cv_report}: the report records no trained {role} folds")
+    used = [
+        f["best_epoch"] + 1 if f["selected_weights"] == "best_checkpoint" else f["epochs_run"] for f in folds
+    ]
+    return {
+        "epochs": max(1, round(statistics.median(used))),
+        "source": str(cv_report),
+        "per_fold": used,
+        "rule": "median over folds of the epochs behind the exported weights",
+    }
+
+
+def _final_stage(stage: StageConfig, epochs: int) -> StageConfig:
+    """The stage as the final model trains it: a fixed number of epochs, no early stopping and no
+    best-checkpoint choice (there is no validation split to choose on, only the held-back calibration
+    slice), SWA over the same last epochs as in the config, else the last epoch's weights."""
+    swa = stage.swa
+    if swa.enabled:
+        window = stage.epochs - swa.start_epoch
+        swa = swa.model_copy(update={"start_epoch": max(0, epochs - window)})
+    warmup = min(stage.warmup_epochs, max(0.0, epochs - 1))
+    return stage.model_copy(
+        update={
+            "epochs": epochs,
+            "patience": epochs + 1,
+            "swa": swa,
+            "warmup_epochs": warmup,
+            "export_weights": "last",
+        }
+    )
+
+
+def _prepare_split(
+    config: ExperimentConfig, out_dir: Path, holdout: float, test: float, context: DistContext
+):
+    path = split_path(out_dir, None)
+    if context.is_main and not path.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        samples = load_samples(config, out_dir)
+        write_manifest(samples, out_dir / "manifest.csv")
+        write_final_split(samples, make_final_split(samples, holdout, config.data.fold_seed, test), path)
+    context.barrier()
+    split = read_final_split(path)
+    decoded_images.enable(config.data.cache_images)
+    decoded_images.fill((s.path for part in split.values() for s in part), progress=context.is_main)
+    return split
+
+
+def _composition(samples) -> dict[str, Any]:
+    return {
+        "images": len(samples),
+        "patients": len({s.patient_id for s in samples}),
+        "per_class": dict(sorted(Counter(s.label for s in samples).items())),
+    }
+
+
+def run_final(
+    config: ExperimentConfig,
+    out_dir: Path,
+    context: DistContext,
+    *,
+    holdout: float = 0.15,
+    test: float = 0.0,
+    epochs_from: Path | None = None,
+) -> dict[str, Any] | None:
+    """Train, calibrate and export the final teacher and student; returns the card on rank 0."""
+    out_dir = Path(out_dir)
+    card_path = out_dir / CARD_JSON
+    if card_path.is_file() and all(_complete(bundle_dir(out_dir, None, role)) for role in ROLES):
+        log.info("final: %s is complete (delete it to train again)", out_dir)
+        return json.loads(card_path.read_text()) if context.is_main else None
+    started = time.perf_counter()
+    split = _prepare_split(config, out_dir, holdout, test, context)
+    epochs = {
+        role: chosen_epochs(getattr(config, role), role, epochs_from) for role in ("teacher", "student")
+    }
+    final_config = config.model_copy(
+        update={
+            "teacher": _final_stage(config.teacher, epochs["teacher"]["epochs"]),
+            "student": _final_stage(config.student, epochs["student"]["epochs"]),
+        }
+    )
+    log.info(
+        "final: %d training / %d held-back / %d test images; epochs teacher %d, student %d (%s)",
+        len(split["train"]), len(split["val"]), len(split["test"]), epochs["teacher"]["epochs"],
+        epochs["student"]["epochs"], epochs["teacher"]["source"],
+    )  # fmt: skip
+    teacher_dir = bundle_dir(out_dir, None, "teacher")
+    if not _complete(teacher_dir):
+        train_teacher(final_config, split, out_dir, None, context, resume=True)
+    if not _complete(bundle_dir(out_dir, None, "student")):
+        train_student(final_config, split, out_dir, None, context, teacher_dir=teacher_dir, resume=True)
+    if not context.is_main:
+        return None
+    card = _card(final_config, out_dir, split, epochs, holdout, time.perf_counter() - started)
+    (out_dir / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
+    (out_dir / CARD_MD).write_text(_card_markdown(card))
+    return card
+
+
+def _complete(directory: Path) -> bool:
+    """A verified bundle with a safety gate: one exported before the gate existed is exported again
+    (from its finished training state: minutes, not a retraining), since the service refuses it."""
+    if not is_complete_bundle(directory):
+        return False
+    return GATE_JSON in json.loads((directory / "bundle.json").read_text())["files"]
+
+
+def _card(config, out_dir: Path, split, epochs, holdout: float, seconds: float) -> dict[str, Any]:
+    models = {}
+    for role in ("teacher", "student"):
+        bundle = load_bundle(bundle_dir(out_dir, None, role))
+        stage = getattr(config, role)
+        training = bundle.manifest["provenance"]["training"]
+        models[role] = {
+            "bundle": str(bundle.path),
+            "name": bundle.name,
+            "sha256": bundle.sha256,
+            "arch": bundle.arch,
+            "init": stage.init,
+            "input_size": list(bundle.preprocess.input_size),
+            "epochs": epochs[role],
+            "selected_weights": training["selected_weights"],
+            "swa_epochs": training["swa_epochs"],
+            "calibration": bundle.manifest.get("calibration"),
+            "held_back_accuracy": bundle.manifest["metrics"]["validation"]["accuracy"],
+            "test_accuracy": _test_accuracy(bundle, split["test"]),
+        }
+    return {
+        "config": config.source_path,
+        "data": {
+            "source": config.data.path,
+            "classes": config.data.classes,
+            "dataset_fingerprint": manifest_fingerprint(out_dir / "manifest.csv"),
+            "split_fingerprint": manifest_fingerprint(split_path(out_dir, None)),
+            "training": _composition(split["train"]),
+            "held_back": {**_composition(split["val"]), "fraction_of_patients": holdout},
+            "test": _composition(split["test"]),
+        },
+        "models": models,
+        "wall_time_s_this_invocation": round(seconds, 1),
+        "note": "held_back_accuracy is on the slice that fitted the temperature and the safety gate's "
+        "threshold: not a test figure. test_accuracy is on the test patients, never trained or tuned on "
+        "(a few dozen patients: see the cross-validation run in docs/RESULTS.md for the recipe's held-out "
+        "figures with intervals).",
+    }
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _test_accuracy(bundle, samples) -> float | None:
+    """Accuracy of the bundle's model on the test slice (None without one): patients neither trained
+    nor tuned on, so a held-out figure (about 75 images here: wide uncertainty)."""
+    if not samples:
+        return None
+
+    loader = eval_loader(samples, bundle.class_names, bundle.preprocess, 32)
+    logits, targets = evaluate_logits(bundle.model(), loader, device=torch.device("cpu"))
+    return float((logits.argmax(axis=1) == targets).mean())
+
+
+def _card_markdown(card: dict[str, Any]) -> str:
+    data = card["data"]
+    lines = [
+        "# Final model card",
+        "",
+        f"Config `{card['config']}`; data `{data['source']}` ({data['classes']}).",
+        "",
+        "| part | images | patients | per class |",
+        "|---|---|---|---|",
+    ]
+    parts = [("training", data["training"]), ("held back (calibration)", data["held_back"])]
+    if data.get("test", {}).get("images"):
+        parts.append(("test (never trained or tuned on)", data["test"]))
+    for name, part in parts:
+        per_class = ", ".join(f"{label} {n}" for label, n in part["per_class"].items())
+        lines.append(f"| {name} | {part['images']} | {part['patients']} | {per_class} |")
+    lines += [
+        "",
+        "| model | arch | init | input | epochs (from) | weights | temperature | held-back accuracy | "
+        "test accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for role, model in card["models"].items():
+        size = "x".join(str(v) for v in model["input_size"])
+        calibration = model["calibration"] or {}
+        lines.append(
+            f"| {role} | {model['arch']} | {model['init'] or 'random'} | {size} | "
+            f"{model['epochs']['epochs']} ({model['epochs']['source']}) | {model['selected_weights']} | "
+            f"{calibration.get('temperature', 1.0):.3f} | {100 * model['held_back_accuracy']:.1f} % | "
+            f"{_percent(model.get('test_accuracy'))} |"
+        )
+    bundles = ", ".join(
+        f"`{model['bundle']}` (sha256 {model['sha256'][:16]}…)" for model in card["models"].values()
+    )
+    lines += [
+        "",
+        f"Bundles: {bundles}.",
+        "",
+        card["note"],
+        "",
+    ]
+    return "\n".join(lines)
