@@ -1,5 +1,6 @@
 """The docs are pinned to the code: every `KDOCT_*` variable the code reads is documented in
-docs/CONFIGURATION.md and every documented one is read, and the files it cites exist."""
+docs/CONFIGURATION.md and every documented one is read, and the files it cites exist; every module
+docs/ARCHITECTURE.md names exists and every module is named there."""
 
 from __future__ import annotations
 
@@ -96,3 +97,63 @@ def test_the_configuration_reference_cites_only_files_that_exist() -> None:
         if not (ROOT / path).exists() and not (ROOT / "docs" / path).exists()
     ]
     assert missing == []
+
+
+# The packages docs/ARCHITECTURE.md maps module by module, in its "Layout" block.
+MAPPED_PACKAGES = ("kdoct", "model_training", "service", "kdoct_testing", "bench")
+MODULE_NAME = re.compile(r"(?<![\w.])((?:\w+/)*\w+\.py)\b")
+
+
+def layout_entries() -> dict[str, str]:
+    """Top-level entry of the Layout block ("service/", ...) -> its text: the line that starts at the
+    left margin and the indented lines below it."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    entries: dict[str, str] = {}
+    current = None
+    # service/db/ is mapped in its own section, "The records (service/db/)", drawn as its data flow.
+    records = text.split("## The records (service/db/)", 1)[1].split("```", 2)[1]
+    for line in block.splitlines():
+        if line and not line[0].isspace():
+            current = line.split()[0]
+            entries[current] = ""
+        if current is not None:
+            entries[current] += line + "\n"
+    entries["service/"] += "\n".join(f"  db/ {line}" for line in records.splitlines())
+    return entries
+
+
+def _package_modules(package: str) -> list[Path]:
+    return sorted(
+        path.relative_to(ROOT / package)
+        for path in (ROOT / package).rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    )
+
+
+def test_every_module_is_named_in_the_architecture_map() -> None:
+    entries = layout_entries()
+    unnamed = []
+    for package in MAPPED_PACKAGES:
+        text = entries.get(package + "/", "")
+        for module in _package_modules(package):
+            # Named by its file name, under the names of the folders it sits in.
+            named = module.name in MODULE_NAME.findall(text) or module.as_posix() in MODULE_NAME.findall(text)
+            folders = [f"{part}/" for part in module.parts[:-1]]
+            if not named or any(folder not in text for folder in folders):
+                unnamed.append(f"{package}/{module.as_posix()}")
+    assert unnamed == [], "docs/ARCHITECTURE.md's Layout does not name these"
+
+
+def test_every_module_the_architecture_map_names_exists() -> None:
+    entries = layout_entries()
+    missing = []
+    for package in MAPPED_PACKAGES:
+        modules = _package_modules(package)
+        names = {module.name for module in modules} | {module.as_posix() for module in modules}
+        # Paths from a folder inside the package (inference/batcher.py) count by their end.
+        suffixes = {"/".join(module.parts[i:]) for module in modules for i in range(len(module.parts))}
+        for name in MODULE_NAME.findall(entries.get(package + "/", "")):
+            if name not in names | suffixes and not (ROOT / name).is_file():  # or a path from the root
+                missing.append(f"{package}/: {name}")
+    assert missing == [], "docs/ARCHITECTURE.md's Layout names modules that do not exist"

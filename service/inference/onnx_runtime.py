@@ -12,7 +12,7 @@ from service.inference.thread_policy import FastestVariant
 
 __all__ = ["FEATURES_OUTPUT", "OnnxRuntime"]
 
-FEATURES_OUTPUT = "features"  # model_training.export.ONNX_FEATURES
+FEATURES_OUTPUT = "features"  # model_training.export.bundle_export.ONNX_FEATURES
 
 
 # Two sessions double the model's memory: worth it for a student (tens of MB), not for a teacher.
