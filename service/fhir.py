@@ -179,7 +179,6 @@ def prediction_bundle(record: PredictionOut) -> dict[str, Any]:
     """The FHIR R4 Bundle (type collection) of one prediction record, as a JSON-ready dict."""
     pid = str(record.id)
     when = _instant(record.created_at)
-    report_id = pid
     student_id = _id("device", record.model_sha256)
     common = {
         "status": "preliminary",
@@ -187,29 +186,59 @@ def prediction_bundle(record: PredictionOut) -> dict[str, Any]:
         "effectiveDateTime": when,
         "issued": when,
     }
-
     is_volume = record.volume_id is not None and record.frame_index is None
-    classification: dict[str, Any] = {
-        "resourceType": "Observation",
-        "id": _id(pid, "classification"),
-        **common,
-        "code": _obs_code("oct-classification", "AI classification of an OCT B-scan"),
-        "device": _ref(student_id),
-        "valueCodeableConcept": class_concept(record.label),
-        "component": _probability_components(record.probabilities),
+    observations = [
+        _classification(record, pid, common, student_id, is_volume),
+        {
+            "resourceType": "Observation",
+            "id": _id(pid, "referral"),
+            **common,
+            "code": _obs_code("referral", "Refer for clinician review"),
+            "device": _ref(student_id),
+            "valueBoolean": record.refer,
+        },
+        _gate_observation(record, pid, common, student_id),
+    ]
+    devices = [_device(student_id, record.model_name, record.model_version, record.model_sha256, "student")]
+    if record.second_opinion is not None:
+        opinion, teacher = _second_opinion(record.second_opinion, pid, common)
+        observations.append(opinion)
+        devices.append(teacher)
+    resources = [_report(record, pid, when, observations, is_volume), *observations, *devices]
+    return {
+        "resourceType": "Bundle",
+        "id": _id(pid, "bundle"),
+        "type": "collection",
+        "entry": [{"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource} for resource in resources],
     }
-    notes = []
+
+
+def _classification(
+    record: PredictionOut, pid: str, common: dict[str, Any], student_id: str, is_volume: bool
+) -> dict[str, Any]:
+    """The student's class and probabilities, with the frame or volume it is about."""
+    components = _probability_components(record.probabilities)
     if record.frame_index is not None:
-        classification["component"].append(
+        components.append(
             {
                 "code": _obs_code("frame-index", "Frame of the DICOM volume"),
                 "valueInteger": record.frame_index,
             }
         )
     if record.volume_id is not None:
-        classification["component"].append(
+        components.append(
             {"code": _obs_code("volume-id", "Volume (hash of the upload)"), "valueString": record.volume_id}
         )
+    observation: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": _id(pid, "classification"),
+        **common,
+        "code": _obs_code("oct-classification", "AI classification of an OCT B-scan"),
+        "device": _ref(student_id),
+        "valueCodeableConcept": class_concept(record.label),
+        "component": components,
+    }
+    notes = []
     if is_volume:
         notes.append(
             "Volume result: the most severe class over the gradable frames; its probabilities are the "
@@ -221,17 +250,14 @@ def prediction_bundle(record: PredictionOut) -> dict[str, Any]:
             "probabilities are given for audit only."
         )
     if notes:
-        classification["note"] = [{"text": text} for text in notes]
+        observation["note"] = [{"text": text} for text in notes]
+    return observation
 
-    referral = {
-        "resourceType": "Observation",
-        "id": _id(pid, "referral"),
-        **common,
-        "code": _obs_code("referral", "Refer for clinician review"),
-        "device": _ref(student_id),
-        "valueBoolean": record.refer,
-    }
 
+def _gate_observation(
+    record: PredictionOut, pid: str, common: dict[str, Any], student_id: str
+) -> dict[str, Any]:
+    """The safety gate's verdict, its reason and the out-of-distribution score; absent when it did not run."""
     gate: dict[str, Any] = {
         "resourceType": "Observation",
         "id": _id(pid, "safety-gate"),
@@ -241,64 +267,65 @@ def prediction_bundle(record: PredictionOut) -> dict[str, Any]:
     }
     if record.gradable is None:
         gate["dataAbsentReason"] = GATE_NOT_PERFORMED
-    else:
-        gate["valueBoolean"] = record.gradable
-        components = []
-        if record.gate_reason is not None:
-            reason = {"system": KDOCT_GATE_REASON_SYSTEM, "code": record.gate_reason}
-            components.append(
-                {
-                    "code": _obs_code("gate-reason", "Why the image is not gradable"),
-                    "valueCodeableConcept": {"coding": [reason], "text": record.gate_reason},
-                }
-            )
-        if record.ood_score is not None:
-            components.append(
-                {
-                    "code": _obs_code("ood-score", "Out-of-distribution score"),
-                    "valueQuantity": {"value": float(record.ood_score), "system": UCUM, "code": "1"},
-                }
-            )
-        if components:
-            gate["component"] = components
-
-    observations = [classification, referral, gate]
-    devices = [_device(student_id, record.model_name, record.model_version, record.model_sha256, "student")]
-
-    opinion = record.second_opinion
-    if opinion is not None:
-        teacher = opinion["model"]
-        teacher_id = _id("device", teacher["sha256"])
-        components = _probability_components(opinion["probabilities"])
+        return gate
+    gate["valueBoolean"] = record.gradable
+    components = []
+    if record.gate_reason is not None:
+        reason = {"system": KDOCT_GATE_REASON_SYSTEM, "code": record.gate_reason}
         components.append(
             {
-                "code": _obs_code("agrees", "Teacher agrees with the student"),
-                "valueBoolean": opinion["agrees"],
+                "code": _obs_code("gate-reason", "Why the image is not gradable"),
+                "valueCodeableConcept": {"coding": [reason], "text": record.gate_reason},
             }
         )
-        if opinion.get("frames_reviewed") is not None:
-            components.append(
-                {
-                    "code": _obs_code("frames-reviewed", "Frames the teacher reviewed"),
-                    "valueInteger": opinion["frames_reviewed"],
-                }
-            )
-        observations.append(
+    if record.ood_score is not None:
+        components.append(
             {
-                "resourceType": "Observation",
-                "id": _id(pid, "second-opinion"),
-                **common,
-                "code": _obs_code("second-opinion", "Second opinion of the teacher model"),
-                "device": _ref(teacher_id),
-                "valueCodeableConcept": class_concept(opinion["label"]),
-                "component": components,
+                "code": _obs_code("ood-score", "Out-of-distribution score"),
+                "valueQuantity": {"value": float(record.ood_score), "system": UCUM, "code": "1"},
             }
         )
-        devices.append(_device(teacher_id, teacher["name"], teacher["version"], teacher["sha256"], "teacher"))
+    if components:
+        gate["component"] = components
+    return gate
 
+
+def _second_opinion(
+    opinion: dict[str, Any], pid: str, common: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The teacher's Observation and its Device."""
+    teacher = opinion["model"]
+    teacher_id = _id("device", teacher["sha256"])
+    components = _probability_components(opinion["probabilities"])
+    components.append(
+        {"code": _obs_code("agrees", "Teacher agrees with the student"), "valueBoolean": opinion["agrees"]}
+    )
+    if opinion.get("frames_reviewed") is not None:
+        components.append(
+            {
+                "code": _obs_code("frames-reviewed", "Frames the teacher reviewed"),
+                "valueInteger": opinion["frames_reviewed"],
+            }
+        )
+    observation = {
+        "resourceType": "Observation",
+        "id": _id(pid, "second-opinion"),
+        **common,
+        "code": _obs_code("second-opinion", "Second opinion of the teacher model"),
+        "device": _ref(teacher_id),
+        "valueCodeableConcept": class_concept(opinion["label"]),
+        "component": components,
+    }
+    device = _device(teacher_id, teacher["name"], teacher["version"], teacher["sha256"], "teacher")
+    return observation, device
+
+
+def _report(
+    record: PredictionOut, pid: str, when: str, observations: list[dict[str, Any]], is_volume: bool
+) -> dict[str, Any]:
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
-        "id": report_id,
+        "id": pid,
         # The prediction id, as a URI, is this report's business identifier: what GET /predictions/{id}
         # and the audit chain know it by.
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{pid}"}],
@@ -313,14 +340,7 @@ def prediction_bundle(record: PredictionOut) -> dict[str, Any]:
     if record.gradable is not False:
         # A coded conclusion is what receivers file as a finding: never for an image the gate refused.
         report["conclusionCode"] = [class_concept(record.label)]
-
-    resources = [report, *observations, *devices]
-    return {
-        "resourceType": "Bundle",
-        "id": _id(pid, "bundle"),
-        "type": "collection",
-        "entry": [{"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource} for resource in resources],
-    }
+    return report
 
 
 def _conclusion(record: PredictionOut, is_volume: bool) -> str:
