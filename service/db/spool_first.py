@@ -14,9 +14,9 @@ once, whether the process lives, stops, or crashes between the fsync and the com
 If the journal cannot be written (disk full, read-only volume), a batch falls back to what
 DurableWriter does: commit to the database (or spool) before answering, else 503.
 
-Made of the same parts as DurableWriter (service/db/writer.py), not derived from it: the request
-queue (service/db/record_queue.py), the store (service/db/store.py, holding the journal) and the
-supervisor.
+Made of the same parts as DurableWriter (service/db/writer.py), not derived from it: a WriterCore
+(service/db/writer_core.py: the request queue, the store holding the journal, the supervisor, the
+journal task's life).
 
 Both tasks are supervised (service/db/supervisor.py). If the journal task fails, the requests of its
 batch that were not answered get RecordUnavailable, and rows it had journaled but not handed on are
@@ -42,10 +42,9 @@ from service.audit_key import AuditKey
 from service.db.chain import ChainLink
 from service.db.journal import Journal, Segment
 from service.db.observer import WriterObserver
-from service.db.record_queue import Batch, RecordQueue
+from service.db.record_queue import Batch
 from service.db.rows import normalise_row
-from service.db.store import RecordStore
-from service.db.supervisor import TaskSupervisor
+from service.db.writer_core import WriterCore
 from service.records import RecordUnavailable
 
 __all__ = ["SpoolFirstWriter"]
@@ -81,27 +80,27 @@ class SpoolFirstWriter:
     ) -> None:
         if record_deadline_s is not None:
             raise ValueError("a spool-first writer never waits for the database: no record deadline")
-        self.requests = RecordQueue(queue_size, batch_size)
-        self.store = RecordStore(
+        self.core = WriterCore(
             engine,
             spool_dir,
             chain_key=chain_key,
+            queue_size=queue_size,
+            batch_size=batch_size,
             retry_interval_s=retry_interval_s,
             observer=observer,
             on_append=on_append,
+            restart_backoff_s=restart_backoff_s,
             journal_segment_bytes=segment_bytes,
         )
+        self.requests, self.store, self.supervisor = self.core.requests, self.core.store, self.core.supervisor
         self.journal: Journal = self.store.journal
         self.batch_size = batch_size
         self.retry_interval_s = retry_interval_s
         self.rescan_interval_s = rescan_interval_s
-        self.supervisor = TaskSupervisor(on_restart=self._restarted, first_backoff_s=restart_backoff_s)
         # Journaled rows waiting for their insert, at most; beyond it they are replayed from the file.
         self.memory_rows = memory_rows if memory_rows is not None else 4 * queue_size
         # An insert waits this long for more journaled rows to share its transaction (flush() cuts it).
         self.coalesce_s = coalesce_s
-        self._task: asyncio.Task | None = None  # the journal task
-        self._stopping = False
         self._inserts: asyncio.Queue | None = None
         self._insert_task: asyncio.Task | None = None
         self._in_memory = 0
@@ -117,45 +116,26 @@ class SpoolFirstWriter:
     def spool_dir(self) -> Path:
         return self.store.spool_dir
 
-    def _restarted(self, task: str) -> None:
-        report = getattr(self.store.observer, "writer_restarted", None)
-        if report is not None:
-            report(task)
-
     # PredictionSink -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._task is not None:
+        if not await self.core.open():
             return
         self._inserts = asyncio.Queue()
         self._handed_over = asyncio.Event()
         self._handed_over.set()
-        self.requests.open()
-        self._stopping = False
-        await asyncio.to_thread(self.store.look_at_the_spool)
-        self._task = self.supervisor.start("journal", self._run, self._journal_crashed)
+        self.core.start_front("journal", self._run, self._journal_crashed)
         self._insert_task = self.supervisor.start("insert", self._insert_loop, self._insert_crashed)
 
     async def record(self, records: Sequence[dict[str, Any]]) -> None:
         if not records:
             return
-        # A task waiting to be restarted is still "running": what is queued is taken once it is back.
-        if not self.requests.is_open or self._task is None or self._task.done() or self._stopping:
-            raise RecordUnavailable("the record writer is not running")
-        # A full queue means the disk is slower than the traffic: refuse at once (503).
-        if self.requests.full:
-            raise RecordUnavailable("the record queue is full")
+        self.core.admit()
         await self.requests.put([normalise_row(record) for record in records])
 
     async def stop(self) -> None:
         """Journal everything queued, insert what the database takes, leave the rest for replay."""
-        if self._task is not None and self.requests.is_open:
-            self._stopping = True  # from here on record() refuses, so nothing lands behind the marker
-            if not self._task.done():
-                self.requests.close()
-            await self._task  # the journal task ends once the insert task has
-            self._task = None
-            await asyncio.to_thread(self.store.release)
+        await self.core.drain()  # the journal task ends once the insert task has
         self._insert_task = None
         await asyncio.to_thread(self.journal.close)
 
@@ -176,7 +156,7 @@ class SpoolFirstWriter:
     def not_running(self) -> list[str]:
         """The writer's tasks that are down, waiting to be restarted after a failure ([] when all run,
         and when the writer is not started or was stopped)."""
-        return sorted(self.supervisor.down)
+        return self.core.not_running
 
     @property
     def degraded(self) -> bool:
@@ -185,9 +165,7 @@ class SpoolFirstWriter:
 
     async def ready(self) -> bool:
         """Whether a record can be taken now: the writer's tasks run and the database or the spool works."""
-        if self._task is None or self._task.done() or self.supervisor.down:
-            return False
-        return await self.store.can_take()
+        return await self.core.ready()
 
     # The journal task ------------------------------------------------------------------------
 

@@ -21,9 +21,9 @@ The task is supervised (service/db/supervisor.py): an unexpected exception is lo
 the batch it was writing get RecordUnavailable (503), and the task restarts; readiness is false until
 it runs again.
 
-Made of: the request queue (service/db/record_queue.py), the store that inserts, spools and replays
-(service/db/store.py), and the supervisor; SpoolFirstWriter (service/db/spool_first.py) is made of
-the same parts, not of this class.
+Made of a WriterCore (service/db/writer_core.py): the request queue, the store that inserts, spools
+and replays, the supervisor, and the life of the task that takes requests. SpoolFirstWriter
+(service/db/spool_first.py) is made of the same parts, not of this class.
 """
 
 from __future__ import annotations
@@ -39,10 +39,8 @@ from sqlalchemy import Engine
 from service.audit_key import AuditKey
 from service.db.chain import ChainLink
 from service.db.observer import WriterObserver
-from service.db.record_queue import RecordQueue
 from service.db.rows import normalise_row
-from service.db.store import RecordStore
-from service.db.supervisor import TaskSupervisor
+from service.db.writer_core import WriterCore
 from service.records import RecordUnavailable
 
 __all__ = ["DurableWriter", "RecordUnavailable"]
@@ -67,51 +65,36 @@ class DurableWriter:
         on_append: Callable[[ChainLink], None] | None = None,
         restart_backoff_s: float = 0.1,
     ) -> None:
-        self.requests = RecordQueue(queue_size, batch_size)
-        self.store = RecordStore(
+        self.core = WriterCore(
             engine,
             spool_dir,
             chain_key=chain_key,
+            queue_size=queue_size,
+            batch_size=batch_size,
             retry_interval_s=retry_interval_s,
             observer=observer,
             on_append=on_append,
+            restart_backoff_s=restart_backoff_s,
         )
+        self.requests, self.store, self.supervisor = self.core.requests, self.core.store, self.core.supervisor
         self.record_deadline_s = record_deadline_s
         self.retry_interval_s = retry_interval_s
         self.rescan_interval_s = rescan_interval_s
-        self.supervisor = TaskSupervisor(on_restart=self._restarted, first_backoff_s=restart_backoff_s)
-        self._task: asyncio.Task | None = None
-        self._stopping = False
 
     @property
     def spool_dir(self) -> Path:
         return self.store.spool_dir
 
-    def _restarted(self, task: str) -> None:
-        report = getattr(self.store.observer, "writer_restarted", None)
-        if report is not None:
-            report(task)
-
     # PredictionSink -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._task is not None:
-            return
-        self.requests.open()
-        self._stopping = False
-        await asyncio.to_thread(self.store.look_at_the_spool)
-        self._task = self.supervisor.start(_TASK, self._run, self.requests.crashed)
+        if await self.core.open():
+            self.core.start_front(_TASK, self._run, self.requests.crashed)
 
     async def record(self, records: Sequence[dict[str, Any]]) -> None:
         if not records:
             return
-        # A task waiting to be restarted is still "running": what is queued is taken once it is back.
-        if not self.requests.is_open or self._task is None or self._task.done() or self._stopping:
-            raise RecordUnavailable("the record writer is not running")
-        # A full queue means the database is slower than the traffic: refuse at once (503) rather
-        # than let waiting requests pile up.
-        if self.requests.full:
-            raise RecordUnavailable("the record queue is full")
+        self.core.admit()
         rows = [normalise_row(record) for record in records]
         done = self.requests.put(rows)
         if self.record_deadline_s is None:
@@ -130,7 +113,7 @@ class DurableWriter:
     def not_running(self) -> list[str]:
         """The writer's tasks that are down, waiting to be restarted after a failure ([] when all run,
         and when the writer is not started or was stopped)."""
-        return sorted(self.supervisor.down)
+        return self.core.not_running
 
     @property
     def degraded(self) -> bool:
@@ -139,20 +122,11 @@ class DurableWriter:
 
     async def stop(self) -> None:
         """Write everything already queued, then stop."""
-        if self._task is None or not self.requests.is_open:
-            return
-        self._stopping = True  # from here on record() refuses, so nothing lands behind the marker
-        if not self._task.done():
-            self.requests.close()
-        await self._task
-        self._task = None
-        await asyncio.to_thread(self.store.release)
+        await self.core.drain()
 
     async def ready(self) -> bool:
         """Whether a record can be taken now: the writer's task runs and the database or the spool works."""
-        if self._task is None or self._task.done() or self.supervisor.down:
-            return False
-        return await self.store.can_take()
+        return await self.core.ready()
 
     # The background task --------------------------------------------------------------------
 
