@@ -7,6 +7,8 @@
 #   (shellcheck)                the shell scripts' lint
 #   chromium, chromedriver      the clinician page's browser test
 #   dciodvfy (dicom3tools)      the DICOM Structured Reports' validation
+#   Orthanc (orthanc, orthanc-dicomweb)  the real PACS of the DICOM node's end-to-end tests
+#   storescu, echoscu (dcmtk)   the modality that stores to that PACS
 #   pg_ctlcluster (postgresql)  the database tests: PostgreSQL on 127.0.0.1:5432, user postgres, trust
 set -euo pipefail
 
@@ -21,6 +23,9 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 command -v dciodvfy >/dev/null || missing+=(dicom3tools)
+command -v Orthanc >/dev/null || missing+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
+command -v storescu >/dev/null || missing+=(dcmtk)
 
 if [ ${#missing[@]} -gt 0 ]; then
     install="apt-get install -y --no-install-recommends ${missing[*]}"

@@ -151,6 +151,35 @@ class Settings(BaseSettings):
     auth_failure_limit: int = Field(20, ge=0, le=1_000_000)
     auth_failure_window_s: float = Field(60.0, gt=0.0, le=86400.0)
 
+    # The DICOM node (`python -m service dicom-node`, service/dicom_node/, docs/INTEGRATION.md): a C-STORE
+    # and C-ECHO SCP on dicom_host:dicom_port as AE dicom_ae_title. Only the callers in dicom_callers
+    # (`AE` or `AE@host`, comma-separated; empty: nobody) may associate.
+    dicom_ae_title: str = Field("KDOCT", min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = Field(11112, ge=1, le=65535)
+    dicom_callers: str = ""
+    # Received instances wait here, fsync'd, until their series is classified and its results are
+    # delivered or dead-lettered; new associations are refused while it holds dicom_store_max_bytes.
+    dicom_store_dir: Path = Path("var/dicom-store")
+    dicom_store_max_bytes: int = Field(2048 * MiB, ge=1 * MiB, le=1 << 50)
+    # A series is classified once no instance of it has arrived for this long.
+    dicom_series_idle_s: float = Field(5.0, gt=0.0, le=3600.0)
+    dicom_max_associations: int = Field(8, ge=1, le=1024)
+    # Results (a Comprehensive SR and an Encapsulated PDF per series) go by C-STORE to
+    # dicom_destination (`AE@host:port`) and/or by STOW-RS to dicomweb_url when dicomweb_stow is true;
+    # with dicomweb_url set, each delivery is confirmed by a QIDO-RS query. On-demand retrieval of a
+    # study (`python -m service dicom-retrieve`) reads dicomweb_url by WADO-RS.
+    dicom_destination: str | None = None
+    dicomweb_url: str | None = None
+    dicomweb_stow: bool = False
+    # Delivery: this many attempts, the wait doubling from dicom_export_backoff_s (at most 60 s), then
+    # the objects go to dicom_dead_letter_dir until `python -m service dicom-replay` delivers them.
+    dicom_export_attempts: int = Field(4, ge=1, le=100)
+    dicom_export_backoff_s: float = Field(1.0, ge=0.0, le=600.0)
+    dicom_dead_letter_dir: Path = Path("var/dicom-dead-letter")
+    # The node's own HTTP port: GET /metrics (Prometheus), /health/live, /health/ready.
+    dicom_http_port: int = Field(9112, ge=1, le=65535)
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)

@@ -32,6 +32,16 @@ __all__ = [
     "BATCH_SIZE",
     "DB_WRITE_DURATION",
     "DB_WRITE_FAILURES",
+    "DICOM_ASSOCIATIONS",
+    "DICOM_ASSOCIATION_OUTCOMES",
+    "DICOM_DEAD_LETTERS",
+    "DICOM_EXPORTS",
+    "DICOM_EXPORT_OUTCOMES",
+    "DICOM_INSTANCES",
+    "DICOM_INSTANCE_OUTCOMES",
+    "DICOM_SERIES",
+    "DICOM_SERIES_OUTCOMES",
+    "DICOM_STORE_BYTES",
     "INFERENCE_DURATION",
     "INGRESS_IN_FLIGHT",
     "INGRESS_MEMORY",
@@ -53,6 +63,8 @@ __all__ = [
     "SECOND_OPINION_OUTCOMES",
     "SPOOL_BACKLOG",
     "SPOOL_QUARANTINED",
+    "DICOM_EXPORT_KINDS",
+    "initialise_dicom_label_sets",
     "initialise_label_sets",
     "render_metrics",
 ]
@@ -180,6 +192,29 @@ MODEL_READY = Gauge(
 
 
 # rate_limited: refused with 429 before the key was looked at (service/auth_throttle.py).
+# The DICOM node (service/dicom_node/): its own process and its own scrape target.
+DICOM_ASSOCIATIONS = Counter(
+    "kdoct_dicom_associations_total", "DICOM associations requested of the node, by outcome", ["outcome"]
+)
+DICOM_INSTANCES = Counter(
+    "kdoct_dicom_instances_total", "C-STORE requests received by the node, by outcome", ["outcome"]
+)
+DICOM_SERIES = Counter("kdoct_dicom_series_total", "Series the node classified, by outcome", ["outcome"])
+DICOM_EXPORTS = Counter(
+    "kdoct_dicom_exports_total", "Delivery attempts of result objects (SR, PDF), by kind and outcome",
+    ["kind", "outcome"],
+)  # fmt: skip
+DICOM_DEAD_LETTERS = Gauge("kdoct_dicom_dead_letters", "Series whose results wait in the dead-letter directory")
+DICOM_STORE_BYTES = Gauge("kdoct_dicom_store_bytes", "Bytes of received instances held in the node's store")
+# accepted; rejected_caller (not on KDOCT_DICOM_CALLERS), store_full, busy (KDOCT_DICOM_MAX_ASSOCIATIONS)
+DICOM_ASSOCIATION_OUTCOMES = ("accepted", "rejected_caller", "store_full", "busy")
+# stored; ignored (an SR or PDF: never classified, so a PACS routing results back makes no loop);
+# refused (a failure status: too large, a bomb, undecodable, over budget); failed (the store could not
+# write it)
+DICOM_INSTANCE_OUTCOMES = ("stored", "ignored", "refused", "failed")
+DICOM_SERIES_OUTCOMES = ("classified", "refused", "failed")
+DICOM_EXPORT_OUTCOMES = ("delivered", "failed", "unconfirmed", "dead_lettered")
+DICOM_EXPORT_KINDS = ("sr", "pdf")
 AUTH_FAILURE_REASONS = ("missing", "invalid", "revoked", "forbidden", "rate_limited")
 # DurableWriter's task; SpoolFirstWriter's journal and insert tasks (service/db/writer.py, spool_first.py).
 RECORD_WRITER_TASKS = ("writer", "journal", "insert")
@@ -203,6 +238,19 @@ def initialise_label_sets(model: str, class_names: tuple[str, ...] | list[str]) 
         SPOOL_QUARANTINED.labels(reason=reason)
     for task in RECORD_WRITER_TASKS:
         RECORD_WRITER_RESTARTS.labels(task=task)
+
+
+def initialise_dicom_label_sets() -> None:
+    """The DICOM node's label sets at 0 (the node's process only)."""
+    for outcome in DICOM_ASSOCIATION_OUTCOMES:
+        DICOM_ASSOCIATIONS.labels(outcome=outcome)
+    for outcome in DICOM_INSTANCE_OUTCOMES:
+        DICOM_INSTANCES.labels(outcome=outcome)
+    for outcome in DICOM_SERIES_OUTCOMES:
+        DICOM_SERIES.labels(outcome=outcome)
+    for kind in DICOM_EXPORT_KINDS:
+        for outcome in DICOM_EXPORT_OUTCOMES:
+            DICOM_EXPORTS.labels(kind=kind, outcome=outcome)
 
 
 def render_metrics() -> tuple[bytes, str]:
