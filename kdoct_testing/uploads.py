@@ -25,9 +25,13 @@ def make_dicom(
     *,
     sop_class: str = "1.2.840.10008.5.1.4.1.1.77.1.5.4",
     deflated: bool = False,
+    jpeg2000: bool = False,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
 ) -> bytes:
     """An uncompressed OCT DICOM (Ophthalmic Tomography Image Storage by default) with patient tags;
-    `deflated`: Deflated Explicit VR Little Endian."""
+    `deflated`: Deflated Explicit VR Little Endian; `jpeg2000`: JPEG 2000 lossless (as Zeiss and
+    Heidelberg export), encoded with pylibjpeg-openjpeg. New Study and Series UIDs unless given."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
@@ -40,8 +44,8 @@ def make_dicom(
     dataset.file_meta = meta
     dataset.SOPClassUID = sop_class
     dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.StudyInstanceUID = generate_uid()
-    dataset.SeriesInstanceUID = generate_uid()
+    dataset.StudyInstanceUID = study_uid or generate_uid()
+    dataset.SeriesInstanceUID = series_uid or generate_uid()
     dataset.PatientName = PATIENT_NAME
     dataset.PatientID = PATIENT_ID
     dataset.PatientBirthDate = "19450101"
@@ -57,6 +61,10 @@ def make_dicom(
     if len(frames) > 1:
         dataset.NumberOfFrames = len(frames)
     dataset.PixelData = stack.tobytes()
+    if jpeg2000:
+        from pydicom.uid import JPEG2000Lossless
+
+        dataset.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "service.commands.db",
     "service.commands.apikey",
     "service.commands.audit",
+    "service.commands.dicom_node",
 ]
 
 

@@ -54,6 +54,7 @@ class AuditKey:
         self._request_id_key = _derive(secret, b"kdoct request-id v1")
         self._checkpoint_key = _derive(secret, b"kdoct chain checkpoint v1")
         self._chain_link_key = _derive(secret, b"kdoct chain link v1")
+        self._file_name_key = _derive(secret, b"kdoct file name v1")
         # Names the key in checkpoints without revealing it: tells "another key" from "forged".
         self.key_id = hashlib.sha256(b"kdoct key id\n" + secret).hexdigest()[:16]
 
@@ -64,6 +65,10 @@ class AuditKey:
     def request_id_hash(self, request_id: str) -> str:
         digest = hmac.new(self._request_id_key, request_id.encode(), hashlib.sha256).hexdigest()
         return REQUEST_ID_HASH_PREFIX + digest
+
+    def file_name(self, value: str) -> str:
+        """A stable file name for `value` (a DICOM UID) that does not reveal it (the DICOM node's store)."""
+        return hmac.new(self._file_name_key, value.encode(), hashlib.sha256).hexdigest()[:32]
 
     def checkpoint_mac(self, message: bytes) -> str:
         return hmac.new(self._checkpoint_key, message, hashlib.sha256).hexdigest()

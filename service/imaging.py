@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ __all__ = [
     "ImageRejected",
     "ImageShape",
     "decode_upload",
+    "check_inflated_size",
+    "dicom_series_uid",
     "probe_upload",
     "sniff_format",
 ]
@@ -430,6 +433,67 @@ def _probe_dicom(data: bytes, limits: ImageLimits) -> ImageShape:
     image = _image_attributes(dataset)
     _check_size(image.columns, image.rows, image.frames, limits)
     return ImageShape(image.columns, image.rows, image.frames)
+
+
+# A data set may hold, besides its header, up to 4 bytes a pixel (8-bit RGBA or 16-bit with room).
+_DATA_SET_BYTES_PER_PIXEL = 4
+_INFLATE_STEP = 1 << 20
+
+
+def check_inflated_size(data: bytes, shape: ImageShape) -> None:
+    """For a deflated DICOM that probe_upload accepted as `shape`: inflate it all in 1 MiB steps, keeping
+    nothing, and refuse it (a bomb) when it inflates beyond its header's pixels plus DICOM_HEADER_BYTES.
+    The probe stops at the header, so zeros deflated after the pixel data pass it; the DICOM node
+    stores an instance for later, and must refuse such a one before it answers the C-STORE."""
+    stream = io.BytesIO(data)
+    stream.seek(132)
+    meta = read_dataset(
+        stream, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag.group != 2
+    )
+    if str(meta.get("TransferSyntaxUID", "")).rstrip("\0 ") != uid.DeflatedExplicitVRLittleEndian:
+        return
+    limit = shape.pixels * _DATA_SET_BYTES_PER_PIXEL + DICOM_HEADER_BYTES
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending, total = memoryview(data)[stream.tell() :], 0
+    try:
+        while pending:
+            total += len(inflater.decompress(pending, _INFLATE_STEP))
+            pending = inflater.unconsumed_tail
+            if total > limit:
+                raise _bomb(
+                    f"the deflated DICOM inflates beyond {limit} bytes, more than its header's "
+                    f"{shape.frames} frame(s) of {shape.width}x{shape.height} can hold"
+                )
+    except zlib.error:
+        raise _invalid("the deflated DICOM data set is corrupt") from None
+
+
+def dicom_series_uid(data: bytes) -> str | None:
+    """The SeriesInstanceUID of a DICOM file that probe_upload accepted (the DICOM node groups instances
+    by it), read from at most DICOM_HEADER_BYTES of its data set, inflated or not; None when it is
+    missing, unreadable or not a valid UID."""
+    try:
+        stream = io.BytesIO(data)
+        stream.seek(132)
+        meta = read_dataset(
+            stream, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag.group != 2
+        )
+        syntax = str(meta.get("TransferSyntaxUID", "")).rstrip("\0 ")
+        rest = memoryview(data)[stream.tell() :]
+        if syntax == uid.DeflatedExplicitVRLittleEndian:
+            head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(rest, DICOM_HEADER_BYTES)
+        else:
+            head = bytes(rest[:DICOM_HEADER_BYTES])
+        dataset = read_dataset(
+            io.BytesIO(head),
+            is_implicit_VR=syntax == uid.ImplicitVRLittleEndian,
+            is_little_endian=True,
+            stop_when=lambda tag, vr, length: tag > 0x0020000E,
+        )
+        value = str(dataset.get("SeriesInstanceUID", "") or "").rstrip("\0 ")
+    except Exception:  # noqa: BLE001 - any unreadable header: the caller refuses the instance
+        return None
+    return value if uid.UID(value).is_valid else None
 
 
 def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUpload:

@@ -107,7 +107,7 @@ class ClassificationPipeline:
         result = await self._predict(prepared, policy)
         answer = self._postprocess(upload, result, request_id, decode_ms)
         if explain:
-            await self._explain(upload, result, answer)
+            await self.explain(upload, answer)
         answer.timing_ms.total = round((time.perf_counter() - started) * 1000.0, 3)
         return answer
 
@@ -189,16 +189,18 @@ class ClassificationPipeline:
             ),
         )
 
-    async def _explain(self, upload: DecodedUpload, result: Classification, answer: ClassifyResponse) -> None:
-        """Grad-CAM for the answered label, and the teacher's when it ran."""
+    async def explain(self, upload: DecodedUpload, answer: ClassifyResponse) -> None:
+        """Grad-CAM for the answered label (and the teacher's, when it ran), added to `answer`. A volume
+        is explained on the frame where its label is strongest: the frame that decided it. The DICOM
+        node asks this of a series' most severe answer only, after classifying all of them."""
         classifier = self.classifier
-        # A volume is explained on the frame where its label is strongest: the frame that decided it.
-        frames = result.frames
-        # Among the frames that decided it: ungradable ones never do (service/inference/volume.py).
-        deciding = [i for i, frame in enumerate(frames) if frame.gradable is not False] or range(len(frames))
-        frame_index = max(deciding, key=lambda i: frames[i].probabilities[answer.label])
-        image = upload.frames[frame_index]
-        shown_index = frame_index if result.volume is not None else None
+        frames = answer.frames if answer.frames and len(answer.frames) > 1 else None
+        frame_index = shown_index = None
+        if frames is not None:
+            # Among the frames that decided it: ungradable ones never do (service/inference/volume.py).
+            deciding = [i for i, frame in enumerate(frames) if frame.gradable is not False] or range(len(frames))
+            frame_index = shown_index = max(deciding, key=lambda i: frames[i].probabilities[answer.label])
+        image = upload.frames[frame_index or 0]
         opinion = answer.second_opinion
         try:
             student = await self.explainer.explain(classifier.student.loaded.bundle, image, answer.label)

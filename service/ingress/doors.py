@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["FEEDBACK_BODY_BYTES", "Door", "HttpDoors"]
+__all__ = ["DICOM_SERIES", "DICOM_STORE", "FEEDBACK_BODY_BYTES", "Door", "HttpDoors"]
 
 # Feedback bodies are small JSON: no reason to accept megabytes there.
 FEEDBACK_BODY_BYTES = 16 << 10
@@ -33,6 +33,10 @@ class Door:
 CLASSIFY = Door("classify", "classify", admitted=True)
 V2_INFER = Door("v2_infer", "classify", admitted=True, json_part=True)
 FEEDBACK = Door("feedback", "feedback", admitted=False, max_body_bytes=FEEDBACK_BODY_BYTES)
+# The DICOM node (service/dicom_node/): a C-STORE is probed and charged (frames, pixels, bytes) before it
+# is stored, without a slot (nothing is decoded or inferred); a series takes a slot when it is classified.
+DICOM_STORE = Door("dicom_store", "classify", admitted=False)
+DICOM_SERIES = Door("dicom_series", "classify", admitted=True)
 
 _HTTP_DOORS: tuple[tuple[str, re.Pattern[str], Door], ...] = (
     ("POST", re.compile(r"/classify"), CLASSIFY),
