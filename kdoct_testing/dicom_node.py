@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +38,11 @@ def running_node(
     env = {**env, "KDOCT_DICOM_PORT": str(dicom_port), "KDOCT_DICOM_HTTP_PORT": str(http_port)}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service", "dicom-node"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "service", "dicom-node"],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{http_port}"
     try:
@@ -51,7 +56,9 @@ def running_node(
             except httpx.HTTPError:
                 pass
             if time.monotonic() - began > ready_timeout_s:
-                raise ServiceNotReady(f"DICOM node not ready after {ready_timeout_s:.0f} s:\n{log_tail(log_path)}")
+                raise ServiceNotReady(
+                    f"DICOM node not ready after {ready_timeout_s:.0f} s:\n{log_tail(log_path)}"
+                )
             time.sleep(0.2)
         yield RunningNode(dicom_port, url, process, log_path)
     finally:
@@ -69,27 +76,41 @@ def _association(port: int, calling_ae: str, sop_classes: Sequence[str], syntaxe
     return ae.associate("127.0.0.1", port, ae_title="KDOCT")
 
 
-def c_store(port: int, files: Sequence[bytes], *, calling_ae: str = "TESTPACS") -> list[int] | str:
-    """Each file's C-STORE status over one association; "rejected" when the association was refused,
-    "aborted" when it was aborted. Each file goes in its own transfer syntax."""
+def _header(data: bytes):
     import pydicom
 
-    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
-    sop_classes = sorted({str(ds.SOPClassUID) for ds in datasets})
-    syntaxes = sorted({str(ds.file_meta.TransferSyntaxUID) for ds in datasets})
+    # The file meta and the command's UIDs only: a hostile data set is never decoded here.
+    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID"])
+
+
+def c_store(port: int, files: Sequence[bytes], *, calling_ae: str = "TESTPACS") -> list[int] | str:
+    """Each file's C-STORE status over one association; "rejected" when the association was refused,
+    "aborted" when it ended otherwise. Each file goes as it is encoded, never decoded and re-encoded
+    (pynetdicom's chunked send: a deflate bomb stays a few kilobytes on the wire)."""
+    from pynetdicom import _config
+
+    metas = [_header(data).file_meta for data in files]
+    sop_classes = sorted({str(meta.MediaStorageSOPClassUID) for meta in metas})
+    syntaxes = sorted({str(meta.TransferSyntaxUID) for meta in metas})
     assoc = _association(port, calling_ae, sop_classes, syntaxes)
     if assoc.is_rejected:
         return "rejected"
     if not assoc.is_established:
         return "aborted"
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
     try:
         statuses = []
-        for dataset in datasets:
-            status = assoc.send_c_store(dataset)
-            statuses.append(int(status.Status) if "Status" in status else -1)
+        with tempfile.TemporaryDirectory() as directory:
+            for index, data in enumerate(files):
+                path = Path(directory) / f"{index}.dcm"
+                path.write_bytes(data)
+                status = assoc.send_c_store(path)
+                statuses.append(int(status.Status) if "Status" in status else -1)
         return statuses
     finally:
-        assoc.release()
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+        if assoc.is_established:
+            assoc.release()
 
 
 def c_echo(port: int, *, calling_ae: str = "TESTPACS") -> int | str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ClassifyDoor",
+    "DicomDoor",
     "HeldRequest",
     "HttpDoor",
     "RawRequest",
@@ -108,9 +109,33 @@ class V2Door(HttpDoor):
         return RawRequest("POST", path, _auth(key, headers), header + data)
 
 
-def doors(model: str) -> list[HttpDoor]:
-    """Every way in of a service whose student is `model`."""
-    return [ClassifyDoor(), V2Door(model, binary=True), V2Door(model, binary=False)]
+class DicomDoor:
+    """The DICOM node's C-STORE (service/dicom_node/): one association per request, each upload one
+    instance; `key` is the calling AE title. Its outcome as HTTP's: the association rejected 403 (a
+    caller not on the list), status 0x0000 200, 0xA700 503 (busy now), 0xA710 413 (too large), 0xA900
+    415, 0xC000 422, any other failure 500. `port` is the node's DICOM port. No `hold`: a held
+    association is ended by the node's network timeout, not by the body's rate rules."""
+
+    name = "dicom"
+    max_elements = 64
+    STATUSES = {0x0000: 200, 0xA700: 503, 0xA710: 413, 0xA900: 415, 0xC000: 422}
+
+    def send(self, port: int, uploads: list[bytes], key: str | None, timeout: float = 60.0):
+        from kdoct_testing.dicom_node import c_store
+
+        outcome = c_store(port, uploads, calling_ae=key or "TESTPACS")
+        if outcome == "rejected":
+            return 403, b""
+        if outcome == "aborted":
+            return 0, b""
+        statuses = [self.STATUSES.get(status, 500) for status in outcome]
+        worst = max(statuses)  # the request's status: its worst element's, as one HTTP answer would be
+        return worst, json.dumps(statuses).encode()
+
+
+def doors(model: str) -> list[HttpDoor | DicomDoor]:
+    """Every way in of a service whose student is `model` (the DICOM node's is its own process)."""
+    return [ClassifyDoor(), V2Door(model, binary=True), V2Door(model, binary=False), DicomDoor()]
 
 
 def _auth(key: str | None, headers: dict[str, str]) -> dict[str, str]:

@@ -19,6 +19,7 @@ from kdoct.errors import ConfigError
 from service.audit_key import DEFAULT_AUDIT_KEY_FILE
 from service.db.anchor import DEFAULT_ANCHOR_FILE
 from service.db.session import DEFAULT_DATABASE_URL
+from service.dicom_node.peers import parse_callers, parse_destination
 
 __all__ = ["Settings", "get_settings", "is_loopback", "load_settings"]
 
@@ -261,9 +262,23 @@ class Settings(BaseSettings):
         )
         if same:
             problems.append("KDOCT_TEACHER_BUNDLE is the same bundle as KDOCT_STUDENT_BUNDLE")
+        problems += self._dicom_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _dicom_problems(self) -> list[str]:
+        problems = []
+        for parse, value in (
+            (parse_callers, self.dicom_callers),
+            (parse_destination, self.dicom_destination),
+        ):
+            if value:
+                try:
+                    parse(value)
+                except ValueError as exc:
+                    problems.append(str(exc))
+        return problems
 
 
 def load_settings(**overrides) -> Settings:

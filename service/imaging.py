@@ -476,7 +476,10 @@ def dicom_series_uid(data: bytes) -> str | None:
         stream = io.BytesIO(data)
         stream.seek(132)
         meta = read_dataset(
-            stream, is_implicit_VR=False, is_little_endian=True, stop_when=lambda tag, vr, length: tag.group != 2
+            stream,
+            is_implicit_VR=False,
+            is_little_endian=True,
+            stop_when=lambda tag, vr, length: tag.group != 2,
         )
         syntax = str(meta.get("TransferSyntaxUID", "")).rstrip("\0 ")
         rest = memoryview(data)[stream.tell() :]

@@ -198,7 +198,9 @@ class ClassificationPipeline:
         frame_index = shown_index = None
         if frames is not None:
             # Among the frames that decided it: ungradable ones never do (service/inference/volume.py).
-            deciding = [i for i, frame in enumerate(frames) if frame.gradable is not False] or range(len(frames))
+            deciding = [i for i, frame in enumerate(frames) if frame.gradable is not False] or range(
+                len(frames)
+            )
             frame_index = shown_index = max(deciding, key=lambda i: frames[i].probabilities[answer.label])
         image = upload.frames[frame_index or 0]
         opinion = answer.second_opinion

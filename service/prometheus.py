@@ -204,7 +204,9 @@ DICOM_EXPORTS = Counter(
     "kdoct_dicom_exports_total", "Delivery attempts of result objects (SR, PDF), by kind and outcome",
     ["kind", "outcome"],
 )  # fmt: skip
-DICOM_DEAD_LETTERS = Gauge("kdoct_dicom_dead_letters", "Series whose results wait in the dead-letter directory")
+DICOM_DEAD_LETTERS = Gauge(
+    "kdoct_dicom_dead_letters", "Series whose results wait in the dead-letter directory"
+)
 DICOM_STORE_BYTES = Gauge("kdoct_dicom_store_bytes", "Bytes of received instances held in the node's store")
 # accepted; rejected_caller (not on KDOCT_DICOM_CALLERS), store_full, busy (KDOCT_DICOM_MAX_ASSOCIATIONS)
 DICOM_ASSOCIATION_OUTCOMES = ("accepted", "rejected_caller", "store_full", "busy")

@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "dicom-node", help="run the DICOM node: C-STORE/C-ECHO SCP, results back to the PACS (KDOCT_DICOM_*)"
     )
     parser.add_argument("--port", type=int, help="DICOM port (KDOCT_DICOM_PORT, default 11112)")
-    parser.add_argument("--http-port", type=int, help="metrics and health (KDOCT_DICOM_HTTP_PORT, default 9112)")
+    parser.add_argument(
+        "--http-port", type=int, help="metrics and health (KDOCT_DICOM_HTTP_PORT, default 9112)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -130,7 +132,9 @@ def _http_app(state, scp):
 
     async def ready(request):
         is_ready = state.ready and scp.listening
-        return JSONResponse({"status": "ready" if is_ready else "not ready"}, status_code=200 if is_ready else 503)
+        return JSONResponse(
+            {"status": "ready" if is_ready else "not ready"}, status_code=200 if is_ready else 503
+        )
 
     return Starlette(
         routes=[Route("/metrics", metrics), Route("/health/live", live), Route("/health/ready", ready)]

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from service.dicom_node.results import ClassifiedInstance, SeriesResult
+from service.inference.volume import SEVERITY
 from service.ingress.doors import DICOM_SERIES
 from service.ingress.gate import IngressGate
-from service.inference.volume import SEVERITY
 from service.pipeline import ClassificationPipeline
 from service.problems import Problem
 from service.records import Recorder

@@ -5,8 +5,8 @@ admit (from an association thread, handed to the loop): the dicom_store door of 
 caller's in-flight count), the file's size against KDOCT_MAX_UPLOAD_BYTES and the memory budget, its
 header probed in the decode pool (frames, pixels, deflate bombs: the same probe as POST /classify) and
 charged to the ticket, a deflated data set inflated once without keeping it (zeros after the pixel
-data, which the header probe never reaches), the series' frames against KDOCT_MAX_FRAMES, then the store (fsync'd). Only
-then is the C-STORE answered success.
+data, which the header probe never reaches), the series' frames against KDOCT_MAX_FRAMES, then the
+store (fsync'd). Only then is the C-STORE answered success.
 
 A series that is due (series.py) is classified (classify.py). Refused for load (503, 429), it is tried
 again later; refused for what it is (4xx), it is dropped and counted, its reason logged. Classified,
@@ -138,7 +138,8 @@ class DicomNode:
         if size > self.max_upload_bytes:
             raise Problem(
                 "payload-too-large",
-                f"the instance is {size} bytes, over the limit of {self.max_upload_bytes} (KDOCT_MAX_UPLOAD_BYTES)",
+                f"the instance is {size} bytes, over the limit of {self.max_upload_bytes} "
+                f"(KDOCT_MAX_UPLOAD_BYTES)",
                 reason="too_large",
             )
         ticket.charge_bytes(size, "the received instance")
@@ -149,7 +150,9 @@ class DicomNode:
         series_uid = await self.intake.in_pool(dicom_series_uid, data)
         del data
         if series_uid is None:
-            raise Problem("invalid-image", "the instance has no valid Series Instance UID", reason="invalid_image")
+            raise Problem(
+                "invalid-image", "the instance has no valid Series Instance UID", reason="invalid_image"
+            )
         key = self.store.series_key(series_uid)
         frames = self.tracker.frames(key) + shape.frames
         if frames > self.max_frames:

@@ -136,7 +136,9 @@ class StorageSCP:
         calling = assoc.requestor.primitive.calling_ae_title.strip()
         address = assoc.requestor.address
         if not self.callers.allows(calling, address):
-            log.warning("DICOM association refused: caller %r from %s is not on KDOCT_DICOM_CALLERS", calling, address)
+            log.warning(
+                "DICOM association refused: caller %r from %s is not on KDOCT_DICOM_CALLERS", calling, address
+            )
             _reject(assoc, (0x01, 0x01, 0x03), "rejected_caller")  # permanent: calling AE not recognised
             return
         acceptors = [other for other in self.ae.active_associations if other.is_acceptor]

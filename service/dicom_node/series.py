@@ -56,7 +56,9 @@ class SeriesTracker:
             ready = [
                 series
                 for series in self._series.values()
-                if not series.in_progress and now - series.last_seen >= self.idle_s and now >= series.not_before
+                if not series.in_progress
+                and now - series.last_seen >= self.idle_s
+                and now >= series.not_before
             ]
             for series in ready:
                 series.in_progress = True
