@@ -3,7 +3,7 @@
 # (`python -m model_training final`: the recipe of model_training/configs/oct2017_sample.yaml, for the
 # epochs its cross-validation run validated), create the local database and API key, then serve on
 # http://$HOST:$PORT with the embedded defaults (SQLite, ONNX Runtime on the CPU), and the DICOM node
-# beside it (AE KDOCT on 127.0.0.1:11112 unless KDOCT_DICOM_* say otherwise; docs/INTEGRATION.md).
+# beside it (AE KDOCT on 127.0.0.1:11112 by default; docs/INTEGRATION.md).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 MODEL_DIR=${MODEL_DIR:-var/default-model}

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "service.commands.apikey",
     "service.commands.audit",
     "service.commands.dicom_node",
+    "service.commands.dicom_retrieve",
 ]
 
 
