@@ -32,9 +32,15 @@ class RunningNode(NamedTuple):
 
 @contextmanager
 def running_node(
-    env: dict[str, str], cwd: Path, log_path: Path, *, ready_timeout_s: float = 120.0
+    env: dict[str, str],
+    cwd: Path,
+    log_path: Path,
+    *,
+    ready_timeout_s: float = 120.0,
+    dicom_port: int | None = None,
 ) -> Iterator[RunningNode]:
-    dicom_port, http_port = free_port(), free_port()
+    """The node started with `env` (on `dicom_port`, or a free one), ready; stopped on the way out."""
+    dicom_port, http_port = dicom_port or free_port(), free_port()
     env = {**env, "KDOCT_DICOM_PORT": str(dicom_port), "KDOCT_DICOM_HTTP_PORT": str(http_port)}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(

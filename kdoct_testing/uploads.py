@@ -28,6 +28,7 @@ def make_dicom(
     jpeg2000: bool = False,
     study_uid: str | None = None,
     series_uid: str | None = None,
+    modality: str = "OPT",
 ) -> bytes:
     """An uncompressed OCT DICOM (Ophthalmic Tomography Image Storage by default) with patient tags;
     `deflated`: Deflated Explicit VR Little Endian; `jpeg2000`: JPEG 2000 lossless (as Zeiss and
@@ -49,7 +50,7 @@ def make_dicom(
     dataset.PatientName = PATIENT_NAME
     dataset.PatientID = PATIENT_ID
     dataset.PatientBirthDate = "19450101"
-    dataset.Modality = "OPT"
+    dataset.Modality = modality
     dataset.Rows, dataset.Columns = stack.shape[1], stack.shape[2]
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = "MONOCHROME2"
