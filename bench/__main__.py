@@ -1,5 +1,5 @@
 """`python -m bench [--quick] [--only ITEMS]` (items: service, models, load, faults, fuzz, profile, fixes,
-int8, overload, outage, ingress): run the benchmarks and rewrite their sections of docs/BENCHMARKS.md
+int8, overload, outage, ingress, dicom): run the benchmarks and rewrite their sections of docs/BENCHMARKS.md
 (other sections of the file are kept)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from bench.report import machine, now, write_section
 
 ITEMS = (
     "service", "models", "load", "faults", "fuzz", "profile", "fixes", "int8", "overload", "outage",
-    "ingress",
+    "ingress", "dicom",
 )  # fmt: skip
 log = logging.getLogger("bench")
 
@@ -81,6 +81,10 @@ def _run_item(item: str, quick: bool, state: dict) -> str:
         # (python -m bench.ingress_cost --before-root DIR).
         heading = "## Cost of the ingress layer on POST /classify\n\n"
         return heading + section(None, 0, 0.0, 20 if quick else 50)
+    if item == "dicom":
+        from bench.dicom_node import dicom_section
+
+        return dicom_section(quick)
     raise ValueError(item)
 
 
