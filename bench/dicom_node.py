@@ -125,8 +125,8 @@ def dicom_section(quick: bool) -> str:
         "## DICOM node against POST /classify (series per second)\n\n"
         f"{count} multi-frame OPT series of {frames} real CNV B-scans (496x512, uncompressed), the "
         f"benchmark student (EfficientNet-B2, random weights), {CONCURRENCY} in flight, {rounds} rounds "
-        f"alternating the two ways in. The node's rate counts from the first C-STORE to the last series classified, "
-        f"its SR and PDF built (delivery off). Measured {now()} on {machine()}.\n\n"
+        f"alternating the two ways in. The node's rate counts from the first C-STORE to the last series "
+        f"classified, its SR and PDF built (delivery off). Measured {now()} on {machine()}.\n\n"
         f"{table}\n\nRatio node / POST /classify: {ratio:.2f} (target >= {TARGET}: {met}).\n\n"
         f"Command: `python -m bench --only dicom{' --quick' if quick else ''}`"
     )
