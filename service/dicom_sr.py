@@ -8,6 +8,11 @@ its reason) and the referral, under an algorithm identification (model name, ver
 and a device observer for the model. Each group's tracking identifier is its prediction_id, so the
 report leads back to its records.
 
+The DICOM node's report of a whole series (build_series_report, from a SeriesResult): the same groups
+for every instance of the series, in the order received, each referencing its own SOP Instance, and
+every instance as evidence. Its UIDs come from the headline's prediction_id with their own entropy
+(sr_uids), so the same result sent again is the same instance and never POST /classify's report.
+
 Patient data: highdicom copies the Patient and General Study modules from its evidence. It is given a
 data set built here from DicomSource (four UIDs, service/imaging.py) whose Type 2 patient and study
 attributes are present but empty, so the report carries the source's Study Instance UID and references
@@ -44,6 +49,7 @@ from service.imaging import DicomSource
 
 __all__ = [
     "DICOM_MEDIA_TYPE",
+    "EMPTY_PATIENT_AND_STUDY",
     "PRIVATE_SCHEME",
     "ReportUids",
     "build_report",
@@ -79,6 +85,21 @@ _YES_NO = {True: CodedConcept("373066001", "SCT", "Yes"), False: CodedConcept("3
 _UNITLESS = CodedConcept("1", "UCUM", "no units")  # a probability in [0, 1]
 
 
+# The Type 2 attributes of the Patient and General Study modules: every report has them, empty (see
+# _evidence for why); the Encapsulated PDF (service/dicom_node/pdf_report.py) too.
+EMPTY_PATIENT_AND_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
 class ReportUids(NamedTuple):
     series: str  # Series Instance UID
     instance: str  # SOP Instance UID
@@ -109,17 +130,7 @@ def _evidence(source: DicomSource) -> Dataset:
     dataset.SeriesInstanceUID = source.series_instance_uid
     dataset.SOPInstanceUID = source.sop_instance_uid
     dataset.SOPClassUID = source.sop_class_uid
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "AccessionNumber",
-        "StudyID",
-        "StudyDate",
-        "StudyTime",
-        "ReferringPhysicianName",
-    ):
+    for keyword in EMPTY_PATIENT_AND_STUDY:
         setattr(dataset, keyword, None)
     return dataset
 
