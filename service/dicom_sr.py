@@ -8,6 +8,11 @@ its reason) and the referral, under an algorithm identification (model name, ver
 and a device observer for the model. Each group's tracking identifier is its prediction_id, so the
 report leads back to its records.
 
+The DICOM node's report of a whole series (build_series_report, from a SeriesResult): the same groups
+for every instance of the series, in the order received, each referencing its own SOP Instance, and
+every instance as evidence. Its UIDs come from the headline's prediction_id with their own entropy
+(sr_uids), so the same result sent again is the same instance and never POST /classify's report.
+
 Patient data: highdicom copies the Patient and General Study modules from its evidence. It is given a
 data set built here from DicomSource (four UIDs, service/imaging.py) whose Type 2 patient and study
 attributes are present but empty, so the report carries the source's Study Instance UID and references
@@ -17,6 +22,7 @@ its SOP Instance, and no name, id, birth date, sex or accession number. See _evi
 from __future__ import annotations
 
 import io
+from typing import NamedTuple
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
@@ -37,10 +43,20 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from service.answer import ClassifyResponse, FrameResult
+from service.answer import ClassifyResponse, FrameResult, ModelIdentity
+from service.dicom_node.results import SeriesResult
 from service.imaging import DicomSource
 
-__all__ = ["DICOM_MEDIA_TYPE", "PRIVATE_SCHEME", "build_report", "finding_code"]
+__all__ = [
+    "DICOM_MEDIA_TYPE",
+    "EMPTY_PATIENT_AND_STUDY",
+    "PRIVATE_SCHEME",
+    "ReportUids",
+    "build_report",
+    "build_series_report",
+    "finding_code",
+    "sr_uids",
+]
 
 DICOM_MEDIA_TYPE = "application/dicom"
 # A private coding scheme (PS3.16 8.2: "99" prefix) for what no standard code says: the per-class
@@ -48,6 +64,9 @@ DICOM_MEDIA_TYPE = "application/dicom"
 PRIVATE_SCHEME = "99KDOCT"
 MANUFACTURER = "kdoct"
 SR_SERIES_NUMBER = 9901  # high, so the report sorts after the acquisition's own series in a viewer
+# The entropy of the UIDs of a report (see _uids): an answer's and a series' reports never share one.
+_ANSWER_ENTROPY = "kdoct-sr"
+_SERIES_ENTROPY = "kdoct-series-sr"
 
 # The classes of the NEH3 bundles, coded in SNOMED CT where a source was found for the code:
 _FINDINGS = {
@@ -64,6 +83,26 @@ _NOT_GRADABLE_REASON = CodedConcept("gate-reason", PRIVATE_SCHEME, "Reason the i
 _REFER = CodedConcept("refer", PRIVATE_SCHEME, "Clinician review advised")
 _YES_NO = {True: CodedConcept("373066001", "SCT", "Yes"), False: CodedConcept("373067005", "SCT", "No")}
 _UNITLESS = CodedConcept("1", "UCUM", "no units")  # a probability in [0, 1]
+
+
+# The Type 2 attributes of the Patient and General Study modules: every report has them, empty (see
+# _evidence for why); the Encapsulated PDF (service/dicom_node/pdf_report.py) too.
+EMPTY_PATIENT_AND_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+class ReportUids(NamedTuple):
+    series: str  # Series Instance UID
+    instance: str  # SOP Instance UID
 
 
 def finding_code(label: str) -> CodedConcept:
@@ -91,17 +130,7 @@ def _evidence(source: DicomSource) -> Dataset:
     dataset.SeriesInstanceUID = source.series_instance_uid
     dataset.SOPInstanceUID = source.sop_instance_uid
     dataset.SOPClassUID = source.sop_class_uid
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "AccessionNumber",
-        "StudyID",
-        "StudyDate",
-        "StudyTime",
-        "ReferringPhysicianName",
-    ):
+    for keyword in EMPTY_PATIENT_AND_STUDY:
         setattr(dataset, keyword, None)
     return dataset
 
@@ -142,14 +171,15 @@ def _group(
     )
 
 
-def build_report(answer: ClassifyResponse, source: DicomSource) -> bytes:
-    """The answer as a DICOM Part 10 file (Comprehensive SR, explicit VR little endian)."""
-    model = answer.model
-    # TID 4019: the model's name and version, and the bundle's sha256 as the parameter pinning it.
-    algorithm = AlgorithmIdentification(
+def _algorithm(model: ModelIdentity) -> AlgorithmIdentification:
+    """TID 4019: the model's name and version, and the bundle's sha256 as the parameter pinning it."""
+    return AlgorithmIdentification(
         name=model.name, version=model.version, parameters=[f"bundle sha256 {model.sha256}"]
     )
-    device = ObserverContext(
+
+
+def _device(model: ModelIdentity) -> ObserverContext:
+    return ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
             # One UID per bundle: the same model is the same observer in every report.
@@ -159,28 +189,45 @@ def build_report(answer: ClassifyResponse, source: DicomSource) -> bytes:
             model_name=f"{model.name} {model.version}",
         ),
     )
+
+
+def _instance_groups(
+    answer: ClassifyResponse, source: DicomSource
+) -> list[MeasurementsAndQualitativeEvaluations]:
+    """One instance's groups: its own result, then, for a volume, each frame's."""
+    algorithm = _algorithm(answer.model)
     groups = [_group(answer, source, algorithm, None)]
-    if source.frames > 1:  # a volume: its own result above, then each frame's
+    if source.frames > 1:
         groups += [_group(frame, source, algorithm, frame.frame_index + 1) for frame in answer.frames or []]
+    return groups
+
+
+def _encode(
+    evidence: list[Dataset],
+    groups: list[MeasurementsAndQualitativeEvaluations],
+    model: ModelIdentity,
+    uids: ReportUids,
+    series_description: str,
+) -> bytes:
+    """The Comprehensive SR of these groups as a Part 10 file (explicit VR little endian)."""
     report = MeasurementReport(
-        observation_context=ObservationContext(observer_device_context=device),
+        observation_context=ObservationContext(observer_device_context=_device(model)),
         procedure_reported=codes.DCM.OphthalmicTomography,
         imaging_measurements=groups,
     )
-    # UIDs derived from the prediction_id: the same record always names the same report.
     sr = ComprehensiveSR(
-        evidence=[_evidence(source)],
+        evidence=evidence,
         content=report,
-        series_instance_uid=generate_uid(entropy_srcs=["kdoct-sr-series", answer.prediction_id]),
+        series_instance_uid=uids.series,
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(entropy_srcs=["kdoct-sr", answer.prediction_id]),
+        sop_instance_uid=uids.instance,
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
         # An algorithm's screening answer, not verified by a clinician: preliminary and unverified.
         is_final=False,
         is_verified=False,
-        series_description="kdoct OCT classification",
+        series_description=series_description,
         # A private scheme must be declared in the report that uses it (PS3.3 C.12.1.1.2).
         coding_schemes=[
             CodingSchemeIdentificationItem(
@@ -193,3 +240,44 @@ def build_report(answer: ClassifyResponse, source: DicomSource) -> bytes:
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def _uids(entropy: str, prediction_id: str) -> ReportUids:
+    """UIDs derived from a prediction_id: the same record always names the same report, so a report
+    sent again is the same instance (a PACS keeps one copy)."""
+    return ReportUids(
+        series=generate_uid(entropy_srcs=[f"{entropy}-series", prediction_id]),
+        instance=generate_uid(entropy_srcs=[entropy, prediction_id]),
+    )
+
+
+def build_report(answer: ClassifyResponse, source: DicomSource) -> bytes:
+    """The answer as a DICOM Part 10 file (Comprehensive SR, explicit VR little endian)."""
+    return _encode(
+        [_evidence(source)],
+        _instance_groups(answer, source),
+        answer.model,
+        _uids(_ANSWER_ENTROPY, answer.prediction_id),
+        "kdoct OCT classification",
+    )
+
+
+def sr_uids(result: SeriesResult) -> ReportUids:
+    """The series and SOP Instance UIDs of build_series_report(result), without building it: from the
+    headline's prediction_id (its own entropy, so never the UIDs of build_report's answer)."""
+    return _uids(_SERIES_ENTROPY, result.result.answer.prediction_id)
+
+
+def build_series_report(result: SeriesResult) -> bytes:
+    """One Comprehensive SR for a series classified by the DICOM node: every instance as evidence, and
+    each instance's groups (its result, and a volume's frames) in the order received, each referencing
+    its own SOP Instance. The series' result is the headline instance's group; the observer is its
+    model (one pipeline classified the whole series)."""
+    groups = [group for item in result.instances for group in _instance_groups(item.answer, item.source)]
+    return _encode(
+        [_evidence(item.source) for item in result.instances],
+        groups,
+        result.result.answer.model,
+        sr_uids(result),
+        "kdoct OCT series classification",
+    )
