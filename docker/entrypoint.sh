@@ -21,7 +21,7 @@ set -eu
 
 # docker compose cannot leave a variable out, only set it empty; an empty optional setting means
 # "not set" (no teacher, default policy), which the service only understands when it is absent.
-for optional in KDOCT_TEACHER_BUNDLE KDOCT_SECOND_OPINION; do
+for optional in KDOCT_TEACHER_BUNDLE KDOCT_SECOND_OPINION KDOCT_DICOM_DESTINATION KDOCT_DICOMWEB_URL; do
     eval "value=\${$optional:-}"
     [ -n "$value" ] || unset "$optional"
 done

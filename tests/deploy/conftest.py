@@ -105,6 +105,7 @@ def compose_config(repo_root: Path) -> dict[str, Any]:
             "--project-directory", str(repo_root),
             "-f", str(repo_root / "docker-compose.yml"),
             "--profile", "cpu", "--profile", "gpu", "--profile", "train", "--profile", "admin",
+            "--profile", "dicom",
             "config",
         ],
         capture_output=True, text=True, timeout=60, env=_clean_env(),
