@@ -56,6 +56,13 @@ SERVICE_METRICS = {
     "kdoct_auth_failures_total": "counter",
     "kdoct_model_info": "gauge",
     "kdoct_model_ready": "gauge",
+    "kdoct_dicom_associations_total": "counter",
+    "kdoct_dicom_instances_total": "counter",
+    "kdoct_dicom_series_total": "counter",
+    "kdoct_dicom_exports_total": "counter",
+    "kdoct_dicom_dead_letters": "gauge",
+    "kdoct_dicom_store_bytes": "gauge",
+    "kdoct_dicom_store_capacity_bytes": "gauge",
 }
 
 # Values for Grafana's variables when a dashboard query is sent to Prometheus directly.
