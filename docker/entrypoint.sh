@@ -2,6 +2,10 @@
 # Container entrypoint for the kdoct image.
 #   serve (default)   wait for the database, check the schema is at head, then exec uvicorn with N
 #                     workers; refused when the owner's URL is in the environment (below)
+#   dicom-node        the DICOM node (C-STORE/C-ECHO SCP, its HTTP on KDOCT_DICOM_HTTP_PORT): the same
+#                     checks as serve (owner's URL refused, database waited for, schema at head,
+#                     metrics directory emptied), then exec `python -m service dicom-node`; it binds
+#                     KDOCT_DICOM_HOST (0.0.0.0 here, like serve's KDOCT_HOST)
 #   migrate           wait for the database and apply migrations as the owner, nothing else
 #   db|apikey|audit   the service's own CLI, e.g. `docker compose run --rm admin apikey create ops --scopes read`
 #   anything else     executed as given (a shell, python -m model_training ..., torchrun ...)
@@ -17,7 +21,7 @@ set -eu
 
 # docker compose cannot leave a variable out, only set it empty; an empty optional setting means
 # "not set" (no teacher, default policy), which the service only understands when it is absent.
-for optional in KDOCT_TEACHER_BUNDLE KDOCT_SECOND_OPINION; do
+for optional in KDOCT_TEACHER_BUNDLE KDOCT_SECOND_OPINION KDOCT_DICOM_DESTINATION KDOCT_DICOMWEB_URL; do
     eval "value=\${$optional:-}"
     [ -n "$value" ] || unset "$optional"
 done
@@ -54,18 +58,23 @@ reset_metrics_dir() {
     fi
 }
 
+# The long-running servers (the API, the DICOM node) write records as the runtime role only.
+refuse_owner_url() {
+    if [ -n "${KDOCT_MIGRATION_DATABASE_URL:-}" ]; then
+        echo "entrypoint: refusing to $1 with KDOCT_MIGRATION_DATABASE_URL (the tables' owner) in the" \
+            "environment: the server must hold only the runtime role's KDOCT_DATABASE_URL. Run migrations" \
+            "in their own one-shot container (docker compose: the migrate service; Kubernetes: the" \
+            "migration Job) and remove the variable from the server's (docs/DEPLOYMENT.md)." >&2
+        exit 2
+    fi
+}
+
 command=${1:-serve}
 [ "$#" -gt 0 ] && shift
 
 case "$command" in
     serve)
-        if [ -n "${KDOCT_MIGRATION_DATABASE_URL:-}" ]; then
-            echo "entrypoint: refusing to serve with KDOCT_MIGRATION_DATABASE_URL (the tables' owner) in the" \
-                "environment: the API must hold only the runtime role's KDOCT_DATABASE_URL. Run migrations" \
-                "in their own one-shot container (docker compose: the migrate service; Kubernetes: the" \
-                "migration Job) and remove the variable from the API's (docs/DEPLOYMENT.md)." >&2
-            exit 2
-        fi
+        refuse_owner_url serve
         # As the runtime role: a no-op at head, and a failure before it (the role may not create
         # tables), so a worker never serves an old schema.
         wait_and_migrate
@@ -77,6 +86,17 @@ case "$command" in
             --port "${KDOCT_PORT:-8000}" \
             --workers "${KDOCT_WORKERS:-2}" \
             "$@"
+        ;;
+    dicom-node)
+        refuse_owner_url "run the DICOM node"
+        # As for serve: the node writes the same records, so it must not start on an old schema.
+        wait_and_migrate
+        reset_metrics_dir
+        # The container's port is the boundary (only callers on KDOCT_DICOM_CALLERS may associate).
+        KDOCT_DICOM_HOST="${KDOCT_DICOM_HOST:-0.0.0.0}"
+        export KDOCT_DICOM_HOST
+        # exec, as for serve: SIGTERM reaches the node, which finishes its associations and series.
+        exec python -m service dicom-node "$@"
         ;;
     migrate)
         wait_and_migrate

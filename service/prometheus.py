@@ -42,6 +42,7 @@ __all__ = [
     "DICOM_SERIES",
     "DICOM_SERIES_OUTCOMES",
     "DICOM_STORE_BYTES",
+    "DICOM_STORE_CAPACITY",
     "INFERENCE_DURATION",
     "INGRESS_IN_FLIGHT",
     "INGRESS_MEMORY",
@@ -208,6 +209,10 @@ DICOM_DEAD_LETTERS = Gauge(
     "kdoct_dicom_dead_letters", "Series whose results wait in the dead-letter directory"
 )
 DICOM_STORE_BYTES = Gauge("kdoct_dicom_store_bytes", "Bytes of received instances held in the node's store")
+# KDOCT_DICOM_STORE_MAX_BYTES, set once at start: the store-near-full alert divides by it.
+DICOM_STORE_CAPACITY = Gauge(
+    "kdoct_dicom_store_capacity_bytes", "Bytes the node's store may hold before it refuses associations"
+)
 # accepted; rejected_caller (not on KDOCT_DICOM_CALLERS), store_full, busy (KDOCT_DICOM_MAX_ASSOCIATIONS)
 DICOM_ASSOCIATION_OUTCOMES = ("accepted", "rejected_caller", "store_full", "busy")
 # stored; ignored (an SR or PDF: never classified, so a PACS routing results back makes no loop);

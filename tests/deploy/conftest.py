@@ -56,6 +56,13 @@ SERVICE_METRICS = {
     "kdoct_auth_failures_total": "counter",
     "kdoct_model_info": "gauge",
     "kdoct_model_ready": "gauge",
+    "kdoct_dicom_associations_total": "counter",
+    "kdoct_dicom_instances_total": "counter",
+    "kdoct_dicom_series_total": "counter",
+    "kdoct_dicom_exports_total": "counter",
+    "kdoct_dicom_dead_letters": "gauge",
+    "kdoct_dicom_store_bytes": "gauge",
+    "kdoct_dicom_store_capacity_bytes": "gauge",
 }
 
 # Values for Grafana's variables when a dashboard query is sent to Prometheus directly.
@@ -105,6 +112,7 @@ def compose_config(repo_root: Path) -> dict[str, Any]:
             "--project-directory", str(repo_root),
             "-f", str(repo_root / "docker-compose.yml"),
             "--profile", "cpu", "--profile", "gpu", "--profile", "train", "--profile", "admin",
+            "--profile", "dicom",
             "config",
         ],
         capture_output=True, text=True, timeout=60, env=_clean_env(),

@@ -10,8 +10,12 @@ from typing import Any
 
 import yaml
 
-EXPECTED_SERVICES = {"api", "api-gpu", "train", "postgres", "prometheus", "grafana", "migrate", "admin"}
+EXPECTED_SERVICES = {
+    "api", "api-gpu", "dicom", "train", "postgres", "prometheus", "grafana", "migrate", "admin"
+}  # fmt: skip
 API_SERVICES = ("api", "api-gpu")
+# The long-running servers that write records: the APIs and the DICOM node.
+SERVERS = (*API_SERVICES, "dicom")
 # Services that may hold the tables' owner's password: the database itself, the one-shot migration
 # and the operators' CLI (docs/SECURITY.md, issue 23 case 5).
 OWNER_HOLDERS = {"postgres", "migrate", "admin"}
@@ -95,7 +99,7 @@ def test_env_example_defines_every_variable_the_compose_file_uses(
 
 
 def test_api_services_mount_bundles_read_only_and_keep_the_spool(compose_config: dict[str, Any]) -> None:
-    for name in API_SERVICES:
+    for name in SERVERS:
         service = compose_config["services"][name]
         mounts = {mount["target"]: mount for mount in map(_volume, service["volumes"])}
         assert mounts["/bundles"]["read_only"], f"{name}: bundles must be mounted read-only"
@@ -167,7 +171,7 @@ def test_api_containers_never_receive_the_owners_credentials(
         name for name, service in compose_config["services"].items() if password in yaml.safe_dump(service)
     }
     assert holders == OWNER_HOLDERS, f"the owner's password reaches {sorted(holders - OWNER_HOLDERS)}"
-    for name in API_SERVICES:
+    for name in SERVERS:
         service = compose_config["services"][name]
         environment = service["environment"]
         assert "KDOCT_MIGRATION_DATABASE_URL" not in environment, name
@@ -195,7 +199,7 @@ def test_a_one_shot_service_migrates_as_the_owner_before_the_api_starts(
     assert migrate["restart"] == "no" and "ports" not in migrate
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     # Whichever API profile runs, the migration runs first, and the API only if it succeeded.
-    for name in API_SERVICES:
+    for name in SERVERS:
         assert set(services[name]["profiles"]) <= set(migrate["profiles"]), name
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
 
@@ -210,3 +214,56 @@ def test_the_operators_cli_runs_as_the_owner_in_a_service_of_its_own(
     mounts = {mount["target"]: mount for mount in map(_volume, admin["volumes"])}
     # `audit verify` needs the audit key and the checkpoints; it never writes them.
     assert mounts["/var/lib/kdoct/audit"]["read_only"] and mounts["/var/lib/kdoct/audit"]["type"] == "volume"
+
+
+def test_the_dicom_node_runs_from_the_api_image_with_durable_volumes_of_its_own(
+    compose_config: dict[str, Any], repo_root: Path
+) -> None:
+    services, volumes = compose_config["services"], compose_config["volumes"]
+    dicom, api = services["dicom"], services["api"]
+    assert dicom["command"] == ["dicom-node"]  # docker/entrypoint.sh: serve's checks, then the node
+    assert dicom["image"] == api["image"] and dicom["build"] == api["build"]
+    assert dicom["profiles"] == ["dicom"]
+    for same in ("restart", "stop_grace_period", "security_opt", "cap_drop", "tmpfs"):
+        assert dicom[same] == api[same], same
+    environment = dicom["environment"]
+    assert environment["KDOCT_DICOM_HOST"] == "0.0.0.0"
+    assert environment["KDOCT_STUDENT_BUNDLE"] == api["environment"]["KDOCT_STUDENT_BUNDLE"]
+    mounts = {mount["target"]: mount for mount in map(_volume, dicom["volumes"])}
+    api_mounts = {mount["target"]: mount for mount in map(_volume, api["volumes"])}
+    # Its own spool (each process replays only what it journalled), the API's audit key.
+    assert mounts["/var/lib/kdoct/spool"]["source"] != api_mounts["/var/lib/kdoct/spool"]["source"]
+    assert mounts["/var/lib/kdoct/audit"]["source"] == api_mounts["/var/lib/kdoct/audit"]["source"]
+    # The store and the dead letters are durable named volumes used by no other service.
+    others = {
+        _volume(volume)["source"]
+        for name, service in services.items()
+        if name != "dicom"
+        for volume in service.get("volumes", [])
+    }
+    for setting in ("KDOCT_DICOM_STORE_DIR", "KDOCT_DICOM_DEAD_LETTER_DIR", "KDOCT_SPOOL_DIR"):
+        path = environment.get(setting, "/var/lib/kdoct/spool")
+        mount = mounts[path]
+        assert mount["type"] == "volume" and not mount.get("read_only"), setting
+        assert mount["source"] in volumes and mount["source"] not in others, setting
+    # The image creates the mount points owned by its user, so new named volumes are writable.
+    dockerfile = (repo_root / "docker" / "Dockerfile").read_text()
+    for setting in ("KDOCT_DICOM_STORE_DIR", "KDOCT_DICOM_DEAD_LETTER_DIR"):
+        assert environment[setting] in dockerfile, setting
+    # The SCP is published (on 11112 in the container: 104 needs a capability it does not have); its
+    # HTTP port (metrics, health) is not: Prometheus reaches it on the compose network.
+    published = [str(port) for port in dicom["ports"]]
+    assert len(published) == 1 and ":11112" in published[0], published
+    assert [str(port) for port in dicom["expose"]] == [environment["KDOCT_DICOM_HTTP_PORT"]] == ["9112"]
+    healthcheck = dicom["healthcheck"]["test"]
+    assert healthcheck[-1] == "http://127.0.0.1:9112/health/ready" and "healthcheck.py" in healthcheck[-2]
+
+
+def test_prometheus_scrapes_the_dicom_node(docker_dir: Path, compose_config: dict[str, Any]) -> None:
+    config = yaml.safe_load((docker_dir / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    (discovery,) = jobs["kdoct-dicom"]["dns_sd_configs"]
+    assert discovery["names"] == ["dicom"] and "dicom" in compose_config["services"]
+    environment = compose_config["services"]["dicom"]["environment"]
+    assert discovery["port"] == int(environment["KDOCT_DICOM_HTTP_PORT"])
+    assert jobs["kdoct-dicom"]["metrics_path"] == "/metrics"

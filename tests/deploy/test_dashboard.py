@@ -16,7 +16,8 @@ REQUIRED_TOPICS = [
     "request rate", "error rate", "request latency", "inference latency", "queue wait", "queue depth",
     "batch size", "predictions by label", "confidence distribution", "referral", "disagreement",
     "database write failures", "spool backlog", "authentication failures", "models", "safety gate",
-    "ungradable",
+    "ungradable", "dicom associations", "dicom instances", "dicom series", "dicom exports",
+    "dicom dead letters", "dicom store",
 ]  # fmt: skip
 
 

@@ -133,9 +133,12 @@ def test_entrypoint_is_valid_posix_sh_and_execs_the_server(docker_dir: Path, too
     text = entrypoint.read_text()
     assert "set -eu" in text
     assert re.search(r"^\s*exec python -m service serve", text, re.MULTILINE), "serve must exec (signals)"
-    serve_branch = text[text.index("    serve)") : text.index(";;", text.index("    serve)"))]
-    order = [serve_branch.index(step) for step in ("wait_and_migrate", "reset_metrics_dir", "exec python")]
-    assert order == sorted(order), "wait for the database and migrate before serving"
+    assert re.search(r"^\s*exec python -m service dicom-node", text, re.MULTILINE), "the node must exec"
+    for verb in ("serve", "dicom-node"):
+        branch = text[text.index(f"    {verb})") : text.index(";;", text.index(f"    {verb})"))]
+        steps = ("refuse_owner_url", "wait_and_migrate", "reset_metrics_dir", "exec python")
+        order = [branch.index(step) for step in steps]
+        assert order == sorted(order), f"{verb}: refuse the owner, wait for the database and migrate first"
     assert "upgrade head" in text
 
 
@@ -167,10 +170,14 @@ def test_wait_for_db_rejects_a_malformed_url_and_skips_sqlite() -> None:
     assert _wait_for_db("--url", "sqlite:///./var/kdoct.db").returncode == 0
 
 
-def test_serve_refuses_the_owners_credentials_in_its_environment(docker_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("verb", "refusal"), [("serve", "serve"), ("dicom-node", "run the DICOM node")])
+def test_servers_refuse_the_owners_credentials_in_their_environment(
+    docker_dir: Path, tmp_path: Path, verb: str, refusal: str
+) -> None:
     """The owner's URL in the server's environment is in /proc/<pid>/environ of the master and every
-    worker (issue 23, case 5): `serve` refuses it before waiting for the database or starting anything.
-    The database is unreachable, so code that does not refuse gives up waiting for it instead."""
+    worker (issue 23, case 5): `serve` and `dicom-node` refuse it before waiting for the database or
+    starting anything. The database is unreachable, so code that does not refuse gives up waiting for it
+    instead."""
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "KDOCT_DATABASE_URL": "postgresql+psycopg://kdoct_app:runtime-pw@127.0.0.1:1/kdoct",
@@ -178,11 +185,11 @@ def test_serve_refuses_the_owners_credentials_in_its_environment(docker_dir: Pat
         "KDOCT_DB_WAIT_SECONDS": "1",
     }
     result = subprocess.run(
-        ["sh", str(docker_dir / "entrypoint.sh"), "serve"],
+        ["sh", str(docker_dir / "entrypoint.sh"), verb],
         capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "refusing to serve with KDOCT_MIGRATION_DATABASE_URL" in result.stderr
+    assert f"refusing to {refusal} with KDOCT_MIGRATION_DATABASE_URL" in result.stderr
     assert "owner-pw" not in result.stderr + result.stdout
 
 

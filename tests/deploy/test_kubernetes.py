@@ -59,6 +59,17 @@ def _one(kind: str, where: str = "") -> dict[str, Any]:
     return found[0]
 
 
+def _named(kind: str, name: str) -> dict[str, Any]:
+    found = [doc for _, doc in MANIFESTS if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name} in deploy/k8s, found {len(found)}"
+    return found[0]
+
+
+def _dicom() -> dict[str, Any]:
+    """The DICOM node's Deployment (base: the same in both variants)."""
+    return _named("Deployment", "kdoct-dicom")
+
+
 def _deployments() -> dict[str, dict[str, Any]]:
     return {variant: _one("Deployment", f"/{variant}/") for variant in ("cpu", "gpu")}
 
@@ -179,11 +190,19 @@ _SERVICE_MONITOR = {
 }
 
 
-def test_service_monitor_matches_its_crd_subset_and_the_service() -> None:
-    monitor, service = _one("ServiceMonitor"), _one("Service")
+@pytest.mark.parametrize("name", ["kdoct-api", "kdoct-dicom"])
+def test_service_monitor_matches_its_crd_subset_and_the_service(name: str) -> None:
+    monitor, service = _named("ServiceMonitor", name), _named("Service", name)
     jsonschema.validate(monitor, _SERVICE_MONITOR)
     _validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": monitor["metadata"]})  # the metadata
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    # It selects that Service only (the DICOM node's external one must not be scraped through).
+    selected = [
+        doc["metadata"]["name"]
+        for _, doc in MANIFESTS
+        if doc["kind"] == "Service" and _selects(monitor["spec"]["selector"], doc["metadata"]["labels"])
+    ]
+    assert selected == [name]
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
     assert [e["path"] for e in monitor["spec"]["endpoints"]] == ["/metrics"]
 
@@ -316,7 +335,7 @@ def test_kserve_pods_carry_the_labels_the_network_policies_select() -> None:
     assert _selects(client["namespaceSelector"], namespace_labels) and _selects(client["podSelector"], labels)
     # The ServiceMonitor selects the Service KServe makes for the predictor (it copies the pods'
     # labels) and scrapes it on the port the runtime names.
-    monitor = _one("ServiceMonitor")
+    monitor = _named("ServiceMonitor", "kdoct-api")
     assert _selects(monitor["spec"]["selector"], labels)
     ports = {port.get("name") for port in _one("ServingRuntime")["spec"]["containers"][0]["ports"]}
     assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} <= ports
@@ -365,7 +384,7 @@ def test_grace_period_covers_prestop_and_drain() -> None:
 
 
 def test_probes_point_at_the_right_health_routes() -> None:
-    for variant, deployment in _deployments().items():
+    for variant, deployment in {**_deployments(), "dicom": _dicom()}.items():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready", variant
         # Liveness semantics (never the database): a database outage must not restart replicas.
@@ -435,6 +454,86 @@ def test_every_path_the_service_writes_is_a_writable_volume() -> None:
         assert bundles["readOnly"] and volumes[bundles["name"]]["persistentVolumeClaim"]["readOnly"]
 
 
+def test_the_dicom_node_keeps_its_queue_on_a_volume_one_pod_owns() -> None:
+    """The store is a durable local queue: one replica, never two at once (Recreate), on a
+    ReadWriteOnce claim; every path the node writes is that volume or /tmp, the rest is read-only."""
+    deployment = _dicom()
+    spec, pod = deployment["spec"], deployment["spec"]["template"]["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    (container,) = pod["containers"]
+    assert container["args"] == ["dicom-node"]
+    assert container["image"] == _deployments()["cpu"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    env = _effective_env(container)
+    assert env["KDOCT_DATABASE_URL"] == "secret:kdoct-db-runtime"
+    assert env["KDOCT_DICOM_HOST"] == "0.0.0.0"
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"dicom": int(env["KDOCT_DICOM_PORT"]), "metrics": int(env["KDOCT_DICOM_HTTP_PORT"])}
+    assert ports == {"dicom": 11112, "metrics": 9112}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "metrics", probe
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    def mount_of(path: str) -> dict[str, Any]:
+        owners = [m for p, m in mounts.items() if path == p or path.startswith(p + "/")]
+        assert owners, f"{path} is on the read-only root filesystem"
+        return owners[0]
+
+    claim = _named("PersistentVolumeClaim", "kdoct-dicom")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    durable = ("KDOCT_DICOM_STORE_DIR", "KDOCT_DICOM_DEAD_LETTER_DIR", "KDOCT_SPOOL_DIR")
+    for setting in durable:
+        mount = mount_of(env[setting])
+        assert not mount.get("readOnly"), setting
+        assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == "kdoct-dicom", setting
+    assert not mount_of(str(Path(env["KDOCT_ANCHOR_FILE"]).parent)).get("readOnly")
+    key = mount_of(env["KDOCT_AUDIT_KEY_FILE"])
+    assert key["readOnly"] and volumes[key["name"]]["secret"]["secretName"] == "kdoct-audit-key"
+    bundles = mount_of(env["KDOCT_STUDENT_BUNDLE"])
+    assert bundles["readOnly"] and volumes[bundles["name"]]["persistentVolumeClaim"]["readOnly"]
+    assert "emptyDir" in volumes[mount_of("/tmp")["name"]]
+    # Neither the API's autoscaler nor its disruption budget (minAvailable 1 would block every drain).
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert _one("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"] != "kdoct-dicom"
+    assert not _selects(_one("PodDisruptionBudget")["spec"]["selector"], labels)
+
+
+def test_the_dicom_node_is_reached_on_its_scp_from_the_hospital_and_on_metrics_by_prometheus() -> None:
+    labels = _dicom()["spec"]["template"]["metadata"]["labels"]
+    internal, external = _named("Service", "kdoct-dicom"), _named("Service", "kdoct-dicom-external")
+    assert {p["name"]: p["port"] for p in internal["spec"]["ports"]} == {"dicom": 11112, "metrics": 9112}
+    # From outside the cluster: the SCP alone, on the well-known port, the callers' addresses kept.
+    assert [(p["name"], p["port"], p["targetPort"]) for p in external["spec"]["ports"]] == [
+        ("dicom", 104, "dicom")
+    ]
+    assert external["spec"]["externalTrafficPolicy"] == "Local"
+    assert external["spec"]["loadBalancerSourceRanges"]
+    for service in (internal, external):
+        assert service["spec"]["selector"].items() <= labels.items()
+    policies = {d["metadata"]["name"]: d["spec"] for _, d in MANIFESTS if d["kind"] == "NetworkPolicy"}
+    admitting = {
+        name: spec
+        for name, spec in policies.items()
+        if spec["podSelector"] and _selects(spec["podSelector"], labels)
+    }
+    ingress = [rule for spec in admitting.values() for rule in spec.get("ingress", [])]
+    by_port = {rule["ports"][0]["port"]: rule["from"] for rule in ingress}
+    assert set(by_port) == {11112, 9112} and all(len(rule["ports"]) == 1 for rule in ingress)
+    assert [peer["ipBlock"]["cidr"] for peer in by_port[11112]] == external["spec"][
+        "loadBalancerSourceRanges"
+    ]
+    assert [peer["podSelector"]["matchLabels"] for peer in by_port[9112]] == [
+        {"app.kubernetes.io/name": "prometheus"}
+    ]
+    egress = {
+        port["port"]
+        for spec in admitting.values()
+        for rule in spec.get("egress", [])
+        for port in rule["ports"]
+    }
+    assert egress == {5432, 53, 104, 11112, 443}, "PostgreSQL, DNS and the PACS (DIMSE, DICOMweb)"
+
+
 def test_cpu_and_gpu_deployments_differ_only_where_intended() -> None:
     cpu, gpu = (copy.deepcopy(d) for d in _deployments().values())
     gpu_pod = gpu["spec"]["template"]["spec"]
@@ -471,7 +570,7 @@ def test_network_policies_deny_by_default_and_admit_only_the_named_peers() -> No
     ]
     assert peers == [{"app.kubernetes.io/name": "ingress-nginx"}, {"app.kubernetes.io/name": "prometheus"}]
     clients = policies["kdoct-db-ingress"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]
-    assert clients["values"] == ["api", "migrate"]
+    assert clients["values"] == ["api", "migrate", "dicom"]
 
 
 # ---- the Dockerfile

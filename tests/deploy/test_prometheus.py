@@ -18,6 +18,10 @@ REQUIRED_ALERTS = {
     "KdoctDatabaseWritesFailing",
     "KdoctModelNotReady",
     "KdoctUngradableShareHigh",  # the safety gate refuses far more than the ~5 % it was fitted for
+    "KdoctDicomNodeDown",
+    "KdoctDicomDeadLetters",  # results the node could not deliver, waiting for dicom-replay
+    "KdoctDicomStoreNearlyFull",  # kdoct_dicom_store_bytes over 90 % of kdoct_dicom_store_capacity_bytes
+    "KdoctDicomRefusingStoreFull",
 }
 METRIC_NAME = re.compile(r"\bkdoct_[a-z_]+\b")
 
