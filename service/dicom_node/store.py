@@ -48,6 +48,7 @@ class InstanceStore:
         private_directory(directory)
         self.used_bytes = sum(path.stat().st_size for path in directory.glob(f"*/*{SUFFIX}"))
         prometheus.DICOM_STORE_BYTES.set(self.used_bytes)
+        prometheus.DICOM_STORE_CAPACITY.set(max_bytes)
 
     def series_key(self, series_instance_uid: str) -> str:
         return self._name(series_instance_uid)
