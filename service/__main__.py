@@ -1,5 +1,5 @@
-"""`python -m service <command>`: serve, db, apikey, audit; built with the scaffold both command lines
-share (kdoct/cli.py): one module per subcommand under service/commands."""
+"""`python -m service <command>`: serve, db, apikey, audit, dicom-replay; built with the scaffold both
+command lines share (kdoct/cli.py): one module per subcommand under service/commands."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "service.commands.db",
     "service.commands.apikey",
     "service.commands.audit",
+    "service.commands.dicom_replay",
 ]
 
 
