@@ -26,15 +26,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pydicom
 
+from service.dicom_node.results import ResultObject
 from service.private_files import FILE_MODE, private_directory
 from service.prometheus import DICOM_DEAD_LETTERS
-
-if TYPE_CHECKING:
-    from service.dicom_node.export import ResultObject
 
 __all__ = ["MANIFEST", "DeadLetterEntry", "DeadLetterItem", "DeadLetters"]
 
@@ -69,8 +66,6 @@ class DeadLetterEntry:
 
     def objects(self) -> list[ResultObject]:
         """The entry's result objects, their UIDs read back from the files."""
-        from service.dicom_node.export import ResultObject
-
         objects = []
         for item in self.items:
             data = (self.path / item.file).read_bytes()

@@ -8,9 +8,11 @@ Delivery is confirmed, never assumed from a success status or a 2xx:
   (polled for up to CONFIRM_TIMEOUT_S); sent but not found is `unconfirmed`, and retried;
 - without it (C-STORE only), the C-STORE success status (or a warning: stored, coerced) is the only
   confirmation the protocol gives, and is taken as one.
-Before an object is sent, QIDO-RS is asked whether the destination has it already (a previous attempt
-that was stored but not confirmed in time, a replay): then it is not sent again. An object confirmed is
-never re-sent by a later attempt: a retry re-sends only what is not yet delivered, so no duplicates.
+With KDOCT_DICOMWEB_URL set, QIDO-RS is asked before an object is sent whether the destination has it
+already (a previous attempt that was stored but not confirmed in time, a replay): then it is not sent
+again. Without it nothing can be asked, and a second deliver() of the same objects sends them again
+(a PACS keeps one instance per SOP Instance UID). An object confirmed is never re-sent by a later
+attempt: a retry re-sends only what is not yet delivered, so no duplicates.
 
 Attempts: up to `attempts` rounds, waiting backoff_s, 2*backoff_s, ... (at most MAX_BACKOFF_S) between
 them; then the undelivered objects go to the dead letters (dead_letter.py) and deliver() returns False.
@@ -43,6 +45,7 @@ from pynetdicom.status import code_to_category
 from kdoct.errors import ConfigError
 from service.dicom_node.dead_letter import DeadLetterEntry, DeadLetters
 from service.dicom_node.peers import Peer, parse_destination
+from service.dicom_node.results import ResultObject  # defined beside SeriesResult; part of this API
 from service.prometheus import DICOM_EXPORTS
 
 if TYPE_CHECKING:
@@ -79,19 +82,6 @@ for _name, _level in (
 ):
     if logging.getLogger(_name).getEffectiveLevel() < _level:
         logging.getLogger(_name).setLevel(_level)
-
-
-@dataclass(frozen=True)
-class ResultObject:
-    """One DICOM Part 10 file to deliver."""
-
-    kind: str  # "sr" | "pdf"
-    sop_instance_uid: str
-    study_instance_uid: str
-    data: bytes
-
-    def __repr__(self) -> str:  # never a UID in a log line or a traceback
-        return f"ResultObject(kind={self.kind!r}, bytes={len(self.data)}, uids=<withheld>)"
 
 
 @dataclass(frozen=True)
