@@ -201,9 +201,7 @@ def test_a_second_delivery_sends_nothing_twice(pacs, attempt_log, records_url, t
     assert {row["detail"] for row in rows} == {"already at the destination"}
 
 
-def test_an_outage_dead_letters_then_replay_delivers_once(
-    tmp_path, records_url, attempt_log, monkeypatch
-) -> None:
+def test_an_outage_dead_letters_then_replay_delivers_once(tmp_path, records_url, attempt_log) -> None:
     objects = make_objects()
     study = objects[0].study_instance_uid
     prediction_id = str(uuid.uuid4())
