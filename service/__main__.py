@@ -1,5 +1,5 @@
-"""`python -m service <command>`: serve, db, apikey, audit; built with the scaffold both command lines
-share (kdoct/cli.py): one module per subcommand under service/commands."""
+"""`python -m service <command>`: serve, db, apikey, audit, dicom-replay; built with the scaffold both
+command lines share (kdoct/cli.py): one module per subcommand under service/commands."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "service.commands.audit",
     "service.commands.dicom_node",
     "service.commands.dicom_retrieve",
+    "service.commands.dicom_replay",
 ]
 
 

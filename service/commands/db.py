@@ -11,10 +11,10 @@ from service.db import migrate
 # Revisions at or above the newest one that holds records or their protection (0003: append-only
 # triggers on both tables and the runtime role's grants; 0004: the read log; 0005: the safety gate's
 # verdicts, which the hash chain covers; 0006: the keyed chain epoch, without which keyed links are
-# taken for unkeyed ones): downgrading to these loses nothing. Relative targets ("-1") and anything
-# older need the flag.
-PROTECTED_REVISION = "0006"
-_SAFE_DOWNGRADE_TARGETS = {"0006", "head"}
+# taken for unkeyed ones; 0007: the DICOM node's delivery attempts): downgrading to these loses nothing.
+# Relative targets ("-1") and anything older need the flag.
+PROTECTED_REVISION = "0007"
+_SAFE_DOWNGRADE_TARGETS = {"0007", "head"}
 
 
 def register(subparsers) -> None:
@@ -31,10 +31,10 @@ def register(subparsers) -> None:
     downgrade.add_argument(
         "--allow-records-downgrade",
         action="store_true",
-        help=f"needed to go below {PROTECTED_REVISION}: that drops the keyed chain epoch (keyed rows no "
-        "longer verify), the safety gate's verdicts (the rows holding one no longer verify) and the read "
-        "log, removes the records' append-only protection and runtime role grants, and 'base' drops the "
-        "records themselves",
+        help=f"needed to go below {PROTECTED_REVISION}: that drops the DICOM delivery attempts, the keyed "
+        "chain epoch (keyed rows no longer verify), the safety gate's verdicts (the rows holding one no "
+        "longer verify) and the read log, removes the records' append-only protection and runtime role "
+        "grants, and 'base' drops the records themselves",
     )
     add_database_option(downgrade)
     downgrade.set_defaults(handler=_downgrade)
@@ -49,8 +49,8 @@ def _downgrade(args: argparse.Namespace) -> int:
     if args.revision not in _SAFE_DOWNGRADE_TARGETS and not args.allow_records_downgrade:
         print(
             f"error: downgrading to {args.revision!r} goes below revision {PROTECTED_REVISION}: it drops "
-            "the keyed chain epoch (no keyed row verifies after it), the safety gate's verdicts (breaking "
-            "the hash of every row that holds one), the read log or "
+            "the DICOM delivery attempts, the keyed chain epoch (no keyed row verifies after it), the "
+            "safety gate's verdicts (breaking the hash of every row that holds one), the read log or "
             "removes the append-only protection of the prediction records (and 'base' drops "
             "them). Back the database "
             "up, then pass --allow-records-downgrade if you mean it.",

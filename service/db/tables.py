@@ -24,7 +24,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiClient", "Base", "ChainEpoch", "Feedback", "Prediction", "PredictionRead"]
+__all__ = [
+    "ApiClient",
+    "Base",
+    "ChainEpoch",
+    "DicomExportAttempt",
+    "Feedback",
+    "Prediction",
+    "PredictionRead",
+]
 
 SHA256_HEX = 64
 
@@ -152,3 +160,25 @@ class ChainEpoch(Base):
     first_sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     rule: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DicomExportAttempt(Base):
+    """One attempt to deliver one result object (the SR or the PDF of a series) of the DICOM node, and
+    its outcome (revision 0007; service/db/export_attempts.py). Append-only like the predictions. Never
+    a UID or a patient attribute: the series is named by its headline prediction's id."""
+
+    __tablename__ = "dicom_export_attempts"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    # The headline prediction of the series (not a foreign key: an attempt is noted even when the
+    # prediction's own record still waits in the spool).
+    prediction_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "sr" | "pdf"
+    # "cstore AE@host:port" or "stow <url>": where it went, never what it held.
+    destination: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    # delivered | failed | unconfirmed | dead_lettered | replayed
+    outcome: Mapped[str] = mapped_column(String(16))
+    # The error's class and a message free of UIDs; None when delivered.
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -1,4 +1,5 @@
-"""A classified series: what the reports (the SR and the PDF) and the export are built from."""
+"""A classified series: what the reports (the SR and the PDF) and the export are built from; and a
+result object, one report as the export delivers it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from service.answer import ClassifyResponse
 from service.imaging import DicomSource
 
-__all__ = ["ClassifiedInstance", "SeriesResult"]
+__all__ = ["ClassifiedInstance", "ResultObject", "SeriesResult"]
 
 
 @dataclass(frozen=True)
@@ -40,3 +41,16 @@ class SeriesResult:
     @property
     def result(self) -> ClassifiedInstance:
         return self.instances[self.headline]
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """One DICOM Part 10 file to deliver (service/dicom_node/export.py; dead_letter.py keeps it)."""
+
+    kind: str  # "sr" | "pdf"
+    sop_instance_uid: str
+    study_instance_uid: str
+    data: bytes
+
+    def __repr__(self) -> str:  # never a UID in a log line or a traceback
+        return f"ResultObject(kind={self.kind!r}, bytes={len(self.data)}, uids=<withheld>)"

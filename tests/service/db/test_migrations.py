@@ -11,7 +11,7 @@ from service.db.migrate import downgrade, upgrade
 from service.db.session import make_engine
 from service.db.tables import Base
 
-RECORD_TABLES = {"predictions", "api_clients", "feedback", "chain_epochs"}
+RECORD_TABLES = {"predictions", "api_clients", "feedback", "chain_epochs", "dicom_export_attempts"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -70,6 +70,6 @@ def test_concurrent_upgrades_of_one_sqlite_file_all_succeed(tmp_path, repo_root)
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0006"
+            assert MigrationContext.configure(conn).get_current_revision() == "0007"
     finally:
         engine.dispose()

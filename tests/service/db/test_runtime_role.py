@@ -21,10 +21,11 @@ from kdoct_testing.postgres import libpq_url as _libpq
 from service.db.chain import append_predictions
 from service.db.roles import audit_log_rewrite_powers
 from service.db.session import make_engine
-from service.db.tables import Feedback, PredictionRead
+from service.db.tables import DicomExportAttempt, Feedback, PredictionRead
 
 FEEDBACK = Feedback.__table__
 READS = PredictionRead.__table__
+ATTEMPTS = DicomExportAttempt.__table__
 
 # Each is something a compromised service could do to its own history; 42501 = insufficient_privilege.
 REWRITES = [
@@ -53,6 +54,11 @@ REWRITES = [
     "INSERT INTO chain_epochs (first_sequence, rule, started_at) VALUES (1000, 'sha256', now())",
     "ALTER TABLE chain_epochs DISABLE TRIGGER ALL",
     "ALTER TABLE predictions ALTER COLUMN link_rule SET DEFAULT 'sha256'",
+    # The DICOM node's delivery attempts (revision 0007).
+    "UPDATE dicom_export_attempts SET outcome = 'delivered'",
+    "DELETE FROM dicom_export_attempts",
+    "TRUNCATE dicom_export_attempts",
+    "ALTER TABLE dicom_export_attempts DISABLE TRIGGER ALL",
 ]
 
 
@@ -67,9 +73,22 @@ def _read_row(prediction_id) -> dict:
     }
 
 
+def _attempt_row(prediction_id) -> dict:
+    return {
+        "id": uuid.uuid4(),
+        "prediction_id": prediction_id,
+        "kind": "sr",
+        "destination": "cstore PACS@10.0.0.5:104",
+        "attempt": 1,
+        "outcome": "failed",
+        "detail": "association aborted",
+        "created_at": datetime.now(UTC),
+    }
+
+
 def _seed(url: str, make_rows) -> str:
-    """Two chained predictions, one feedback row and one read-log row, written by the owner; the first
-    prediction's id."""
+    """Two chained predictions, one feedback row, one read-log row and one export attempt, written by the
+    owner; the first prediction's id."""
     engine = make_engine(url)
     try:
         rows = make_rows(2)
@@ -81,6 +100,7 @@ def _seed(url: str, make_rows) -> str:
                 )
             )
             conn.execute(insert(READS).values(**_read_row(rows[0]["id"])))
+            conn.execute(insert(ATTEMPTS).values(**_attempt_row(rows[0]["id"])))
         return str(rows[0]["id"])
     finally:
         engine.dispose()
@@ -107,6 +127,8 @@ def test_the_runtime_role_does_the_services_work(pg_url, runtime_url, make_rows)
             assert conn.execute(text("SELECT count(*) FROM feedback")).scalar() == 2
             conn.execute(insert(READS).values(**_read_row(uuid.UUID(prediction_id))))
             assert conn.execute(text("SELECT count(*) FROM prediction_reads")).scalar() == 2
+            conn.execute(insert(ATTEMPTS).values(**_attempt_row(uuid.UUID(prediction_id))))
+            assert conn.execute(text("SELECT count(*) FROM dicom_export_attempts")).scalar() == 2
             conn.execute(text("SELECT name, key_hash, scopes, revoked_at FROM api_clients"))
         assert audit_log_rewrite_powers(engine) == []
     finally:
@@ -151,17 +173,24 @@ def test_a_role_that_may_add_a_chain_epoch_is_reported(pg_url, runtime_url) -> N
 
 @pytest.mark.parametrize(
     ("table", "message"),
-    [("feedback", "feedback is append-only"), ("prediction_reads", "reads are append-only")],
+    [
+        ("feedback", "feedback is append-only"),
+        ("prediction_reads", "reads are append-only"),
+        ("dicom_export_attempts", "export attempts are append-only"),
+    ],
 )
-def test_feedback_and_reads_are_append_only_even_for_the_owner(db_url, make_rows, table, message) -> None:
+def test_feedback_reads_and_attempts_are_append_only_even_for_the_owner(
+    db_url, make_rows, table, message
+) -> None:
     prediction_id = _seed(db_url, make_rows)
+    column = "outcome" if table == "dicom_export_attempts" else "client_id"
     engine = make_engine(db_url)
     try:
-        for statement in (f"UPDATE {table} SET client_id = 'someone-else'", f"DELETE FROM {table}"):
+        for statement in (f"UPDATE {table} SET {column} = 'someone-else'", f"DELETE FROM {table}"):
             with pytest.raises(Exception, match=message), engine.begin() as conn:
                 conn.execute(text(statement))
         with engine.connect() as conn:
-            assert conn.execute(text(f"SELECT client_id FROM {table}")).scalar() != "someone-else"
+            assert conn.execute(text(f"SELECT {column} FROM {table}")).scalar() != "someone-else"
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1
     finally:
         engine.dispose()
@@ -179,13 +208,13 @@ def test_downgrade_below_the_protection_asks_for_a_flag(sqlite_url, repo_root) -
             env=env,
         )
 
-    for target in ("base", "0003", "0004", "0005", "-1"):
+    for target in ("base", "0003", "0004", "0005", "0006", "-1"):
         refused = run("downgrade", target)
         assert refused.returncode == 2 and "--allow-records-downgrade" in refused.stderr
     engine = make_engine(sqlite_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
         assert run("downgrade", "base", "--allow-records-downgrade").returncode == 0
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0
