@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,7 +34,14 @@ _SOP_INSTANCE_UID = "00080018"
 class Orthanc:
     """One Orthanc process on fixed ports and a fixed storage directory."""
 
-    def __init__(self, workdir: Path, *, aet: str, modalities: Mapping[str, tuple[str, str, int]]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        aet: str,
+        modalities: Mapping[str, tuple[str, str, int]],
+        lua_scripts: Sequence[Path] = (),
+    ) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
         self.http_port = free_port()
@@ -79,6 +86,8 @@ class Orthanc:
             "ExecuteLuaEnabled": False,
             "RestApiWriteToFileSystemEnabled": False,
             "HttpDescribeErrors": True,
+            # Routing rules (docs/INTEGRATION.md: deploy/orthanc/forward-opt.lua forwards OPT series).
+            "LuaScripts": [str(Path(script).resolve()) for script in lua_scripts],
         }
         self.config_path.write_text(json.dumps(config, indent=2))
 
@@ -167,9 +176,11 @@ def running_orthanc(
     *,
     aet: str = "TESTPACS",
     modalities: Mapping[str, tuple[str, str, int]] | None = None,
+    lua_scripts: Sequence[Path] = (),
 ) -> Iterator[Orthanc]:
-    """A started Orthanc storing into `workdir`, stopped on exit. `modalities`: name -> (AE, host, port)."""
-    orthanc = Orthanc(Path(workdir), aet=aet, modalities=dict(modalities or {}))
+    """A started Orthanc storing into `workdir`, stopped on exit. `modalities`: name -> (AE, host, port);
+    `lua_scripts`: Orthanc's LuaScripts (routing rules)."""
+    orthanc = Orthanc(Path(workdir), aet=aet, modalities=dict(modalities or {}), lua_scripts=lua_scripts)
     orthanc.start()
     try:
         yield orthanc

@@ -92,7 +92,7 @@ def _build_node(settings, state):
     store = InstanceStore(
         settings.dicom_store_dir, settings.dicom_store_max_bytes, name=state.audit_key.file_name
     )
-    report, deliver = build_delivery(settings, state.records)
+    report, exporter = build_delivery(settings, state.records)
     node = DicomNode(
         gate=state.gate,
         intake=pipeline.intake,
@@ -100,7 +100,8 @@ def _build_node(settings, state):
         store=store,
         tracker=SeriesTracker(settings.dicom_series_idle_s),
         report=report,
-        deliver=deliver,
+        deliver=exporter.deliver if exporter else None,
+        housekeeping=exporter.dead_letters.update_gauge if exporter else None,
         max_upload_bytes=settings.max_upload_bytes,
         max_frames=settings.max_frames,
     )

@@ -124,7 +124,7 @@ class DeadLetters:
             # A crash mid-write or mid-remove; a young one may be another process's write in progress.
             if leftover.name.startswith((_TEMPORARY, _TRASH)) and now - _mtime(leftover) > _LEFTOVER_AGE_S:
                 shutil.rmtree(leftover, ignore_errors=True)
-        self._update_gauge()
+        self.update_gauge()
 
     def put(
         self,
@@ -157,7 +157,7 @@ class DeadLetters:
         final = self.directory / name
         os.rename(temporary, final)
         _fsync_directory(self.directory)
-        self._update_gauge()
+        self.update_gauge()
         return DeadLetterEntry(path=final, prediction_id=str(prediction_id), items=tuple(items))
 
     def entries(self) -> list[DeadLetterEntry]:
@@ -181,10 +181,12 @@ class DeadLetters:
         os.rename(entry.path, trash)
         _fsync_directory(self.directory)
         shutil.rmtree(trash, ignore_errors=True)
-        self._update_gauge()
+        self.update_gauge()
 
     def count(self) -> int:
         return len(self.entries())
 
-    def _update_gauge(self) -> None:
+    def update_gauge(self) -> None:
+        """kdoct_dicom_dead_letters at the count now (the node calls it now and then: `dicom-replay`
+        empties entries from another process)."""
         DICOM_DEAD_LETTERS.set(self.count())

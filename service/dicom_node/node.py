@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -41,6 +42,7 @@ ADMIT_TIMEOUT_S = 120.0
 RETRY_AFTER_LOAD_S = 2.0
 RETRY_AFTER_FAILURE_S = 30.0
 CONCURRENT_SERIES = 4
+HOUSEKEEPING_S = 5.0
 
 Report = Callable[[SeriesResult], Sequence[object]]  # the result objects of a series (SR, PDF)
 Deliver = Callable[[str, Sequence[object]], bool]  # (headline prediction id, objects) -> delivered
@@ -72,7 +74,10 @@ class DicomNode:
         deliver: Deliver | None,
         max_upload_bytes: int,
         max_frames: int,
+        housekeeping: Callable[[], None] | None = None,
     ) -> None:
+        """`housekeeping`: blocking upkeep run in a thread every HOUSEKEEPING_S (the dead letters'
+        gauge, which `dicom-replay` changes from another process)."""
         self.gate = gate
         self.intake = intake
         self.classifier = classifier
@@ -82,6 +87,7 @@ class DicomNode:
         self.deliver = deliver
         self.max_upload_bytes = max_upload_bytes
         self.max_frames = max_frames
+        self.housekeeping = housekeeping
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: asyncio.Task | None = None
         self._work: set[asyncio.Task] = set()
@@ -174,8 +180,15 @@ class DicomNode:
 
     async def _run(self) -> None:
         tick = min(1.0, self.tracker.idle_s / 4)
+        upkeep_due = 0.0
         while True:
             await asyncio.sleep(tick)
+            if self.housekeeping is not None and time.monotonic() >= upkeep_due:
+                upkeep_due = time.monotonic() + HOUSEKEEPING_S
+                try:
+                    await asyncio.to_thread(self.housekeeping)
+                except Exception:
+                    log.exception("DICOM node: housekeeping failed")
             for series in self.tracker.due():
                 task = asyncio.create_task(self._process(series))
                 self._work.add(task)

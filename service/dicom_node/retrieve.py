@@ -67,11 +67,13 @@ def send_study(
             ae.add_requested_context(sop_class, syntax)
     for series_uid in image_series(client, study_uid):
         assoc = ae.associate(host, port, ae_title=node_ae)
-        if not assoc.is_established:
+        if assoc.is_rejected:
             raise ConnectionError(
-                f"the DICOM node at {host}:{port} refused the association of {calling_ae}: is it on "
+                f"the DICOM node at {host}:{port} rejected the association of {calling_ae}: is it on "
                 f"KDOCT_DICOM_CALLERS?"
             )
+        if not assoc.is_established:
+            raise ConnectionError(f"no association with the DICOM node at {host}:{port}: is it running?")
         try:
             report.series += 1
             for dataset in _instances(client, study_uid, series_uid):
