@@ -19,9 +19,9 @@ import httpx
 import pydicom
 import pytest
 import sqlalchemy as sa
-from kdoct_testing.orthanc import running_orthanc
 
 from kdoct_testing.dicom_node import c_store, running_node
+from kdoct_testing.orthanc import running_orthanc
 from kdoct_testing.postgres import create_database, drop_database
 from kdoct_testing.server import free_port
 from kdoct_testing.uploads import jpeg_gray, make_dicom
