@@ -41,11 +41,13 @@ class Orthanc:
         aet: str,
         modalities: Mapping[str, tuple[str, str, int]],
         lua_scripts: Sequence[Path] = (),
+        http_port: int | None = None,
+        dicom_port: int | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
-        self.http_port = free_port()
-        self.dicom_port = free_port()
+        self.http_port = http_port or free_port()
+        self.dicom_port = dicom_port or free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.dicomweb_url = self.url + "/dicom-web"
         self.config_path = self.workdir / "orthanc.json"
@@ -177,10 +179,15 @@ def running_orthanc(
     aet: str = "TESTPACS",
     modalities: Mapping[str, tuple[str, str, int]] | None = None,
     lua_scripts: Sequence[Path] = (),
+    http_port: int | None = None,
+    dicom_port: int | None = None,
 ) -> Iterator[Orthanc]:
     """A started Orthanc storing into `workdir`, stopped on exit. `modalities`: name -> (AE, host, port);
-    `lua_scripts`: Orthanc's LuaScripts (routing rules)."""
-    orthanc = Orthanc(Path(workdir), aet=aet, modalities=dict(modalities or {}), lua_scripts=lua_scripts)
+    `lua_scripts`: Orthanc's LuaScripts (routing rules); ports: free ones unless given."""
+    orthanc = Orthanc(
+        Path(workdir), aet=aet, modalities=dict(modalities or {}), lua_scripts=lua_scripts,
+        http_port=http_port, dicom_port=dicom_port,
+    )  # fmt: skip
     orthanc.start()
     try:
         yield orthanc

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kdoct_testing.bundles import build_tiny_bundles
+from kdoct_testing.dicom_node import running_node
 from kdoct_testing.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from kdoct_testing.server import running_service
 
@@ -144,3 +145,30 @@ def ingress_server(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, r
     log_path = workdir / "server.log"
     with running_service(env, workdir, log_path, ready_timeout_s=120, stop_timeout_s=20) as service:
         yield IngressServer(service.url, service.process, log_path, keys, model)
+
+
+# The DICOM node's suite (tests/hostile/test_hostile_dicom.py): a small memory budget, so that one large
+# instance is over it whatever the load.
+DICOM_MEMORY_BUDGET = 96 << 20
+
+
+@pytest.fixture(scope="module")
+def dicom_node(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, repo_root: Path) -> Iterator:
+    """`python -m service dicom-node` on tiny real bundles, SQLite records, three callers."""
+    bundles = build_tiny_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
+    workdir = tmp_path_factory.mktemp("hostile-dicom")
+    env = _service_env(
+        bundles["student"],
+        workdir,
+        repo_root,
+        KDOCT_AUTH="disabled",
+        KDOCT_MEMORY_BUDGET_BYTES=str(DICOM_MEMORY_BUDGET),
+        KDOCT_AUDIT_KEY_FILE=str(workdir / "audit.key"),
+        KDOCT_ANCHOR_FILE=str(workdir / "anchors.jsonl"),
+        KDOCT_DICOM_CALLERS="TESTPACS,OTHER@127.0.0.1,FARAWAY@10.9.8.7",
+        KDOCT_DICOM_STORE_DIR=str(workdir / "store"),
+        KDOCT_DICOM_SERIES_IDLE_S="2",
+    )
+    _cli(env, workdir, "db", "upgrade")
+    with running_node(env, workdir, workdir / "node.log") as running:
+        yield running

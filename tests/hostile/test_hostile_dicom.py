@@ -8,60 +8,34 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import _cli, _service_env
 from corpus import deflated_dicom
 
-from kdoct_testing.bundles import build_tiny_bundles
-from kdoct_testing.dicom_node import c_echo, running_node
+from kdoct_testing.dicom_node import c_echo
 from kdoct_testing.ingress import DicomDoor
 from kdoct_testing.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 from kdoct_testing.uploads import jpeg_gray, make_dicom
 
 RSS_GROWTH_LIMIT = 300 << 20
-MEMORY_BUDGET = 96 << 20
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, repo_root: Path) -> Iterator:
-    bundles = build_tiny_bundles(tmp_path_factory.getbasetemp() / "kdoct-bundles", sample_dir)
-    workdir = tmp_path_factory.mktemp("hostile-dicom")
-    env = _service_env(
-        bundles["student"],
-        workdir,
-        repo_root,
-        KDOCT_AUTH="disabled",
-        KDOCT_MEMORY_BUDGET_BYTES=str(MEMORY_BUDGET),
-        KDOCT_AUDIT_KEY_FILE=str(workdir / "audit.key"),
-        KDOCT_ANCHOR_FILE=str(workdir / "anchors.jsonl"),
-        KDOCT_DICOM_CALLERS="TESTPACS,OTHER@127.0.0.1,FARAWAY@10.9.8.7",
-        KDOCT_DICOM_STORE_DIR=str(workdir / "store"),
-        KDOCT_DICOM_SERIES_IDLE_S="2",
-    )
-    _cli(env, workdir, "db", "upgrade")
-    with running_node(env, workdir, workdir / "node.log") as running:
-        yield running
-
-
-def _metric(node, name: str, **labels: str) -> float:
+def _metric(dicom_node, name: str, **labels: str) -> float:
     wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
-    for line in httpx.get(f"{node.http_url}/metrics", timeout=10).text.splitlines():
+    for line in httpx.get(f"{dicom_node.http_url}/metrics", timeout=10).text.splitlines():
         if line.startswith(wanted + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{wanted} not in the node's metrics")
 
 
-def _grows_rss_by(node, action):
-    baseline = rss_bytes(node.process.pid)
-    reset_peak_rss(node.process.pid)
+def _grows_rss_by(dicom_node, action):
+    baseline = rss_bytes(dicom_node.process.pid)
+    reset_peak_rss(dicom_node.process.pid)
     result = action()
-    return peak_rss_bytes(node.process.pid) - baseline, result
+    return peak_rss_bytes(dicom_node.process.pid) - baseline, result
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +43,14 @@ def bscan(sample_jpegs) -> np.ndarray:
     return jpeg_gray(sample_jpegs["NORMAL"][0])
 
 
-def test_callers_off_the_list_are_refused_at_association(node, bscan):
+def test_callers_off_the_list_are_refused_at_association(dicom_node, bscan):
     door = DicomDoor()
     volume = make_dicom([bscan])
-    assert door.send(node.dicom_port, [volume], "INTRUDER")[0] == 403
-    assert door.send(node.dicom_port, [volume], "FARAWAY")[0] == 403  # the right title, another host
-    assert c_echo(node.dicom_port, calling_ae="INTRUDER") == "rejected"
-    assert c_echo(node.dicom_port, calling_ae="OTHER") == 0x0000
-    assert _metric(node, "kdoct_dicom_associations_total", outcome="rejected_caller") >= 3
+    assert door.send(dicom_node.dicom_port, [volume], "INTRUDER")[0] == 403
+    assert door.send(dicom_node.dicom_port, [volume], "FARAWAY")[0] == 403  # the right title, another host
+    assert c_echo(dicom_node.dicom_port, calling_ae="INTRUDER") == "rejected"
+    assert c_echo(dicom_node.dicom_port, calling_ae="OTHER") == 0x0000
+    assert _metric(dicom_node, "kdoct_dicom_associations_total", outcome="rejected_caller") >= 3
 
 
 @pytest.mark.parametrize(
@@ -88,48 +62,52 @@ def test_callers_off_the_list_are_refused_at_association(node, bscan):
         ("trailing-bomb", lambda: deflated_dicom(np.zeros((2, 64, 64), np.uint8), trailing_zeros=512 << 20)),
     ],
 )
-def test_a_deflate_bomb_gets_a_failure_status_within_seconds_and_bounded_memory(node, name, build):
+def test_a_deflate_bomb_gets_a_failure_status_within_seconds_and_bounded_memory(dicom_node, name, build):
     bomb = build()
     assert len(bomb) < 4 << 20
     began = time.monotonic()
     growth, (status, body) = _grows_rss_by(
-        node, lambda: DicomDoor().send(node.dicom_port, [bomb], "TESTPACS")
+        dicom_node, lambda: DicomDoor().send(dicom_node.dicom_port, [bomb], "TESTPACS")
     )
     assert status in (413, 422), (name, status, body)
     assert time.monotonic() - began < 60
     assert growth < RSS_GROWTH_LIMIT, f"{name}: RSS grew {growth >> 20} MiB"
-    assert c_echo(node.dicom_port) == 0x0000
+    assert c_echo(dicom_node.dicom_port) == 0x0000
 
 
-def test_an_instance_over_the_frame_limit_is_refused(node):
+def test_an_instance_over_the_frame_limit_is_refused(dicom_node):
     excess = make_dicom([np.zeros((32, 32), np.uint8)] * 300)  # KDOCT_MAX_FRAMES is 256
-    growth, (status, _) = _grows_rss_by(node, lambda: DicomDoor().send(node.dicom_port, [excess], "TESTPACS"))
+    growth, (status, _) = _grows_rss_by(
+        dicom_node, lambda: DicomDoor().send(dicom_node.dicom_port, [excess], "TESTPACS")
+    )
     assert status == 413
     assert growth < RSS_GROWTH_LIMIT
 
 
-def test_frames_are_counted_across_the_instances_of_a_series(node):
+def test_frames_are_counted_across_the_instances_of_a_series(dicom_node):
     """A series is one request: two instances of 200 frames each exceed the 256 frames of one."""
     series = "1.2.826.0.1.3680043.8.498.1" + str(time.time_ns())[-12:]
     study = series + ".1"
     first, second = (
         make_dicom([np.zeros((32, 32), np.uint8)] * 200, study_uid=study, series_uid=series) for _ in range(2)
     )
-    status, body = DicomDoor().send(node.dicom_port, [first, second], "TESTPACS")
+    status, body = DicomDoor().send(dicom_node.dicom_port, [first, second], "TESTPACS")
     assert body == b"[200, 413]", body
 
 
-def test_an_instance_over_the_memory_budget_is_refused_before_it_is_stored(node, bscan):
+def test_an_instance_over_the_memory_budget_is_refused_before_it_is_stored(dicom_node, bscan):
     """200 frames of 496x512 would hold ~200 MiB decoded: over the 96 MiB budget, whatever the load."""
     big = make_dicom([bscan] * 200)
-    stored_before = _metric(node, "kdoct_dicom_instances_total", outcome="stored")
-    growth, (status, _) = _grows_rss_by(node, lambda: DicomDoor().send(node.dicom_port, [big], "TESTPACS"))
+    stored_before = _metric(dicom_node, "kdoct_dicom_instances_total", outcome="stored")
+    growth, (status, _) = _grows_rss_by(
+        dicom_node, lambda: DicomDoor().send(dicom_node.dicom_port, [big], "TESTPACS")
+    )
     assert status == 413
     assert growth < RSS_GROWTH_LIMIT
-    assert _metric(node, "kdoct_dicom_instances_total", outcome="stored") == stored_before
+    assert _metric(dicom_node, "kdoct_dicom_instances_total", outcome="stored") == stored_before
 
 
-def test_reports_sent_back_are_accepted_and_never_classified(node):
+def test_reports_sent_back_are_accepted_and_never_classified(dicom_node):
     """A PACS that routes the node's own SR back to it gets success, and no loop starts."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -143,9 +121,9 @@ def test_reports_sent_back_are_accepted_and_never_classified(node):
     report.Modality = "SR"
     buffer = io.BytesIO()
     report.save_as(buffer, enforce_file_format=True)
-    ignored = _metric(node, "kdoct_dicom_instances_total", outcome="ignored")
-    assert DicomDoor().send(node.dicom_port, [buffer.getvalue()], "TESTPACS")[0] == 200
-    assert _metric(node, "kdoct_dicom_instances_total", outcome="ignored") == ignored + 1
+    ignored = _metric(dicom_node, "kdoct_dicom_instances_total", outcome="ignored")
+    assert DicomDoor().send(dicom_node.dicom_port, [buffer.getvalue()], "TESTPACS")[0] == 200
+    assert _metric(dicom_node, "kdoct_dicom_instances_total", outcome="ignored") == ignored + 1
 
 
 def _wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
@@ -155,13 +133,15 @@ def _wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def test_a_valid_volume_is_stored_then_classified_once(node, sample_jpegs):
+def test_a_valid_volume_is_stored_then_classified_once(dicom_node, sample_jpegs):
     """JPEG 2000, as Zeiss and Heidelberg export. Other tests' series are done with first."""
-    _wait_for(lambda: _metric(node, "kdoct_dicom_store_bytes") == 0, "the store emptied")
+    _wait_for(lambda: _metric(dicom_node, "kdoct_dicom_store_bytes") == 0, "the store emptied")
     frames = [jpeg_gray(path) for path in sample_jpegs["CNV"][:3]]
-    classified = _metric(node, "kdoct_dicom_series_total", outcome="classified")
-    assert DicomDoor().send(node.dicom_port, [make_dicom(frames, jpeg2000=True)], "OTHER")[0] == 200
-    assert _metric(node, "kdoct_dicom_store_bytes") > 0  # stored (fsync'd) before it was answered
-    _wait_for(lambda: _metric(node, "kdoct_dicom_store_bytes") == 0, "the series classified and removed")
+    classified = _metric(dicom_node, "kdoct_dicom_series_total", outcome="classified")
+    assert DicomDoor().send(dicom_node.dicom_port, [make_dicom(frames, jpeg2000=True)], "OTHER")[0] == 200
+    assert _metric(dicom_node, "kdoct_dicom_store_bytes") > 0  # stored (fsync'd) before it was answered
+    _wait_for(
+        lambda: _metric(dicom_node, "kdoct_dicom_store_bytes") == 0, "the series classified and removed"
+    )
     time.sleep(1.0)  # idle twice over: nothing of it is classified again
-    assert _metric(node, "kdoct_dicom_series_total", outcome="classified") == classified + 1
+    assert _metric(dicom_node, "kdoct_dicom_series_total", outcome="classified") == classified + 1
