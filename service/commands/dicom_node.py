@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import sys
+import tempfile
 
 __all__ = ["register"]
 
@@ -92,6 +93,8 @@ def _build_node(settings, state):
     store = InstanceStore(
         settings.dicom_store_dir, settings.dicom_store_max_bytes, name=state.audit_key.file_name
     )
+    # pynetdicom writes each arriving data set to a temporary file: on the store's volume, not /tmp.
+    tempfile.tempdir = str(store.incoming())
     report, exporter = build_delivery(settings, state.records)
     node = DicomNode(
         gate=state.gate,

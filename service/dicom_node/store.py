@@ -29,6 +29,7 @@ SUFFIX = ".dcm"
 
 
 CALLER_FILE = "caller"
+INCOMING = ".incoming"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,14 @@ class InstanceStore:
         self.used_bytes = sum(path.stat().st_size for path in directory.glob(f"*/*{SUFFIX}"))
         prometheus.DICOM_STORE_BYTES.set(self.used_bytes)
         prometheus.DICOM_STORE_CAPACITY.set(max_bytes)
+
+    def incoming(self) -> Path:
+        """Where data sets are written as they arrive (pynetdicom's temporary files): inside the store's
+        file system, so storing one is a rename; emptied at start (none of them was answered success)."""
+        directory = self.directory / INCOMING
+        shutil.rmtree(directory, ignore_errors=True)
+        private_directory(directory)
+        return directory
 
     def series_key(self, series_instance_uid: str) -> str:
         return self._name(series_instance_uid)
@@ -87,7 +96,9 @@ class InstanceStore:
     def pending(self) -> list[StoredSeries]:
         """Every series held now (at start: what a previous run received and did not finish)."""
         found = []
-        for directory in sorted(path for path in self.directory.iterdir() if path.is_dir()):
+        for directory in sorted(
+            path for path in self.directory.iterdir() if path.is_dir() and not path.name.startswith(".")
+        ):
             for partial in directory.glob(f".*{SUFFIX}.partial"):
                 partial.unlink(missing_ok=True)  # never renamed: its C-STORE was never answered success
             paths = tuple(sorted(directory.glob(f"*{SUFFIX}")))
