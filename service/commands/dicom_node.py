@@ -87,6 +87,12 @@ def _build_node(settings, state):
     from service.dicom_node.store import InstanceStore
 
     pipeline = state.pipeline
+    if settings.resolved_device == "cpu":
+        # PyTorch runs only the Grad-CAM of each series here: on one core, beside the inference thread,
+        # not on every core against it (docs/BENCHMARKS.md, "DICOM node": 0.57 -> see there).
+        import torch
+
+        torch.set_num_threads(1)
     callers = parse_callers(settings.dicom_callers)
     if not callers.entries:
         log.warning("KDOCT_DICOM_CALLERS is empty: every association will be refused")

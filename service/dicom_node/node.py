@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -92,6 +94,10 @@ class DicomNode:
         self._runner: asyncio.Task | None = None
         self._work: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(CONCURRENT_SERIES)
+        # The SR and the PDF are pure Python (highdicom, fpdf2: ~0.25 s a series, holding the GIL): in a
+        # process of their own they take the core the single inference thread leaves, instead of the
+        # event loop's and the batcher's time (docs/BENCHMARKS.md, "DICOM node").
+        self._reports = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
     # From association threads -----------------------------------------------------------------------
 
@@ -120,6 +126,7 @@ class DicomNode:
             self._runner.cancel()
         if self._work:
             await asyncio.wait(self._work, timeout=timeout_s)
+        self._reports.shutdown(wait=False, cancel_futures=True)
 
     async def _admit(self, path: Path, caller: str, sop_instance_uid: str) -> StoreOutcome:
         try:
@@ -228,7 +235,7 @@ class DicomNode:
 
     async def _send(self, result: SeriesResult, prediction_id: str) -> None:
         try:
-            objects = await self.intake.in_pool(self.report, result)
+            objects = await asyncio.get_running_loop().run_in_executor(self._reports, self.report, result)
         except Exception:
             log.exception("DICOM node: the reports of prediction %s could not be built", prediction_id)
             return
