@@ -71,7 +71,9 @@ def running_node(
         stop_service(process, 30)
 
 
-def _association(port: int, calling_ae: str, sop_classes: Sequence[str], syntaxes: Sequence[str]):
+def _association(
+    port: int, calling_ae: str, sop_classes: Sequence[str], syntaxes: Sequence[str], source: str = "127.0.0.1"
+):
     from pynetdicom import AE
 
     ae = AE(ae_title=calling_ae)
@@ -79,7 +81,7 @@ def _association(port: int, calling_ae: str, sop_classes: Sequence[str], syntaxe
     for sop_class in sop_classes:
         for syntax in syntaxes:
             ae.add_requested_context(sop_class, syntax)
-    return ae.associate("127.0.0.1", port, ae_title="KDOCT")
+    return ae.associate("127.0.0.1", port, ae_title="KDOCT", bind_address=(source, 0))
 
 
 def _header(data: bytes):
@@ -119,10 +121,14 @@ def c_store(port: int, files: Sequence[bytes], *, calling_ae: str = "TESTPACS") 
             assoc.release()
 
 
-def c_echo(port: int, *, calling_ae: str = "TESTPACS") -> int | str:
-    assoc = _association(port, calling_ae, ["1.2.840.10008.1.1"], ["1.2.840.10008.1.2"])
+def c_echo(port: int, *, calling_ae: str = "TESTPACS", source: str = "127.0.0.1") -> int | str:
+    """The C-ECHO status; "rejected" or "aborted" when no association was made. `source`: the local
+    address to call from (any of 127.0.0.0/8)."""
+    assoc = _association(port, calling_ae, ["1.2.840.10008.1.1"], ["1.2.840.10008.1.2"], source)
     if assoc.is_rejected:
         return "rejected"
+    if not assoc.is_established:
+        return "aborted"
     try:
         return int(assoc.send_c_echo().Status)
     finally:

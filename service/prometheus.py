@@ -213,8 +213,9 @@ DICOM_STORE_BYTES = Gauge("kdoct_dicom_store_bytes", "Bytes of received instance
 DICOM_STORE_CAPACITY = Gauge(
     "kdoct_dicom_store_capacity_bytes", "Bytes the node's store may hold before it refuses associations"
 )
-# accepted; rejected_caller (not on KDOCT_DICOM_CALLERS), store_full, busy (KDOCT_DICOM_MAX_ASSOCIATIONS)
-DICOM_ASSOCIATION_OUTCOMES = ("accepted", "rejected_caller", "store_full", "busy")
+# accepted; rejected_caller (not on KDOCT_DICOM_CALLERS), store_full, busy (KDOCT_DICOM_MAX_ASSOCIATIONS, or
+# twice that many connections open); oversized_pdu (a PDU announced beyond the node's bound: closed)
+DICOM_ASSOCIATION_OUTCOMES = ("accepted", "rejected_caller", "store_full", "busy", "oversized_pdu")
 # stored; ignored (an SR or PDF: never classified, so a PACS routing results back makes no loop);
 # refused (a failure status: too large, a bomb, undecodable, over budget); failed (the store could not
 # write it)

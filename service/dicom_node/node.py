@@ -126,7 +126,7 @@ class DicomNode:
             self._runner.cancel()
         if self._work:
             await asyncio.wait(self._work, timeout=timeout_s)
-        self._reports.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self._reports.shutdown, wait=True, cancel_futures=True)
 
     async def _admit(self, path: Path, caller: str, sop_instance_uid: str) -> StoreOutcome:
         try:

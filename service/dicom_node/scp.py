@@ -18,6 +18,7 @@ understood (undecodable header), 0xC001 the node failed to store it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from pynetdicom import AE, _config, evt
 
 from service import prometheus
 from service.dicom_node.peers import Callers
+from service.dicom_node.transport import MAX_PDU_BYTES, BoundedAssociationServer
 from service.imaging import TRANSFER_SYNTAXES
 
 __all__ = [
@@ -61,7 +63,6 @@ IGNORED_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR",
     "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
 }
-MAX_PDU_BYTES = 1 << 20
 _PLAIN_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99")
 
 STATUS = {
@@ -101,9 +102,11 @@ class StorageSCP:
         self.has_room = has_room
         self.max_associations = max_associations
         ae = AE(ae_title=ae_title)
-        # Ours is the check at EVT_REQUESTED (counted); pynetdicom's own limit is one above it.
-        ae.maximum_associations = max_associations + 1
-        ae.acse_timeout = 30
+        # Ours is the check at EVT_REQUESTED (established associations, counted); pynetdicom's own counts
+        # every connection, which transport.py bounds at twice ours: it must never be the one to refuse.
+        ae.maximum_associations = 2 * max_associations + 1
+        # A connection that sends no association request within this is closed (real peers take ms).
+        ae.acse_timeout = 10
         ae.dimse_timeout = 60
         ae.network_timeout = 60
         # Senders split a data set into PDUs of at most this size: pynetdicom handles each in Python, so
@@ -123,7 +126,16 @@ class StorageSCP:
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self._server = self.ae.start_server((host, port), block=False, evt_handlers=handlers)
+        # Connections beyond the associations allowed are refused as they arrive; those within the
+        # margin are rejected at association, counted (busy).
+        self._server = self.ae.make_server(
+            (host, port),
+            evt_handlers=handlers,
+            server_class=BoundedAssociationServer,
+            max_connections=2 * self.max_associations,
+            per_address=self.max_associations,
+        )
+        threading.Thread(target=self._server.serve_forever, name="kdoct-dicom-scp", daemon=True).start()
         log.info("DICOM node %s listening on %s:%d", self.ae.ae_title, host, port)
 
     @property
@@ -133,6 +145,7 @@ class StorageSCP:
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None
 
     def _on_requested(self, event) -> None:
@@ -145,8 +158,11 @@ class StorageSCP:
             )
             _reject(assoc, (0x01, 0x01, 0x03), "rejected_caller")  # permanent: calling AE not recognised
             return
-        acceptors = [other for other in self.ae.active_associations if other.is_acceptor]
-        if len(acceptors) > self.max_associations:
+        # Established ones only: connections still to send their request are bounded apart (transport.py).
+        established = [
+            other for other in self.ae.active_associations if other.is_acceptor and other.is_established
+        ]
+        if len(established) >= self.max_associations:
             _reject(assoc, (0x02, 0x03, 0x02), "busy")  # transient: local limit exceeded
             return
         if not self.has_room():

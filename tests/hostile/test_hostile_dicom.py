@@ -7,6 +7,8 @@ memory bound and keeps answering."""
 from __future__ import annotations
 
 import io
+import socket
+import struct
 import time
 
 import httpx
@@ -73,6 +75,64 @@ def test_a_deflate_bomb_gets_a_failure_status_within_seconds_and_bounded_memory(
     assert time.monotonic() - began < 60
     assert growth < RSS_GROWTH_LIMIT, f"{name}: RSS grew {growth >> 20} MiB"
     assert c_echo(dicom_node.dicom_port) == 0x0000
+
+
+def _stream_association_request(port: int, announced: int, limit: int) -> int:
+    """Announce an A-ASSOCIATE-RQ of `announced` bytes, then send zeros until the node closes the
+    connection or `limit` bytes went out; the bytes sent."""
+    sent = 0
+    chunk = bytes(1 << 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(struct.pack(">BBL", 0x01, 0, announced))
+        try:
+            while sent < limit:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # reset or broken pipe: the node closed it
+            pass
+    return sent
+
+
+def test_an_oversized_association_request_is_cut_off_before_the_caller_is_known(dicom_node):
+    """pynetdicom reads a PDU into memory up to its declared length (4 GiB at most), the association
+    request too, before anyone knows who calls. A peer announcing 2 GiB and streaming is closed after
+    the header: a few MiB (socket buffers) go out of 512, and the node's memory does not follow."""
+    growth, sent = _grows_rss_by(
+        dicom_node, lambda: _stream_association_request(dicom_node.dicom_port, (2 << 30) - 1, 512 << 20)
+    )
+    assert sent < 64 << 20, f"{sent >> 20} MiB went out before the node closed the connection"
+    assert growth < RSS_GROWTH_LIMIT, f"RSS grew {growth >> 20} MiB"
+    assert _metric(dicom_node, "kdoct_dicom_associations_total", outcome="oversized_pdu") >= 1
+    assert c_echo(dicom_node.dicom_port) == 0x0000
+
+
+def _closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:  # reset
+        return True
+
+
+def test_one_peer_cannot_hold_every_connection(dicom_node):
+    """Each connection costs a thread before its association is examined: one address may hold
+    KDOCT_DICOM_MAX_ASSOCIATIONS (8) open connections, the next are closed as they arrive, and a caller
+    from another address is answered meanwhile."""
+    flood = []
+    for _ in range(40):
+        sock = socket.socket()
+        sock.bind(("127.0.0.2", 0))
+        sock.connect(("127.0.0.1", dicom_node.dicom_port))
+        flood.append(sock)
+    try:
+        held = [sock for sock in flood if not _closed_by_peer(sock, 0.5)]
+        assert len(held) == 8
+        assert c_echo(dicom_node.dicom_port, source="127.0.0.1") == 0x0000
+    finally:
+        for sock in flood:
+            sock.close()
 
 
 def test_an_instance_over_the_frame_limit_is_refused(dicom_node):
