@@ -67,8 +67,13 @@ def running_node(
                 )
             time.sleep(0.2)
         yield RunningNode(dicom_port, url, process, log_path)
-    finally:
+    except BaseException:
         stop_service(process, 30)
+        raise
+    # SIGTERM drains the node: it must exit cleanly, its shutdown is part of what is tested.
+    status = stop_service(process, 30)
+    if status != 0:
+        raise RuntimeError(f"the DICOM node exited with {status} on SIGTERM:\n{log_tail(log_path)}")
 
 
 def _association(

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import tempfile
 
@@ -68,6 +69,13 @@ async def serve_node(settings) -> int:
                 log_level="warning", access_log=False, lifespan="off",
             )
         )  # fmt: skip
+        # uvicorn handles SIGTERM/SIGINT while it serves, then restores the handlers it found and raises
+        # the signal again: with the default handler that would kill the process before the SCP, the
+        # series in progress and the records are drained. Ours only notes it: the drain below follows.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(
+                signum, lambda received, frame: log.info("DICOM node stopping (signal %d)", received)
+            )
         try:
             await http.serve()  # returns on SIGTERM / SIGINT
         finally:

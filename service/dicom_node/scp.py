@@ -145,7 +145,6 @@ class StorageSCP:
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
-            self._server.server_close()
             self._server = None
 
     def _on_requested(self, event) -> None:
@@ -189,9 +188,9 @@ class StorageSCP:
 def _reject(assoc, result_source_diagnostic: tuple[int, int, int], outcome: str) -> None:
     """An A-ASSOCIATE-RJ, then the association ended as pynetdicom ends its own rejections (kill waits
     for the reject to be sent before the socket closes)."""
+    prometheus.DICOM_ASSOCIATIONS.labels(outcome=outcome).inc()  # counted before the peer hears of it
     assoc.acse.send_reject(*result_source_diagnostic)
     assoc.kill()
-    prometheus.DICOM_ASSOCIATIONS.labels(outcome=outcome).inc()
 
 
 def _status(outcome: StoreOutcome) -> Dataset:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import socketserver
 import threading
 
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -67,6 +68,12 @@ class BoundedAssociationServer(ThreadedAssociationServer):
                 return False  # socketserver closes it
             self._open[id(request)] = address
         return True
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket: not AssociationServer.shutdown, which also takes the server
+        off the AE's own list, where make_server never put it."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
 
     def shutdown_request(self, request) -> None:
         with self._open_lock:
