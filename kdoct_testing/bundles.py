@@ -21,6 +21,7 @@ __all__ = [
     "CLASSES",
     "STUDENT_TEMPERATURE",
     "GateImages",
+    "build_candidate_bundle",
     "build_test_bundle",
     "build_tiny_bundles",
     "gate_images",
@@ -170,3 +171,20 @@ def build_tiny_bundles(root: Path, sample_dir: Path) -> dict[str, Path]:
             gate=fitting if role == "student" else None,
         )
     return paths
+
+
+def build_candidate_bundle(root: Path, sample_dir: Path, *, input_size: tuple[int, int] = (64, 64)) -> Path:
+    """A candidate student for the model lifecycle's tests: the tiny student's architecture with other
+    random weights (seed 13), version 0.0.2, its own safety gate; `input_size` other than the student's
+    64 px makes a candidate of other preprocessing. Kept when already built."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = root / f"candidate-{input_size[0]}x{input_size[1]}"
+    if not (out / "bundle.json").is_file():
+        build_test_bundle(
+            out, "test_efficientnet", input_size, "student", _golden_images(sample_dir), seed=13,
+            name="test-student", version="0.0.2", calibration={"temperature": STUDENT_TEMPERATURE},
+            metrics={"accuracy": {"mean": 0.5, "std": 0.0}}, gate=gate_images(sample_dir),
+        )  # fmt: skip
+    return out

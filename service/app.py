@@ -10,6 +10,7 @@ batchers and the record sink, and only then report ready. Shutdown drains in the
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from kdoct.errors import ConfigError, KdoctError
 from service import prometheus
 from service.admission import Admission
-from service.api import classify, health, inference_protocol, manifests, page, predictions, scrape
+from service.api import classify, health, inference_protocol, lifecycle, manifests, page, predictions, scrape
 from service.audit_key import load_audit_key
 from service.config import Settings, get_settings
 from service.db import migrate
@@ -31,16 +32,18 @@ from service.db.roles import audit_log_rewrite_powers
 from service.db.session import is_postgresql
 from service.explain import Explainer
 from service.imaging import ImageLimits
-from service.inference.batcher import Batcher
-from service.inference.classifier import Classifier, ServedModel
-from service.inference.loaded_model import LoadedModel, load_model
+from service.inference.classifier import Classifier
+from service.inference.loaded_model import LoadedModel
 from service.inference.runtime import cpu_count, keep_blas_to_one_thread
 from service.ingress.body import MemoryShare
 from service.ingress.budget import MemoryBudget, RequestLimits
 from service.ingress.gate import IngressGate
 from service.intake import Intake
+from service.lifecycle.rollout import Rollout
+from service.lifecycle.shadow import Shadow
 from service.logs import configure_logging
 from service.middleware import BodyPolicy, RequestContextMiddleware
+from service.model_set import input_bytes, load_models, load_student, serve
 from service.pipeline import ClassificationPipeline
 from service.problems import install_problem_handlers
 from service.records import PredictionSink, Recorder
@@ -54,60 +57,6 @@ log = logging.getLogger(__name__)
 API_DESCRIPTION = """Retinal OCT B-scan classification (normal / drusen / CNV) with a knowledge-distilled
 student and an optional teacher second opinion. Every answered prediction is on record first.
 Errors are RFC 9457 `application/problem+json` with a stable `type` URI."""
-
-
-def _load_models(settings: Settings) -> tuple[LoadedModel, LoadedModel | None]:
-    options = {
-        "runtime": settings.resolved_runtime,
-        "device": settings.resolved_device,
-        "precision": settings.precision,
-        "threads": settings.inference_threads,
-        "reduced_precision_tolerance": settings.reduced_precision_tolerance,
-        "warmup_batch": settings.max_batch_size,  # None: the runtime's own preferred batch size
-    }
-    student = load_model(
-        settings.student_bundle, expected_role="student", safety_gate=settings.safety_gate == "on", **options
-    )
-    teacher = None
-    if settings.teacher_bundle is not None:
-        # INT8 is the student's (exported with `export --int8`); the second opinion stays fp32.
-        if settings.precision == "int8":
-            options["precision"] = "fp32"
-        teacher = load_model(settings.teacher_bundle, expected_role="teacher", **options)
-        if teacher.class_names != student.class_names:
-            raise ConfigError(
-                f"the teacher's classes {teacher.class_names} differ from the student's "
-                f"{student.class_names}: KDOCT_TEACHER_BUNDLE must be trained on the same class set"
-            )
-    return student, teacher
-
-
-def _serve(loaded: LoadedModel, settings: Settings, decode_threads: int) -> ServedModel:
-    runtime = loaded.runtime
-    if settings.max_batch_wait_ms is not None:
-        wait_ms = settings.max_batch_wait_ms
-    else:
-        wait_ms = 2.0 if runtime.batching_helps else 0.0
-    batch_size = settings.max_batch_size or runtime.preferred_batch_size
-    batcher = Batcher(
-        runtime,
-        model_label=loaded.bundle.name,
-        max_batch_size=batch_size,
-        max_wait_s=wait_ms / 1000.0,
-        # Admission (service/admission.py) lets in max_queue + batch + decode_threads requests, and all
-        # of them may be queued here at once (the runner has not taken the first batch yet): each waits
-        # for its turn instead of being refused after paying for its decode. The bound stays as a
-        # second line (the teacher's queue, explanations).
-        max_queue=settings.max_queue + batch_size + decode_threads,
-        timeout_s=settings.inference_timeout_s,
-        num_classes=len(loaded.class_names),
-    )
-    return ServedModel(loaded=loaded, batcher=batcher)
-
-
-def _input_bytes(loaded: LoadedModel) -> int:
-    height, width = loaded.spec.input_size
-    return 3 * height * width * 4
 
 
 def _check_database_role(engine, mode: str) -> None:
@@ -134,21 +83,28 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app_state(app)
     settings, sink = state.settings, state.sink
     keep_blas_to_one_thread()
+    if not is_postgresql(settings.database_url):
+        # The embedded SQLite store migrates itself (first: the model events say which student serves);
+        # PostgreSQL is migrated by the deployment (`python -m service db upgrade` in
+        # docker/entrypoint.sh) before replicas start.
+        await asyncio.to_thread(migrate.upgrade, settings.database_url)
+    else:
+        await asyncio.to_thread(_check_database_role, state.records.engine, settings.db_role_check)
     try:
-        student, teacher = await asyncio.to_thread(_load_models, settings)
+        student, teacher, candidate = await asyncio.to_thread(load_models, settings, state.records.engine)
     except KdoctError as exc:
         log.error("refusing to start: %s", exc)
         raise
     keep_blas_to_one_thread()  # again: loading may have brought in another OpenBLAS (scipy's)
     decode_threads = settings.decode_threads or cpu_count()
-    served = [_serve(student, settings, decode_threads)]
+    served = [serve(student, settings, decode_threads)]
     if teacher:
-        served.append(_serve(teacher, settings, decode_threads))
+        served.append(serve(teacher, settings, decode_threads))
     # Now that the student's batch size is resolved (adaptive by runtime): what may wait, what may run,
     # and what the decode threads prepare meanwhile (without them the queue runs dry between batches).
     state.admission.limit = settings.max_queue + served[0].batcher.max_batch_size + decode_threads
     # Each frame of a request becomes a float32 input of each model's size (ingress budget, per frame).
-    state.gate.input_bytes_per_frame = sum(_input_bytes(item.loaded) for item in served)
+    state.gate.input_bytes_per_frame = sum(input_bytes(item.loaded) for item in served)
     # Uploads are decoded, checked and preprocessed for the student in the decode pool.
     intake = Intake(
         student.spec,
@@ -162,28 +118,51 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         policy=settings.second_opinion_policy,
         threshold=settings.second_opinion_threshold,
         preprocess=intake.preprocess,
+        prepare_again=intake.prepare_again,
     )
     # Grad-CAM runs on its own worker thread, built with the models and closed with them.
     explainer = Explainer()
     state.pipeline = ClassificationPipeline(intake, classifier, explainer)
-    if not is_postgresql(settings.database_url):
-        # The embedded SQLite store migrates itself; PostgreSQL is migrated by the deployment
-        # (`python -m service db upgrade` in docker/entrypoint.sh) before replicas start.
-        await asyncio.to_thread(migrate.upgrade, settings.database_url)
-    else:
-        await asyncio.to_thread(_check_database_role, state.records.engine, settings.db_role_check)
+    shadow = None
+    if candidate is not None:
+        shadow = _shadow(state, candidate, intake, decode_threads)
+        state.pipeline.on_answer = shadow.offer
+        served.append(shadow.candidate.student)
+
+    def switched(old: LoadedModel, new: LoadedModel) -> None:
+        prometheus.MODEL_INFO.labels(role="student", **old.identity()).set(0)
+        prometheus.MODEL_INFO.labels(role="student", **new.identity()).set(1)
+        prometheus.initialise_label_sets(new.bundle.name, new.class_names)
+        state.gate.input_bytes_per_frame += input_bytes(new) - input_bytes(old)
+
+    rollout = Rollout(
+        classifier, intake, engine=state.records.engine,
+        load=functools.partial(load_student, settings),
+        serve=functools.partial(serve, settings=settings, decode_threads=decode_threads),
+        on_switch=switched, poll_s=settings.model_poll_s, drain_timeout_s=settings.drain_timeout_s,
+    )  # fmt: skip
     await sink.start()
     await state.anchor.start()
     await state.authenticator.start()  # after the migration: loads the API keys, keeps them fresh
     for item in served:
         item.batcher.start()
-        identity = item.loaded.identity()
-        prometheus.MODEL_INFO.labels(role=item.loaded.role, **identity).set(1)
+    for item in served[: 2 if teacher else 1]:
+        prometheus.MODEL_INFO.labels(role=item.loaded.role, **item.loaded.identity()).set(1)
         prometheus.MODEL_READY.labels(role=item.loaded.role).set(1)
+    if shadow is not None:
+        shadow.start()
+        prometheus.MODEL_INFO.labels(role="shadow", **candidate.identity()).set(1)
+    rollout.start()
     prometheus.initialise_label_sets(student.bundle.name, student.class_names)
     state.ready = True
-    log.info("ready: second opinion %s, threshold %.2f, safety gate %s", settings.second_opinion_policy,
-             settings.second_opinion_threshold, settings.safety_gate)  # fmt: skip
+    shadowing = ""
+    if candidate is not None:
+        shadowing = (
+            f", shadow {candidate.bundle.name} {candidate.bundle.version} ({candidate.bundle.sha256[:12]}) "
+            f"on {settings.shadow_share:.0%} of requests"
+        )
+    log.info("ready: second opinion %s, threshold %.2f, safety gate %s%s", settings.second_opinion_policy,
+             settings.second_opinion_threshold, settings.safety_gate, shadowing)  # fmt: skip
     if settings.safety_gate == "off":
         log.warning(
             "KDOCT_SAFETY_GATE=off: every image is forced into a class, blank frames and photographs "
@@ -193,10 +172,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         state.ready = False
+        await rollout.stop()
         await state.authenticator.stop()
-        for item in served:
-            prometheus.MODEL_READY.labels(role=item.loaded.role).set(0)
-        await asyncio.gather(*(item.batcher.stop(settings.drain_timeout_s) for item in served))
+        prometheus.MODEL_READY.labels(role="student").set(0)
+        if teacher:
+            prometheus.MODEL_READY.labels(role="teacher").set(0)
+        student_batchers = [classifier.student.batcher] + ([classifier.teacher.batcher] if teacher else [])
+        await asyncio.gather(*(batcher.stop(settings.drain_timeout_s) for batcher in student_batchers))
+        if shadow is not None:
+            await shadow.stop(settings.drain_timeout_s)
+            await shadow.candidate.student.batcher.stop(0.0)
         try:
             await sink.stop()
         finally:
@@ -204,6 +189,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(state.records.engine.dispose)
         intake.close()
         explainer.close()
+
+
+def _shadow(state: AppState, candidate: LoadedModel, intake: Intake, decode_threads: int) -> Shadow:
+    """The candidate as a classifier of its own (its batcher labelled apart in the metrics), shadowing
+    a share of the answers (service/lifecycle/shadow.py)."""
+    settings = state.settings
+    served = serve(candidate, settings, decode_threads, label=f"shadow:{candidate.bundle.name}")
+    classifier = Classifier(
+        served, None, policy="never", threshold=settings.second_opinion_threshold,
+        preprocess=intake.preprocess, prepare_again=intake.prepare_again,
+    )  # fmt: skip
+    return Shadow(
+        classifier, engine=state.records.engine, key=state.audit_key, share=settings.shadow_share,
+        timeout_s=settings.shadow_timeout_s, max_pending=settings.shadow_max_pending,
+    )  # fmt: skip
 
 
 def _build_state(settings: Settings, sink: PredictionSink | None) -> AppState:
@@ -279,7 +279,15 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
     state = _build_state(settings, sink)
     install_state(app, state)
     install_problem_handlers(app)
-    for router in (classify.router, health.router, scrape.router, page.router, predictions.router):
+    routers = (
+        classify.router,
+        health.router,
+        scrape.router,
+        page.router,
+        predictions.router,
+        lifecycle.router,
+    )
+    for router in routers:
         app.include_router(router)
     # The Open Inference Protocol v2 (tritonclient, KServe): its routes check their own scopes.
     app.include_router(inference_protocol.router)

@@ -61,6 +61,20 @@ class Settings(BaseSettings):
     second_opinion: Literal["never", "auto", "always"] | None = None
     # A student confidence below this is "unsure": it asks the teacher (auto) and sets `refer`.
     second_opinion_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    # The model lifecycle (docs/LIFECYCLE.md). A candidate student scores a share of live requests off
+    # the answer path; its results go to the shadow_results ledger.
+    shadow_bundle: Path | None = None
+    shadow_share: float = Field(1.0, gt=0.0, le=1.0)
+    shadow_timeout_s: float = Field(10.0, gt=0.0)
+    # Shadow runs waiting or running at once, per worker; beyond it a request is not shadowed (counted).
+    shadow_max_pending: int = Field(64, ge=1)
+    # What `model promote` requires of the candidate's shadow record.
+    promote_min_shadowed: int = Field(500, ge=1)
+    promote_min_agreement: float = Field(0.90, ge=0.0, le=1.0)
+    promote_min_sensitivity: float = Field(0.85, ge=0.0, le=1.0)
+    promote_min_feedback_per_class: int = Field(20, ge=0)
+    # How often each worker reads the newest model event (a promotion or rollback to switch to).
+    model_poll_s: float = Field(2.0, gt=0.0, le=300.0)
     # The clinical safety gate (kdoct/safety.py): an image failing the quality check or out of the
     # student's distribution answers gradable: false and refer: true. off is for research only: every
     # image is then forced into a class, and the student bundle need not carry a gate.
@@ -262,6 +276,10 @@ class Settings(BaseSettings):
         )
         if same:
             problems.append("KDOCT_TEACHER_BUNDLE is the same bundle as KDOCT_STUDENT_BUNDLE")
+        if self.shadow_bundle is not None and self.shadow_bundle.resolve() == self.student_bundle.resolve():
+            problems.append(
+                "KDOCT_SHADOW_BUNDLE is the same bundle as KDOCT_STUDENT_BUNDLE: nothing to compare"
+            )
         problems += self._dicom_problems()
         if problems:
             raise ValueError("; ".join(problems))

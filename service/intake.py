@@ -46,6 +46,10 @@ class Prepared:
     upload: DecodedUpload
     inputs: np.ndarray  # (frames, 3, H, W) float32
     quality: list[str | None] | None  # per frame: None when fine; the list is None when the gate is off
+    # The preprocessing and the gate it was prepared for: the student serving then, which a promotion
+    # may replace before it is classified (service/inference/classifier.py prepares it again).
+    spec: PreprocessSpec | None = None
+    gate: SafetyGate | None = None
 
 
 def preprocess_frames(frames: list, spec: PreprocessSpec) -> np.ndarray:
@@ -71,6 +75,10 @@ class Intake:
         self.limits = limits
         self.pool = pool
 
+    def use(self, spec: PreprocessSpec, gate: SafetyGate | None) -> None:
+        """Prepare for another student from the next upload on (a promotion or rollback)."""
+        self.spec, self.gate = spec, gate
+
     # In the decode pool --------------------------------------------------------------------------
 
     def probe(self, data: bytes) -> ImageShape:
@@ -93,9 +101,9 @@ class Intake:
             if charge is not None:
                 charge([shape])
         upload = decode_upload(data, self.limits, expected=shape)
-        gate = self.gate
+        spec, gate = self.spec, self.gate  # one student's, even if a promotion lands meanwhile
         quality = None if gate is None else [gate.quality_reason(frame) for frame in upload.frames]
-        return Prepared(upload, preprocess_frames(upload.frames, self.spec), quality)
+        return Prepared(upload, preprocess_frames(upload.frames, spec), quality, spec=spec, gate=gate)
 
     def tensor(self, image: np.ndarray) -> Prepared:
         """One already preprocessed image (3, H, W) float32, as the Open Inference Protocol sends it.
@@ -112,8 +120,8 @@ class Intake:
             height=height,
             input_sha256=hashlib.sha256(image.tobytes()).hexdigest(),
         )
-        quality = None if self.gate is None else [None]
-        return Prepared(upload, image[None], quality)
+        spec, gate = self.spec, self.gate
+        return Prepared(upload, image[None], None if gate is None else [None], spec=spec, gate=gate)
 
     # From the event loop -------------------------------------------------------------------------
 
@@ -157,6 +165,14 @@ class Intake:
         """Decoded frames preprocessed for another model's `spec` (a teacher's), in the decode pool."""
         return await self.in_pool(preprocess_frames, frames, spec)
 
+    async def prepare_again(
+        self, prepared: Prepared, spec: PreprocessSpec, gate: SafetyGate | None
+    ) -> Prepared:
+        """`prepared` for another student's preprocessing and gate, in the decode pool: after a
+        promotion, or for a shadowing candidate. A tensor (no frames) keeps its input: only a student of
+        the same preprocessing may take it (the classifier checks)."""
+        return await self.in_pool(_prepare_again, prepared, spec, gate)
+
     def _probe_all(self, items: Sequence[bytes]) -> list[ImageShape]:
         shapes = []
         for index, data in enumerate(items):
@@ -169,6 +185,17 @@ class Intake:
     def close(self) -> None:
         """At shutdown: stop the decode pool, dropping work not started."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _prepare_again(prepared: Prepared, spec: PreprocessSpec, gate: SafetyGate | None) -> Prepared:
+    frames = prepared.upload.frames
+    if not frames:
+        return Prepared(
+            prepared.upload, prepared.inputs, None if gate is None else [None], spec=spec, gate=gate
+        )
+    quality = None if gate is None else [gate.quality_reason(frame) for frame in frames]
+    inputs = prepared.inputs if spec == prepared.spec else preprocess_frames(frames, spec)
+    return Prepared(prepared.upload, inputs, quality, spec=spec, gate=gate)
 
 
 def _element_problem(index: int, problem: Problem) -> Problem:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from service.answer import ClassifyResponse, Explanation, FrameResult, InputInfo, SecondOpinion, Timing
@@ -51,6 +51,9 @@ class ClassificationPipeline:
         self.intake = intake
         self.classifier = classifier
         self.explainer = explainer
+        # Told of every answer and what it was made from, before it is explained or recorded; must
+        # return at once (a shadowing candidate: service/lifecycle/shadow.py).
+        self.on_answer: Callable[[Prepared, ClassifyResponse], None] | None = None
 
     async def run(
         self,
@@ -106,6 +109,8 @@ class ClassificationPipeline:
         upload = prepared.upload
         result = await self._predict(prepared, policy)
         answer = self._postprocess(upload, result, request_id, decode_ms)
+        if self.on_answer is not None:
+            self.on_answer(prepared, answer)
         if explain:
             await self.explain(upload, answer)
         answer.timing_ms.total = round((time.perf_counter() - started) * 1000.0, 3)
@@ -163,7 +168,7 @@ class ClassificationPipeline:
         return ClassifyResponse(
             prediction_id=prediction_id,
             request_id=request_id,
-            model=self.classifier.student.loaded.identity(),
+            model=result.student.identity(),
             label=top.label,
             probabilities=top.probabilities,
             confidence=top.confidence,
@@ -205,7 +210,8 @@ class ClassificationPipeline:
         image = upload.frames[frame_index or 0]
         opinion = answer.second_opinion
         try:
-            student = await self.explainer.explain(classifier.student.loaded.bundle, image, answer.label)
+            answered_by = classifier.student_by_sha256(answer.model.sha256).bundle
+            student = await self.explainer.explain(answered_by, image, answer.label)
             teacher = None
             if opinion is not None and classifier.teacher is not None:
                 teacher = await self.explainer.explain(classifier.teacher.loaded.bundle, image, opinion.label)

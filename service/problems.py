@@ -41,6 +41,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
     "not-acceptable": (406, "Not acceptable"),
+    "conflict": (409, "Conflict"),
     "payload-too-large": (413, "Upload too large"),
     "request-timeout": (408, "Request timeout"),
     "decompression-bomb": (413, "Image too large to decode"),

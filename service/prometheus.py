@@ -49,6 +49,8 @@ __all__ = [
     "INGRESS_SPILLED_BODIES",
     "MODEL_INFO",
     "MODEL_READY",
+    "MODEL_SWITCHES",
+    "MODEL_SWITCH_OUTCOMES",
     "PREDICTIONS",
     "PREDICTION_CONFIDENCE",
     "QUEUE_DEPTH",
@@ -62,6 +64,13 @@ __all__ = [
     "REQUEST_DURATION",
     "SECOND_OPINIONS",
     "SECOND_OPINION_OUTCOMES",
+    "SHADOW_AGREEMENT",
+    "SHADOW_COMPARISONS",
+    "SHADOW_GATE",
+    "SHADOW_KAPPA",
+    "SHADOW_OUTCOMES",
+    "SHADOW_RESULTS",
+    "SHADOW_TEACHER_COMPARISONS",
     "SPOOL_BACKLOG",
     "SPOOL_QUARANTINED",
     "DICOM_EXPORT_KINDS",
@@ -192,6 +201,43 @@ MODEL_READY = Gauge(
 )
 
 
+# The model lifecycle (service/lifecycle/): a shadowing candidate, named by its bundle's sha256 (one
+# per deployment at a time), and the switches of the serving student.
+SHADOW_RESULTS = Counter(
+    "kdoct_shadow_results_total", "Requests shadowed by the candidate, by outcome", ["candidate", "outcome"]
+)
+SHADOW_COMPARISONS = Counter(
+    "kdoct_shadow_comparisons_total",
+    "Shadowed results: the serving student's label against the candidate's",
+    ["candidate", "current_label", "candidate_label", "agrees"],
+)
+SHADOW_TEACHER_COMPARISONS = Counter(
+    "kdoct_shadow_teacher_comparisons_total",
+    "Shadowed results the teacher also answered: does the candidate agree with it", ["candidate", "agrees"],
+)  # fmt: skip
+SHADOW_GATE = Counter(
+    "kdoct_shadow_gate_total", "Shadowed results: the safety gate's verdicts, serving student and candidate",
+    ["candidate", "current", "shadow"],
+)  # fmt: skip
+# From the shadow_results ledger (every worker's results): each worker sets the same value.
+SHADOW_AGREEMENT = Gauge(
+    "kdoct_shadow_agreement_ratio", "Share of shadowed results where the candidate's label agrees",
+    ["candidate", "against"], multiprocess_mode="max",
+)  # fmt: skip
+SHADOW_KAPPA = Gauge(
+    "kdoct_shadow_kappa", "Cohen's kappa of the candidate's labels against the student's or the teacher's",
+    ["candidate", "against"], multiprocess_mode="max",
+)  # fmt: skip
+MODEL_SWITCHES = Counter(
+    "kdoct_model_switches_total", "Switches of the serving student (promotions, rollbacks), by outcome",
+    ["outcome"],
+)  # fmt: skip
+# stored: in the ledger; not_stored: the database refused or the queue was full (dropped, counted);
+# busy: not shadowed, KDOCT_SHADOW_MAX_PENDING reached; timeout, failed: the candidate did not answer.
+SHADOW_OUTCOMES = ("stored", "not_stored", "busy", "timeout", "failed")
+# switched: this worker serves the new student; refused: the event's bundle did not load or verify.
+MODEL_SWITCH_OUTCOMES = ("switched", "refused")
+
 # rate_limited: refused with 429 before the key was looked at (service/auth_throttle.py).
 # The DICOM node (service/dicom_node/): its own process and its own scrape target.
 DICOM_ASSOCIATIONS = Counter(
@@ -246,6 +292,8 @@ def initialise_label_sets(model: str, class_names: tuple[str, ...] | list[str]) 
         SPOOL_QUARANTINED.labels(reason=reason)
     for task in RECORD_WRITER_TASKS:
         RECORD_WRITER_RESTARTS.labels(task=task)
+    for outcome in MODEL_SWITCH_OUTCOMES:
+        MODEL_SWITCHES.labels(outcome=outcome)
 
 
 def initialise_dicom_label_sets() -> None:

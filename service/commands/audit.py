@@ -16,6 +16,7 @@ from service.audit_key import DEFAULT_AUDIT_KEY_FILE, load_audit_key
 from service.commands._database import add_database_option, open_engine
 from service.db.anchor import DEFAULT_ANCHOR_FILE, read_checkpoints
 from service.db.audit import verify
+from service.db.ledger import LEDGERS, verify_ledger
 
 
 class _AuditFiles(BaseSettings):
@@ -100,4 +101,24 @@ def _verify(args: argparse.Namespace) -> int:
         )
         return 1
     print(f"ok: {report.rows_checked} prediction records, chain intact{anchored}")
-    return 1 if problems else 0
+    return 1 if problems or not _verify_ledgers(args, key) else 0
+
+
+def _verify_ledgers(args: argparse.Namespace, key) -> bool:
+    """The model lifecycle's ledgers (shadow results, model events): keyed from their first row."""
+    if key is None:
+        print("NOT VERIFIED: the shadow_results and model_events ledgers are keyed with the audit key")
+        return False
+    intact = True
+    with open_engine(args) as engine:
+        for item in LEDGERS:
+            found = verify_ledger(engine, item, key)
+            if found.ok:
+                print(f"ok: {found.rows_checked} {found.name} rows, chain intact")
+            else:
+                intact = False
+                print(
+                    f"BROKEN {found.name} at sequence {found.broken_at}: {found.reason}; "
+                    f"{found.rows_checked} rows before it are intact"
+                )
+    return intact

@@ -30,8 +30,10 @@ __all__ = [
     "ChainEpoch",
     "DicomExportAttempt",
     "Feedback",
+    "ModelEvent",
     "Prediction",
     "PredictionRead",
+    "ShadowResult",
 ]
 
 SHA256_HEX = 64
@@ -182,3 +184,60 @@ class DicomExportAttempt(Base):
     # The error's class and a message free of UIDs; None when delivered.
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ShadowResult(Base):
+    """A candidate bundle's result on a live request it shadowed (service/lifecycle/shadow.py), beside
+    the prediction that was answered (revision 0008). Append-only and chained like the predictions, in
+    a ledger of its own (service/db/ledger.py). Never the image: the prediction's id names the input."""
+
+    __tablename__ = "shadow_results"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # The answered prediction it shadows (not a foreign key: a shadow result may be stored while the
+    # prediction's own record still waits in the spool).
+    prediction_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    candidate_name: Mapped[str] = mapped_column(String(128))
+    candidate_version: Mapped[str] = mapped_column(String(64))
+    candidate_sha256: Mapped[str] = mapped_column(String(SHA256_HEX), index=True)
+    # The student that answered, and what it and the teacher (when it ran) said.
+    current_sha256: Mapped[str] = mapped_column(String(SHA256_HEX))
+    current_label: Mapped[str] = mapped_column(String(32))
+    current_gradable: Mapped[bool | None] = mapped_column(Boolean)
+    teacher_label: Mapped[str | None] = mapped_column(String(32))
+    candidate_label: Mapped[str] = mapped_column(String(32))
+    candidate_probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    candidate_confidence: Mapped[float] = mapped_column(Float)
+    candidate_gradable: Mapped[bool | None] = mapped_column(Boolean)
+    candidate_reason: Mapped[str | None] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX))
+    row_hash: Mapped[str] = mapped_column(String(SHA256_HEX))
+
+
+class ModelEvent(Base):
+    """A change of the serving student: a promotion or a rollback (revision 0008;
+    service/lifecycle/promotion.py). Append-only and chained (service/db/ledger.py); the newest event
+    names the bundle every worker serves (service/lifecycle/rollout.py)."""
+
+    __tablename__ = "model_events"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    action: Mapped[str] = mapped_column(String(16))  # "promote" | "rollback"
+    # Who: an API client's name, or "cli:<OS user>" for the command line.
+    actor: Mapped[str] = mapped_column(String(128))
+    from_sha256: Mapped[str] = mapped_column(String(SHA256_HEX))
+    from_path: Mapped[str] = mapped_column(Text)
+    to_sha256: Mapped[str] = mapped_column(String(SHA256_HEX))
+    to_name: Mapped[str] = mapped_column(String(128))
+    to_version: Mapped[str] = mapped_column(String(64))
+    # The bundle's directory as the serving hosts see it: what every worker loads and verifies.
+    to_path: Mapped[str] = mapped_column(Text)
+    # What the decision rested on: shadowed count, agreement, kappa, per-class sensitivity on feedback,
+    # the thresholds in force (promotions); the event undone (rollbacks).
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX))
+    row_hash: Mapped[str] = mapped_column(String(SHA256_HEX))

@@ -19,7 +19,7 @@ import numpy as np
 
 from kdoct.preprocess import PreprocessSpec
 from kdoct.probabilities import softmax
-from kdoct.safety import GateVerdict
+from kdoct.safety import GateVerdict, SafetyGate
 from service.inference.batcher import Batcher, InferenceError
 from service.inference.loaded_model import LoadedModel
 from service.inference.second_opinion import Policy, frames_to_review, refer
@@ -29,6 +29,7 @@ from service.intake import Prepared
 __all__ = [
     "Classification",
     "Classifier",
+    "ModelChanged",
     "Opinion",
     "Result",
     "SecondOpinionUnavailable",
@@ -37,6 +38,8 @@ __all__ = [
 
 # Frames preprocessed for another model's spec (a teacher's), off the event loop (service/intake.py).
 Preprocess = Callable[[list, PreprocessSpec], Awaitable[np.ndarray]]
+# An upload prepared again for another student's preprocessing and gate, off the event loop.
+PrepareAgain = Callable[[Prepared, PreprocessSpec, SafetyGate | None], Awaitable[Prepared]]
 
 
 @dataclass
@@ -79,6 +82,14 @@ class Classification:
     queue_ms: float
     inference_ms: float
     teacher_used: bool
+    # The student that answered: the one serving when the request reached the batcher, which a
+    # promotion may since have replaced (service/lifecycle/rollout.py).
+    student: LoadedModel
+
+
+class ModelChanged(InferenceError):
+    """A tensor prepared for a student whose preprocessing differs from the one now serving: it cannot
+    be preprocessed again (the client sent the tensor), so the request is retried by the client."""
 
 
 class SecondOpinionUnavailable(Exception):
@@ -99,12 +110,33 @@ class Classifier:
         policy: Policy,
         threshold: float,
         preprocess: Preprocess,
+        prepare_again: PrepareAgain,
     ) -> None:
         self.student = student
         self.teacher = teacher
         self.policy = policy
         self.threshold = threshold
         self.preprocess = preprocess
+        self.prepare_again = prepare_again
+        # Students replaced by a promotion or rollback, by sha256: an answer of one may still be
+        # explained after the swap (service/pipeline.py). Only the last few are kept.
+        self._retired: dict[str, ServedModel] = {}
+
+    def use_student(self, served: ServedModel) -> ServedModel:
+        """Serve `served` from the next request on; returns the student it replaces. A request that
+        already reached the old student's batcher finishes there: the switch is at a batch boundary."""
+        old, self.student = self.student, served
+        self._retired[old.loaded.bundle.sha256] = old
+        while len(self._retired) > 2:
+            self._retired.pop(next(iter(self._retired)))
+        return old
+
+    def student_by_sha256(self, sha256: str) -> LoadedModel:
+        """The student of that identity: the serving one, else a recently replaced one."""
+        if self.student.loaded.bundle.sha256 == sha256:
+            return self.student.loaded
+        retired = self._retired.get(sha256)
+        return retired.loaded if retired is not None else self.student.loaded
 
     def policy_for(self, requested: Policy | None) -> Policy:
         """The policy a request runs under: its own (`?second_opinion=`), else the service's. Asking for
@@ -118,10 +150,14 @@ class Classifier:
         return policy
 
     async def classify(self, prepared: Prepared, policy: Policy) -> Classification:
+        served = self.student
+        if prepared.spec != served.loaded.spec or prepared.gate is not served.loaded.gate:
+            prepared = await self._prepare_again(prepared, served.loaded)
+            served = self.student  # taken again after the await: the newest student answers
         upload, student_inputs = prepared.upload, prepared.inputs
-        student = self.student.loaded
+        student = served.loaded
         names = student.class_names
-        answer = await self.student.batcher.submit(student_inputs)
+        answer = await served.batcher.submit(student_inputs)
         queue_s, inference_s = answer.queue_s, answer.inference_s
         probabilities = softmax(answer.logits, student.temperature)
         labels = probabilities.argmax(axis=1)
@@ -176,7 +212,18 @@ class Classifier:
             queue_ms=queue_s * 1000.0,
             inference_ms=inference_s * 1000.0,
             teacher_used=bool(teacher_probabilities),
+            student=student,
         )
+
+    async def _prepare_again(self, prepared: Prepared, student: LoadedModel) -> Prepared:
+        """An upload prepared for another student (one a promotion has just replaced, or the serving one
+        for a shadowing candidate), prepared again for this one's preprocessing and safety gate."""
+        if not prepared.upload.frames and prepared.spec != student.spec:
+            raise ModelChanged(
+                "the serving model changed while this request waited, and its tensor was preprocessed for "
+                "the previous one: send it again preprocessed as GET /models describes"
+            )
+        return await self.prepare_again(prepared, student.spec, student.gate)
 
     def _opinion(self, probabilities: np.ndarray, student_label: str) -> Opinion:
         teacher = self.teacher.loaded

@@ -36,12 +36,15 @@ FEEDBACK = Door("feedback", "feedback", admitted=False, max_body_bytes=FEEDBACK_
 # The DICOM node (service/dicom_node/): a C-STORE is probed and charged (frames, pixels, bytes) before it
 # is stored, without a slot (nothing is decoded or inferred); a series takes a slot when it is classified.
 DICOM_STORE = Door("dicom_store", "classify", admitted=False)
+# Promotion and rollback (service/api/lifecycle.py) take no body: an empty one at most.
+MODEL_CHANGE = Door("model_change", "admin", admitted=False, max_body_bytes=0)
 DICOM_SERIES = Door("dicom_series", "classify", admitted=True)
 
 _HTTP_DOORS: tuple[tuple[str, re.Pattern[str], Door], ...] = (
     ("POST", re.compile(r"/classify"), CLASSIFY),
     ("POST", re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer"), V2_INFER),
     ("POST", re.compile(r"/predictions/[^/]+/feedback"), FEEDBACK),
+    ("POST", re.compile(r"/models/(?:candidates/[^/]+/promote|rollback)"), MODEL_CHANGE),
 )
 
 

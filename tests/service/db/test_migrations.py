@@ -70,6 +70,6 @@ def test_concurrent_upgrades_of_one_sqlite_file_all_succeed(tmp_path, repo_root)
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0007"
+            assert MigrationContext.configure(conn).get_current_revision() == "0008"
     finally:
         engine.dispose()

@@ -59,6 +59,15 @@ REWRITES = [
     "DELETE FROM dicom_export_attempts",
     "TRUNCATE dicom_export_attempts",
     "ALTER TABLE dicom_export_attempts DISABLE TRIGGER ALL",
+    # The model lifecycle's ledgers (revision 0008).
+    "UPDATE shadow_results SET candidate_label = 'normal'",
+    "DELETE FROM shadow_results",
+    "TRUNCATE shadow_results",
+    "ALTER TABLE shadow_results DISABLE TRIGGER ALL",
+    "UPDATE model_events SET to_path = '/elsewhere'",
+    "DELETE FROM model_events",
+    "TRUNCATE model_events",
+    "ALTER TABLE model_events DISABLE TRIGGER ALL",
 ]
 
 
@@ -214,7 +223,7 @@ def test_downgrade_below_the_protection_asks_for_a_flag(sqlite_url, repo_root) -
     engine = make_engine(sqlite_url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
         assert run("downgrade", "base", "--allow-records-downgrade").returncode == 0
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0
