@@ -12,7 +12,15 @@ from sqlalchemy import Engine, text
 
 __all__ = ["RECORD_TABLES", "audit_log_rewrite_powers"]
 
-RECORD_TABLES = ("predictions", "feedback", "prediction_reads", "chain_epochs", "dicom_export_attempts")
+RECORD_TABLES = (
+    "predictions",
+    "feedback",
+    "prediction_reads",
+    "chain_epochs",
+    "dicom_export_attempts",
+    "shadow_results",
+    "model_events",
+)
 _REWRITES = ("UPDATE", "DELETE", "TRUNCATE")
 # Which privileges on a table amount to rewriting the records. chain_epochs (revision 0006) says from
 # which sequence on links must be keyed: adding a row to it could declare unkeyed links valid again.

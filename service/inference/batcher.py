@@ -143,21 +143,29 @@ class Batcher:
                 await self._wakeup.wait()
             jobs: list[_Job] = []
             rows = self._take(jobs, 0)
-            if self.max_wait_s > 0 and rows < self.max_batch_size:
-                deadline = loop.time() + self.max_wait_s
-                while rows < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
-                    self._wakeup.clear()
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), remaining)
-                    except TimeoutError:
-                        break
-                    rows = self._take(jobs, rows)
-            if jobs:
-                self._busy = True
-                try:
+            # Busy from the first job taken: while a batch is being gathered its jobs are in no queue,
+            # and stop() must wait for them (it once cancelled this task right then, and those
+            # requests waited out KDOCT_INFERENCE_TIMEOUT_S).
+            self._busy = True
+            try:
+                if self.max_wait_s > 0 and rows < self.max_batch_size:
+                    deadline = loop.time() + self.max_wait_s
+                    while rows < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
+                        self._wakeup.clear()
+                        try:
+                            await asyncio.wait_for(self._wakeup.wait(), remaining)
+                        except TimeoutError:
+                            break
+                        rows = self._take(jobs, rows)
+                if jobs:
                     await self._run(jobs, loop)
-                finally:
-                    self._busy = False
+            except asyncio.CancelledError:
+                for job in jobs:  # cancelled past the drain deadline while gathering: answer them
+                    if not job.future.done():
+                        job.future.set_exception(BatcherClosed("the service shut down during inference"))
+                raise
+            finally:
+                self._busy = False
 
     async def _run(self, jobs: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
         started = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -102,6 +103,25 @@ def test_a_failing_batch_fails_every_request_of_it_and_nothing_hangs(student_inp
     outcomes = asyncio.run(scenario())
     assert all(isinstance(outcome, InferenceError) for outcome in outcomes)
     assert "RuntimeError" in str(outcomes[0])
+
+
+def test_stop_answers_a_batch_still_being_gathered(onnx_runtime, student_inputs):
+    """A job taken out of the queue while its batch waits for more (max_wait) is in no queue: stop()
+    must wait for it, not cancel the batcher under it (a promotion's drain once left such requests to
+    wait out the inference timeout)."""
+
+    async def scenario():
+        batcher = make_batcher(onnx_runtime, max_wait_s=0.5, timeout_s=20.0)
+        batcher.start()
+        pending = asyncio.ensure_future(batcher.submit(student_inputs[:1]))
+        await asyncio.sleep(0.05)  # taken, and the batch waits for company
+        began = time.monotonic()
+        await batcher.stop(5.0)
+        return await asyncio.wait_for(pending, 1.0), time.monotonic() - began
+
+    answer, stopping_s = asyncio.run(scenario())
+    assert answer.logits.shape == (1, 3)
+    assert stopping_s < 5.0
 
 
 def test_full_queue_refuses_at_once_and_a_stuck_runtime_times_out(student_inputs):

@@ -11,7 +11,15 @@ from service.db.migrate import downgrade, upgrade
 from service.db.session import make_engine
 from service.db.tables import Base
 
-RECORD_TABLES = {"predictions", "api_clients", "feedback", "chain_epochs", "dicom_export_attempts"}
+RECORD_TABLES = {
+    "predictions",
+    "api_clients",
+    "feedback",
+    "chain_epochs",
+    "dicom_export_attempts",
+    "shadow_results",
+    "model_events",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
