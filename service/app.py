@@ -127,6 +127,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if candidate is not None:
         shadow = _shadow(state, candidate, intake, decode_threads)
         state.pipeline.on_answer = shadow.offer
+        state.shadow = shadow
         served.append(shadow.candidate.student)
 
     def switched(old: LoadedModel, new: LoadedModel) -> None:

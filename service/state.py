@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # only for the annotations: this module imports nothing of th
     from service.db.anchor import ChainAnchor
     from service.db.components import Records
     from service.ingress.gate import IngressGate
+    from service.lifecycle.shadow import Shadow
     from service.pipeline import ClassificationPipeline
     from service.records import PredictionSink, Recorder
     from service.security import Authenticator
@@ -43,6 +44,7 @@ class AppState:
     gate: IngressGate
     # Set by the lifespan: the pipeline once the models are loaded; ready once everything has started.
     pipeline: ClassificationPipeline | None = None
+    shadow: Shadow | None = None  # the candidate shadowing live requests (KDOCT_SHADOW_BUNDLE)
     ready: bool = False
 
 

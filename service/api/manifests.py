@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from service.deps import ClassifierDep
+from service.deps import ClassifierDep, StateDep
 from service.inference.classifier import ServedModel
 
 __all__ = ["router"]
@@ -14,7 +14,11 @@ router = APIRouter(tags=["models"])
 
 
 class ModelInfo(BaseModel):
-    role: str = Field(examples=["student"])
+    role: str = Field(
+        examples=["student"],
+        description="student, teacher, or shadow: the candidate scoring live requests off the answer path "
+        "(docs/LIFECYCLE.md)",
+    )
     name: str
     version: str
     sha256: str
@@ -72,10 +76,13 @@ def _describe(served: ServedModel) -> dict:
 
 
 @router.get("/models", response_model=ModelsResponse, summary="The loaded model bundles and their manifests")
-async def models(classifier: ClassifierDep) -> ModelsResponse:
+async def models(classifier: ClassifierDep, state: StateDep) -> ModelsResponse:
     served = [classifier.student] + ([classifier.teacher] if classifier.teacher else [])
+    described = [_describe(item) for item in served]
+    if state.shadow is not None:
+        described.append({**_describe(state.shadow.candidate.student), "role": "shadow"})
     return ModelsResponse(
-        models=[_describe(item) for item in served],
+        models=described,
         second_opinion=classifier.policy,
         second_opinion_threshold=classifier.threshold,
     )

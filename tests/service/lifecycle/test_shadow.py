@@ -72,6 +72,12 @@ def test_shadow_results_are_chained_beside_their_predictions_and_agreement_is_pu
         assert stored_shadow_results(url, expected) == expected
         metrics = client.get("/metrics").text
         agreement = client.get(f"/models/candidates/{sha256}/agreement")
+        models = client.get("/models").json()["models"]
+    assert [(m["role"], m["version"]) for m in models] == [
+        ("student", "0.0.1"),
+        ("teacher", "0.0.1"),
+        ("shadow", "0.0.2"),
+    ]
     assert agreement.status_code == 200, agreement.text
     shadow = _rows(url, ShadowResult)
     predictions = {str(row["id"]): row for row in _rows(url, Prediction)}
