@@ -87,8 +87,14 @@ def class_performance_from_counts(
         tn = total - tp - fn - fp
         result.append(
             ClassPerformance(
-                name=name, tp=tp, fn=fn, fp=fp, tn=tn,
-                sensitivity=wilson(tp, tp + fn), specificity=wilson(tn, tn + fp), ppv=wilson(tp, tp + fp),
+                name=name,
+                tp=tp,
+                fn=fn,
+                fp=fp,
+                tn=tn,
+                sensitivity=wilson(tp, tp + fn),
+                specificity=wilson(tn, tn + fp),
+                ppv=wilson(tp, tp + fp),
             )  # fmt: skip
         )
     return result
@@ -97,4 +103,6 @@ def class_performance_from_counts(
 def class_performance(pairs: Iterable[tuple[str, str]], class_names: Sequence[str]) -> list[ClassPerformance]:
     """One-vs-rest figures of every class in ``class_names`` (in that order) over ``pairs`` of
     (actual, predicted). A label outside ``class_names`` is a ValueError."""
-    return class_performance_from_counts(Counter((actual, predicted) for actual, predicted in pairs), class_names)
+    return class_performance_from_counts(
+        Counter((actual, predicted) for actual, predicted in pairs), class_names
+    )

@@ -48,14 +48,21 @@ def test_class_performance_one_vs_rest_by_hand() -> None:
     #   normal               5     1     0
     #   drusen               2     3     1
     #   cnv                  0     1     4
-    matrix = {("normal", "normal"): 5, ("normal", "drusen"): 1, ("drusen", "normal"): 2, ("drusen", "drusen"): 3,
-              ("drusen", "cnv"): 1, ("cnv", "drusen"): 1, ("cnv", "cnv"): 4}  # fmt: skip
+    matrix = {
+        ("normal", "normal"): 5, ("normal", "drusen"): 1,
+        ("drusen", "normal"): 2, ("drusen", "drusen"): 3, ("drusen", "cnv"): 1,
+        ("cnv", "drusen"): 1, ("cnv", "cnv"): 4,
+    }  # fmt: skip
     pairs = [pair for pair, n in matrix.items() for _ in range(n)]
     figures = {f.name: f for f in class_performance(pairs, ["normal", "drusen", "cnv"])}
     assert list(figures) == ["normal", "drusen", "cnv"]
     drusen = figures["drusen"]
     assert (drusen.tp, drusen.fn, drusen.fp, drusen.tn) == (3, 3, 2, 9)
-    assert drusen.sensitivity == wilson(3, 6) and drusen.specificity == wilson(9, 11) and drusen.ppv == wilson(3, 5)
+    assert (
+        drusen.sensitivity == wilson(3, 6)
+        and drusen.specificity == wilson(9, 11)
+        and drusen.ppv == wilson(3, 5)
+    )
     normal, cnv = figures["normal"], figures["cnv"]
     assert (normal.tp, normal.fn, normal.fp, normal.tn) == (5, 1, 2, 9)
     assert (cnv.tp, cnv.fn, cnv.fp, cnv.tn) == (4, 1, 1, 11)
