@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from kdoct.errors import ConfigError, KdoctError
 from service import prometheus
 from service.admission import Admission
-from service.api import classify, health, inference_protocol, manifests, page, predictions, scrape
+from service.api import classify, health, inference_protocol, manifests, monitoring, page, predictions, scrape
 from service.audit_key import load_audit_key
 from service.config import Settings, get_settings
 from service.db import migrate
@@ -279,7 +279,9 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
     state = _build_state(settings, sink)
     install_state(app, state)
     install_problem_handlers(app)
-    for router in (classify.router, health.router, scrape.router, page.router, predictions.router):
+    for router in (
+        classify.router, health.router, scrape.router, page.router, predictions.router, monitoring.router,
+    ):  # fmt: skip
         app.include_router(router)
     # The Open Inference Protocol v2 (tritonclient, KServe): its routes check their own scopes.
     app.include_router(inference_protocol.router)
