@@ -1,5 +1,6 @@
-"""`python -m service <command>`: serve, db, apikey, audit, dicom-replay; built with the scaffold both
-command lines share (kdoct/cli.py): one module per subcommand under service/commands."""
+"""`python -m service <command>`: serve, db, apikey, audit, dicom-node, dicom-retrieve, dicom-replay,
+report; built with the scaffold both command lines share (kdoct/cli.py): one module per subcommand
+under service/commands."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ COMMAND_MODULES = [
     "service.commands.dicom_node",
     "service.commands.dicom_retrieve",
     "service.commands.dicom_replay",
+    "service.commands.report",
 ]
 
 
