@@ -131,3 +131,21 @@ def test_accepted_feedback_is_counted_with_bounded_labels(make_settings, jpeg_pa
         metrics = client.get("/metrics").text
         assert "glaucoma" not in metrics and "free text" not in metrics
         assert _feedback_count(client, **labels) == before + 1
+
+
+def test_the_read_scope_is_needed(make_settings, tmp_path) -> None:
+    from service.db.api_clients import create_client
+    from service.state import app_state
+
+    settings = make_settings(
+        auth="enabled", database_url=f"sqlite:///{tmp_path}/kdoct.db", spool_dir=tmp_path / "spool"
+    )
+    with TestClient(create_app(settings)) as client:
+        with app_state(client.app).records.sessions() as session:
+            _, classifier = create_client(session, "modality", ["classify", "feedback"])
+            _, reader = create_client(session, "safety-officer", ["read"])
+        for headers, status in (({}, 401), ({"Authorization": f"Bearer {classifier}"}, 403)):
+            response = client.get("/monitoring/performance", headers=headers)
+            assert response.status_code == status and "models" not in response.text
+        response = client.get("/monitoring/performance", headers={"Authorization": f"Bearer {reader}"})
+        assert response.status_code == 200 and response.json()["models"] == []
