@@ -8,7 +8,7 @@ from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from kdoct_testing.feedback import MODEL_A, MODEL_B, add_feedback_rows, store_known_feedback
 from service.db.performance import feedback_data
@@ -54,6 +54,10 @@ def test_december_of_model_a_by_hand(engine: Engine) -> None:
 def test_buckets_and_models(engine: Engine) -> None:
     store_known_feedback(engine)
     with make_sessionmaker(engine)() as session:
+        if engine.dialect.name == "postgresql":
+            # Buckets are UTC days whatever the session's time zone: row 1 (00:30 UTC on 1 December) is
+            # still 30 November in New York.
+            session.execute(text("SET TIME ZONE 'America/New_York'"))
         weekly = load_performance(session, confident_threshold=0.8, since=DECEMBER[0], bucket="week")
         monthly = load_performance(session, confident_threshold=0.8, bucket="month")
         stricter = load_performance(session, confident_threshold=0.95, since=DECEMBER[0])
