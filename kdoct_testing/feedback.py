@@ -65,10 +65,14 @@ def store_known_feedback(engine: Engine) -> list[uuid.UUID]:
     records, feedback = [], []
     for model, created, label, confidence, gradable, labels in KNOWN:
         record = make_record(
-            **model, created_at=created, label=label, confidence=confidence,
-            probabilities=_probabilities(label, confidence), gradable=gradable,
+            **model,
+            created_at=created,
+            label=label,
+            confidence=confidence,
+            probabilities=_probabilities(label, confidence),
+            gradable=gradable,
             refer=confidence < 0.8 or gradable is False,
-        )  # fmt: skip
+        )
         records.append(record)
         feedback += [
             (record["id"], given, created + timedelta(hours=1 + i)) for i, given in enumerate(labels)

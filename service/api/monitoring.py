@@ -68,14 +68,20 @@ async def performance(
     def load() -> PerformanceReport:
         with sessions() as session:
             return load_performance(
-                session, confident_threshold=threshold, since=since, until=until,
-                model_sha256=model_sha256, bucket=bucket,
-            )  # fmt: skip
+                session,
+                confident_threshold=threshold,
+                since=since,
+                until=until,
+                model_sha256=model_sha256,
+                bucket=bucket,
+            )
 
     try:
         return await run_in_threadpool(load)
     except SQLAlchemyError:
         raise Problem(
-            "not-ready", "the prediction database is unavailable: try again shortly",
-            reason="record_unavailable", headers={"Retry-After": "5"},
-        ) from None  # fmt: skip
+            "not-ready",
+            "the prediction database is unavailable: try again shortly",
+            reason="record_unavailable",
+            headers={"Retry-After": "5"},
+        ) from None

@@ -63,9 +63,11 @@ def register(subparsers) -> None:
         "--out", type=Path, default=None, help="the PDF to write (default: kdoct-performance-YYYY-MM.pdf)"
     )
     parser.add_argument(
-        "--confident-threshold", type=_threshold, default=None,
+        "--confident-threshold",
+        type=_threshold,
+        default=None,
         help="a confident answer's floor (default: KDOCT_SECOND_OPINION_THRESHOLD, else 0.8)",
-    )  # fmt: skip
+    )
     add_database_option(parser)
     parser.set_defaults(handler=_report)
 

@@ -155,7 +155,7 @@ def feedback_data(
             None if gradable is None else bool(gradable),
             bool(is_confident),
             count,
-        )  # fmt: skip
+        )
         for name, version, sha, when, predicted, actual, gradable, is_confident, count in session.execute(
             tally_query
         )

@@ -95,7 +95,7 @@ def class_performance_from_counts(
                 sensitivity=wilson(tp, tp + fn),
                 specificity=wilson(tn, tn + fp),
                 ppv=wilson(tp, tp + fp),
-            )  # fmt: skip
+            )
         )
     return result
 

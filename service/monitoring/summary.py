@@ -111,6 +111,27 @@ def bucket_end(start: date, bucket: Bucket) -> date:
     return start + timedelta(days=calendar.monthrange(start.year, start.month)[1])
 
 
+def _class_figures(
+    counts: Counter[tuple[str, str]], contradicted: Counter[str], class_names: tuple[str, ...]
+) -> list[ClassFigures]:
+    # A class the model never had (an old record's label) still counts, after the model's own.
+    names = list(class_names) + sorted({n for pair in counts for n in pair} - set(class_names))
+    return [
+        ClassFigures(
+            name=f.name,
+            tp=f.tp,
+            fn=f.fn,
+            fp=f.fp,
+            tn=f.tn,
+            sensitivity=_interval(f.sensitivity),
+            specificity=_interval(f.specificity),
+            ppv=_interval(f.ppv),
+            contradicted_confident=contradicted[f.name],
+        )
+        for f in class_performance_from_counts(counts, names)
+    ]
+
+
 def _window(
     start: datetime | None,
     end: datetime | None,
@@ -118,45 +139,31 @@ def _window(
     tallies: list[FeedbackTally],
     class_names: tuple[str, ...],
 ) -> WindowPerformance:
-    answered = [t for t in tallies if t.gradable is not False]
-    counts: Counter[tuple[str, str]] = Counter()
-    contradicted: Counter[str] = Counter()
-    for tally in answered:
-        counts[(tally.actual, tally.predicted)] += tally.count
-        if tally.confident and tally.actual != tally.predicted:
-            contradicted[tally.predicted] += tally.count
-    # A class the model never had (an old record's label) still counts, after the model's own.
-    names = list(class_names) + sorted({n for pair in counts for n in pair} - set(class_names))
-    figures = class_performance_from_counts(counts, names)
-    ungradable = Counter()
+    """One window's figures: the answered predictions (not ungradable) in the class figures, the
+    ungradable ones apart, every one with feedback in the coverage."""
+    counts: Counter[tuple[str, str]] = Counter()  # (actual, predicted)
+    contradicted: Counter[str] = Counter()  # by the class answered
+    ungradable: Counter[str] = Counter()  # by the clinician's label
     for tally in tallies:
         if tally.gradable is False:
             ungradable[tally.actual] += tally.count
+            continue
+        counts[(tally.actual, tally.predicted)] += tally.count
+        if tally.confident and tally.actual != tally.predicted:
+            contradicted[tally.predicted] += tally.count
     with_feedback = sum(t.count for t in tallies)
-    n = sum(counts.values())
+    answered = sum(counts.values())
+    agreed = sum(n for (actual, predicted), n in counts.items() if actual == predicted)
     return WindowPerformance(
         start=start,
         end=end,
         predictions=predictions,
         with_feedback=with_feedback,
         feedback_coverage=with_feedback / predictions if predictions else None,
-        answered_with_feedback=n,
-        agreement=_interval(wilson(sum(c for (a, p), c in counts.items() if a == p), n)),
+        answered_with_feedback=answered,
+        agreement=_interval(wilson(agreed, answered)),
         contradicted_confident=sum(contradicted.values()),
-        classes=[
-            ClassFigures(
-                name=f.name,
-                tp=f.tp,
-                fn=f.fn,
-                fp=f.fp,
-                tn=f.tn,
-                sensitivity=_interval(f.sensitivity),
-                specificity=_interval(f.specificity),
-                ppv=_interval(f.ppv),
-                contradicted_confident=contradicted[f.name],
-            )  # fmt: skip
-            for f in figures
-        ],
+        classes=_class_figures(counts, contradicted, class_names),
         ungradable=UngradableOut(
             with_feedback=sum(ungradable.values()), by_feedback_label=dict(sorted(ungradable.items()))
         ),
@@ -224,7 +231,11 @@ def load_performance(
 ) -> PerformanceReport:
     """Count in the database, then compute: what the route and the report command both call."""
     data = feedback_data(
-        session, confident_threshold=confident_threshold, since=since, until=until,
-        model_sha256=model_sha256, bucket=bucket,
-    )  # fmt: skip
+        session,
+        confident_threshold=confident_threshold,
+        since=since,
+        until=until,
+        model_sha256=model_sha256,
+        bucket=bucket,
+    )
     return summarise(data, confident_threshold=confident_threshold, since=since, until=until, bucket=bucket)
