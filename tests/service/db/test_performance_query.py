@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 
 from kdoct_testing.feedback import MODEL_A, MODEL_B, add_feedback_rows, store_known_feedback
 from service.db.performance import feedback_data
-from service.db.session import make_sessionmaker
+from service.db.session import make_engine, make_sessionmaker
 from service.monitoring.performance import wilson
 from service.monitoring.summary import load_performance
 
@@ -112,3 +112,17 @@ def test_latest_feedback_wins_and_nothing_without_feedback_counts(engine: Engine
 def test_a_bad_bucket_is_refused(engine: Engine) -> None:
     with make_sessionmaker(engine)() as session, pytest.raises(ValueError, match="bucket"):
         feedback_data(session, confident_threshold=0.8, bucket="year")
+
+
+def test_the_runtime_role_may_compute_them(pg_url: str, runtime_url: str) -> None:
+    """What the service logs in as (SELECT and INSERT only) reads every table the figures need."""
+    owner = make_engine(pg_url)
+    store_known_feedback(owner)
+    owner.dispose()
+    runtime = make_engine(runtime_url)
+    try:
+        with make_sessionmaker(runtime)() as session:
+            report = load_performance(session, confident_threshold=0.8, since=DECEMBER[0], bucket="month")
+    finally:
+        runtime.dispose()
+    assert [m.overall.with_feedback for m in report.models] == [7, 1]

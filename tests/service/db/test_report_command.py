@@ -103,3 +103,10 @@ def test_a_database_without_the_schema_is_a_clear_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     with pytest.raises(SystemExit, match="db upgrade"):
         main(["report", "--month", "2026-12", "--database-url", url, "--out", str(tmp_path / "x.pdf")])
+
+
+@pytest.mark.parametrize("threshold", ["0", "1.5", "high"])
+def test_a_bad_threshold_is_a_usage_error(threshold, sqlite_url, tmp_path: Path, capsys) -> None:
+    argv = ["report", "--month", "2026-12", "--database-url", sqlite_url, "--out", str(tmp_path / "x.pdf")]
+    assert main([*argv, "--confident-threshold", threshold]) == 2
+    assert "give a confidence in (0, 1]" in capsys.readouterr().err
