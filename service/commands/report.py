@@ -11,10 +11,11 @@ import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.orm import Session
 
+from kdoct.errors import ConfigError
 from service.commands._database import add_database_option, open_engine
 from service.monitoring.report_pdf import render_report
 from service.monitoring.summary import load_performance
@@ -50,6 +51,13 @@ def _threshold(text: str) -> float:
     return value
 
 
+def _configured_threshold() -> float:
+    try:
+        return _Threshold().second_opinion_threshold
+    except ValidationError as exc:
+        raise ConfigError(f"KDOCT_SECOND_OPINION_THRESHOLD: {exc.errors()[0]['msg']}") from None
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "report",
@@ -76,7 +84,7 @@ def _report(args: argparse.Namespace) -> int:
     since, until = args.month
     period = f"{since:%Y-%m}"
     out = args.out or Path(f"kdoct-performance-{period}.pdf")
-    threshold = args.confident_threshold or _Threshold().second_opinion_threshold
+    threshold = args.confident_threshold or _configured_threshold()
     with open_engine(args) as engine, Session(engine) as session:
         report = load_performance(
             session, confident_threshold=threshold, since=since, until=until, bucket="week"

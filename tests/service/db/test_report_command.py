@@ -110,3 +110,16 @@ def test_a_bad_threshold_is_a_usage_error(threshold, sqlite_url, tmp_path: Path,
     argv = ["report", "--month", "2026-12", "--database-url", sqlite_url, "--out", str(tmp_path / "x.pdf")]
     assert main([*argv, "--confident-threshold", threshold]) == 2
     assert "give a confidence in (0, 1]" in capsys.readouterr().err
+
+
+def test_a_bad_configured_threshold_is_a_clear_error(sqlite_url, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KDOCT_SECOND_OPINION_THRESHOLD", "2")
+    argv = ["report", "--month", "2026-12", "--database-url", sqlite_url, "--out", str(tmp_path / "x.pdf")]
+    assert main(argv) == 2
+    assert (
+        "error: KDOCT_SECOND_OPINION_THRESHOLD: Input should be less than or equal to 1"
+        in capsys.readouterr().err
+    )
+    monkeypatch.setenv("KDOCT_SECOND_OPINION_THRESHOLD", "0.9")
+    assert main(argv) == 0
+    assert _in_pdf((tmp_path / "x.pdf").read_bytes(), "Confident answer: calibrated confidence >= 0.90")
