@@ -1,6 +1,6 @@
 """`python -m service <command>`: serve, db, apikey, audit, dicom-node, dicom-retrieve, dicom-replay,
-model; built with the scaffold both command lines share (kdoct/cli.py): one module per subcommand
-under service/commands."""
+model, report; built with the scaffold both command lines share (kdoct/cli.py): one module per
+subcommand under service/commands."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "service.commands.dicom_retrieve",
     "service.commands.dicom_replay",
     "service.commands.model",
+    "service.commands.report",
 ]
 
 

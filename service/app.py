@@ -22,7 +22,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from kdoct.errors import ConfigError, KdoctError
 from service import prometheus
 from service.admission import Admission
-from service.api import classify, health, inference_protocol, lifecycle, manifests, page, predictions, scrape
+from service.api import (
+    classify,
+    health,
+    inference_protocol,
+    lifecycle,
+    manifests,
+    monitoring,
+    page,
+    predictions,
+    scrape,
+)
 from service.audit_key import load_audit_key
 from service.config import Settings, get_settings
 from service.db import migrate
@@ -287,6 +297,7 @@ def create_app(settings: Settings | None = None, *, sink: PredictionSink | None 
         page.router,
         predictions.router,
         lifecycle.router,
+        monitoring.router,
     )
     for router in routers:
         app.include_router(router)

@@ -74,6 +74,9 @@ __all__ = [
     "SPOOL_BACKLOG",
     "SPOOL_QUARANTINED",
     "DICOM_EXPORT_KINDS",
+    "FEEDBACK",
+    "FEEDBACK_GRADABLE",
+    "count_feedback",
     "initialise_dicom_label_sets",
     "initialise_label_sets",
     "render_metrics",
@@ -189,6 +192,17 @@ RECORD_WRITER_RESTARTS = Counter(
     ["task"],
 )
 AUTH_FAILURES = Counter("kdoct_auth_failures_total", "Failed authentications, by reason", ["reason"])
+# Clinician feedback accepted (POST /predictions/{id}/feedback), by the prediction's model and answer,
+# the clinician's label (both among the model's classes: the route refuses any other), whether they agree,
+# whether the answer was confident (confidence >= KDOCT_SECOND_OPINION_THRESHOLD) and the safety gate's
+# verdict (true, false; none: gate off). Every feedback counts, a correction too: the figures where only
+# the latest feedback counts are GET /monitoring/performance's and the monthly report's.
+FEEDBACK = Counter(
+    "kdoct_feedback_total",
+    "Clinician feedback accepted, by model, predicted and actual class, agreement, confidence, gradability",
+    ["model", "predicted", "actual", "agrees", "confident", "gradable"],
+)
+FEEDBACK_GRADABLE = ("true", "false", "none")
 MODEL_INFO = Gauge(
     "kdoct_model_info", "Loaded model bundles (value 1)", ["role", "name", "version", "sha256"],
     multiprocess_mode="livemax",
@@ -294,6 +308,28 @@ def initialise_label_sets(model: str, class_names: tuple[str, ...] | list[str]) 
         RECORD_WRITER_RESTARTS.labels(task=task)
     for outcome in MODEL_SWITCH_OUTCOMES:
         MODEL_SWITCHES.labels(outcome=outcome)
+    for predicted in class_names:
+        for actual in class_names:
+            for confident in (True, False):
+                for gradable in (True, False, None):
+                    _feedback_series(model, predicted, actual, confident=confident, gradable=gradable)
+
+
+def _feedback_series(model: str, predicted: str, actual: str, *, confident: bool, gradable: bool | None):
+    return FEEDBACK.labels(
+        model=model,
+        predicted=predicted,
+        actual=actual,
+        agrees=str(predicted == actual).lower(),
+        confident=str(confident).lower(),
+        gradable="none" if gradable is None else str(gradable).lower(),
+    )
+
+
+def count_feedback(
+    model: str, predicted: str, actual: str, *, confident: bool, gradable: bool | None
+) -> None:
+    _feedback_series(model, predicted, actual, confident=confident, gradable=gradable).inc()
 
 
 def initialise_dicom_label_sets() -> None:

@@ -16,12 +16,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from service import fhir
+from service import fhir, prometheus
 from service.answer import PredictionOut
 from service.api.accept import Accept
 from service.db import queries
 from service.db.tables import Prediction
-from service.deps import FeedbackClientDep, ReadClientDep, RecorderDep, SessionsDep
+from service.deps import FeedbackClientDep, ReadClientDep, RecorderDep, SessionsDep, SettingsDep
 from service.problems import Problem
 
 __all__ = ["router"]
@@ -172,18 +172,30 @@ async def add_feedback(
     body: FeedbackIn,
     sessions: SessionsDep,
     recorder: RecorderDep,
+    settings: SettingsDep,
     client: FeedbackClientDep,
 ) -> FeedbackOut:
     await recorder.caught_up()
 
     def store():
         with sessions() as session:
-            return queries.add_feedback(session, prediction_id, body.label, body.note, client.id)
+            prediction = queries.get_prediction(session, prediction_id)
+            if prediction is None:
+                return None, None
+            # What the metric needs, read before add_feedback's commit expires the row.
+            answered = (prediction.model_name, prediction.label, prediction.confidence, prediction.gradable)
+            return queries.add_feedback(session, prediction_id, body.label, body.note, client.id), answered
 
     try:
-        feedback = await _query(store)
+        feedback, answered = await _query(store)
     except ValueError as exc:
         raise Problem("validation-error", str(exc), reason="bad_request") from None
     if feedback is None:
         raise Problem("not-found", f"no prediction {prediction_id} on record (yet)")
+    model, predicted, confidence, gradable = answered
+    # Both labels are the model's classes (add_feedback refuses any other): bounded label values.
+    prometheus.count_feedback(
+        model, predicted, body.label,
+        confident=confidence >= settings.second_opinion_threshold, gradable=gradable,
+    )  # fmt: skip
     return FeedbackOut.model_validate(feedback, from_attributes=True)

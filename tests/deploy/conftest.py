@@ -40,6 +40,7 @@ SERVICE_METRICS = {
     "kdoct_batch_size": "histogram",
     "kdoct_queue_depth": "gauge",
     "kdoct_predictions_total": "counter",
+    "kdoct_feedback_total": "counter",
     "kdoct_prediction_confidence": "histogram",
     "kdoct_second_opinions_total": "counter",
     "kdoct_referrals_total": "counter",

@@ -18,6 +18,7 @@ REQUIRED_TOPICS = [
     "database write failures", "spool backlog", "authentication failures", "models", "safety gate",
     "ungradable", "dicom associations", "dicom instances", "dicom series", "dicom exports",
     "dicom dead letters", "dicom store",
+    "real-world sensitivity", "real-world ppv", "contradicted confident",
 ]  # fmt: skip
 
 

@@ -351,6 +351,7 @@ EVERY_METRIC = (
     "kdoct_prediction_confidence_bucket",
     "kdoct_second_opinions_total",
     "kdoct_referrals_total",
+    "kdoct_feedback_total",
     "kdoct_rejected_requests_total",
     "kdoct_db_write_duration_seconds_bucket",
     "kdoct_db_write_failures_total",
