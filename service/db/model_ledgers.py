@@ -13,7 +13,8 @@ from sqlalchemy import Engine, func, select
 
 from service.audit_key import AuditKey
 from service.db import ledger
-from service.db.tables import Feedback, ModelEvent, ShadowResult
+from service.db.performance import latest_feedback
+from service.db.tables import ModelEvent, ShadowResult
 
 __all__ = [
     "ModelEventRow",
@@ -64,18 +65,7 @@ def shadow_counts(
 def candidate_feedback_pairs(engine: Engine, candidate_sha256: str) -> list[tuple[str, str, int]]:
     """(clinician's label, candidate's label, count) over the shadowed predictions that have feedback;
     a prediction's latest feedback counts, earlier ones are superseded."""
-    latest = (
-        select(Feedback.prediction_id, func.max(Feedback.created_at).label("at"))
-        .group_by(Feedback.prediction_id)
-        .subquery()
-    )
-    labels = (
-        select(Feedback.prediction_id, Feedback.label)
-        .join(
-            latest, (Feedback.prediction_id == latest.c.prediction_id) & (Feedback.created_at == latest.c.at)
-        )
-        .subquery()
-    )
+    labels = latest_feedback()
     query = (
         select(labels.c.label, ShadowResult.candidate_label, func.count())
         .join(labels, labels.c.prediction_id == ShadowResult.prediction_id)

@@ -25,6 +25,7 @@ __all__ = [
     "BUCKETS",
     "Bucket",
     "FeedbackData",
+    "latest_feedback",
     "FeedbackTally",
     "ModelKey",
     "PredictionTotal",
@@ -94,7 +95,8 @@ def _as_date(value) -> date | None:
     return date.fromisoformat(str(value)[:10])
 
 
-def _latest_feedback():
+def latest_feedback():
+    """Each prediction's latest feedback label (prediction_id, label), as a subquery."""
     ranked = select(
         Feedback.prediction_id,
         Feedback.label,
@@ -138,7 +140,7 @@ def feedback_data(
         )
     ]
 
-    latest = _latest_feedback()
+    latest = latest_feedback()
     confident = case((Prediction.confidence >= confident_threshold, True), else_=False).label("confident")
     tally_query = (
         select(*model, start, Prediction.label, latest.c.label, Prediction.gradable, confident, func.count())

@@ -33,7 +33,7 @@ from service.db.model_ledgers import (
     shadow_counts,
 )
 from service.lifecycle.agreement import ShadowCount, summarise
-from service.monitoring.performance import class_performance
+from service.monitoring.performance import class_performance_from_counts
 
 __all__ = [
     "LifecycleRefused",
@@ -108,14 +108,12 @@ def candidate_evidence(
     """The candidate's shadow record against the thresholds: agreement, kappa, the gate's verdicts,
     per-class sensitivity on clinician feedback (Wilson 95 % interval), and what falls short."""
     agreement = summarise([ShadowCount(*row) for row in shadow_counts(engine, sha256)], class_names)
-    pairs = [
-        (actual, predicted)
-        for actual, predicted, count in candidate_feedback_pairs(engine, sha256)
-        for _ in range(count)
-    ]
+    pairs = {
+        (actual, predicted): count for actual, predicted, count in candidate_feedback_pairs(engine, sha256)
+    }
     sensitivity: dict[str, Any] = {}
     short: list[str] = []
-    for item in class_performance(pairs, class_names):
+    for item in class_performance_from_counts(pairs, class_names):
         labelled = item.tp + item.fn
         sensitivity[item.name] = {"labelled": labelled, **asdict(item.sensitivity)}
         if labelled < thresholds.min_feedback_per_class:
