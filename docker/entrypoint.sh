@@ -21,7 +21,9 @@ set -eu
 
 # docker compose cannot leave a variable out, only set it empty; an empty optional setting means
 # "not set" (no teacher, default policy), which the service only understands when it is absent.
-for optional in KDOCT_TEACHER_BUNDLE KDOCT_SECOND_OPINION KDOCT_DICOM_DESTINATION KDOCT_DICOMWEB_URL; do
+for optional in KDOCT_TEACHER_BUNDLE KDOCT_SECOND_OPINION KDOCT_DICOM_DESTINATION KDOCT_DICOMWEB_URL \
+    KDOCT_SHADOW_BUNDLE KDOCT_PROMOTE_MIN_SHADOWED KDOCT_PROMOTE_MIN_AGREEMENT KDOCT_PROMOTE_MIN_SENSITIVITY \
+    KDOCT_PROMOTE_MIN_FEEDBACK_PER_CLASS; do
     eval "value=\${$optional:-}"
     [ -n "$value" ] || unset "$optional"
 done
@@ -101,7 +103,7 @@ case "$command" in
     migrate)
         wait_and_migrate
         ;;
-    db | apikey | audit)
+    db | apikey | audit | model | report)
         wait_and_migrate
         unset PROMETHEUS_MULTIPROC_DIR
         as_owner python -m service "$command" "$@"

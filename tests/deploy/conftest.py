@@ -57,6 +57,13 @@ SERVICE_METRICS = {
     "kdoct_auth_failures_total": "counter",
     "kdoct_model_info": "gauge",
     "kdoct_model_ready": "gauge",
+    "kdoct_shadow_results_total": "counter",
+    "kdoct_shadow_comparisons_total": "counter",
+    "kdoct_shadow_teacher_comparisons_total": "counter",
+    "kdoct_shadow_gate_total": "counter",
+    "kdoct_shadow_agreement_ratio": "gauge",
+    "kdoct_shadow_kappa": "gauge",
+    "kdoct_model_switches_total": "counter",
     "kdoct_dicom_associations_total": "counter",
     "kdoct_dicom_instances_total": "counter",
     "kdoct_dicom_series_total": "counter",
@@ -235,6 +242,12 @@ def live_bundles(
         bundles[role] = root / role
         gate = fitting if role == "student" else None
         build_test_bundle(bundles[role], arch, (64, 64), role, golden, seed, name=f"deploy-{role}", gate=gate)
+    # A candidate shadowing the student (docs/LIFECYCLE.md): the dashboard's lifecycle row has data.
+    bundles["candidate"] = root / "candidate"
+    build_test_bundle(
+        bundles["candidate"], "test_efficientnet", (64, 64), "student", golden, 13, name="deploy-student",
+        version="0.0.2", gate=fitting,
+    )  # fmt: skip
     return bundles
 
 

@@ -19,6 +19,7 @@ REQUIRED_TOPICS = [
     "ungradable", "dicom associations", "dicom instances", "dicom series", "dicom exports",
     "dicom dead letters", "dicom store",
     "real-world sensitivity", "real-world ppv", "contradicted confident",
+    "shadow agreement", "shadow results", "shadow disagreements", "shadow gate", "model switches",
 ]  # fmt: skip
 
 

@@ -80,6 +80,7 @@ def service_env(
         KDOCT_DB_ROLE_CHECK="refuse",
         KDOCT_STUDENT_BUNDLE=str(live_bundles["student"]),
         KDOCT_TEACHER_BUNDLE=str(live_bundles["teacher"]),
+        KDOCT_SHADOW_BUNDLE=str(live_bundles["candidate"]),
         KDOCT_SECOND_OPINION="",  # as compose passes an unset choice: the entrypoint must drop it
         KDOCT_AUTH="enabled",
         KDOCT_HOST="127.0.0.1",
@@ -126,7 +127,7 @@ def live_service(
     assert migrated.returncode == 0, f"entrypoint migrate failed:\n{migrated.stderr[-3000:]}"
     # compose's `admin` service, the entrypoint's CLI path: create a key (printed once).
     created = subprocess.run(
-        ["sh", entrypoint, "apikey", "create", "deploy-test", "--scopes", "classify", "read"],
+        ["sh", entrypoint, "apikey", "create", "deploy-test", "--scopes", "classify", "read", "feedback"],
         env=owner_env, cwd=work, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert created.returncode == 0, f"entrypoint apikey create failed:\n{created.stderr[-3000:]}"
@@ -225,6 +226,9 @@ def _send_traffic(service: LiveService, jpegs: list[Path]) -> int:
             if index == 0:
                 assert response.json()["second_opinion"] is not None
             predictions += 1
+            truth = path.parent.name.lower()
+            if truth in ("cnv", "drusen", "normal"):  # a clinician's label: the real-world row's data
+                _feedback(client, auth, response.json()["prediction_id"], truth)
         garbage = client.post(
             "/classify", files={"file": ("x.jpeg", b"not an image", "image/jpeg")}, headers=auth
         )
@@ -233,6 +237,17 @@ def _send_traffic(service: LiveService, jpegs: list[Path]) -> int:
         assert anonymous.status_code == 401, anonymous.text
         assert client.get("/models", headers=auth).status_code == 200
     return predictions
+
+
+def _feedback(client: httpx.Client, auth: dict[str, str], prediction_id: str, label: str) -> None:
+    # Another worker may not have inserted the record yet (docs/API.md): retry for a moment.
+    deadline = time.monotonic() + 5
+    while True:
+        response = client.post(f"/predictions/{prediction_id}/feedback", json={"label": label}, headers=auth)
+        if response.status_code != 404 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert response.status_code == 201, response.text
 
 
 @pytest.fixture(scope="module")
