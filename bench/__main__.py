@@ -1,6 +1,6 @@
 """`python -m bench [--quick] [--only ITEMS]` (items: service, models, load, faults, fuzz, profile, fixes,
-int8, overload, outage, ingress, dicom): run the benchmarks and rewrite their sections of docs/BENCHMARKS.md
-(other sections of the file are kept)."""
+int8, overload, outage, ingress, dicom, shadow): run the benchmarks and rewrite their sections of
+docs/BENCHMARKS.md (other sections of the file are kept)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from bench.report import machine, now, write_section
 
 ITEMS = (
     "service", "models", "load", "faults", "fuzz", "profile", "fixes", "int8", "overload", "outage",
-    "ingress", "dicom",
+    "ingress", "dicom", "shadow",
 )  # fmt: skip
 log = logging.getLogger("bench")
 
@@ -85,6 +85,10 @@ def _run_item(item: str, quick: bool, state: dict) -> str:
         from bench.dicom_node import dicom_section
 
         return dicom_section(quick)
+    if item == "shadow":
+        from bench.shadow_cost import shadow_section
+
+        return shadow_section(quick)
     raise ValueError(item)
 
 

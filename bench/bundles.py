@@ -103,3 +103,23 @@ def bench_int8_bundle() -> Path:
     )
     scratch.rename(out)
     return out
+
+
+def bench_candidate_bundle() -> Path:
+    """A second random-weight student of the bench architecture (seed 1): a candidate to shadow."""
+    out = CACHE / f"candidate-{ARCHS['student']}-{INPUT_SIZE[0]}-gated"
+    if (out / "bundle.json").is_file():
+        return out
+    log.info("exporting a random-weight candidate bundle to %s", out)
+    scratch = out.with_name(out.name + ".partial")
+    if scratch.exists():
+        import shutil
+
+        shutil.rmtree(scratch)
+    build_test_bundle(
+        scratch, ARCHS["student"], INPUT_SIZE, "student", gray_images(sample_jpegs(2)), seed=1,
+        name="bench-student", version="0.0.1-random-candidate",
+        metrics={"note": "random weights: for speed measurements only"}, gate=gate_images(SAMPLE_DIR),
+    )  # fmt: skip
+    scratch.rename(out)
+    return out
