@@ -215,3 +215,18 @@ def test_the_command_line_promotes_refuses_and_rolls_back(
     assert status.startswith(f"serving {load_bundle(bundles['student']).sha256}")
     assert main(["audit", "verify", "--no-checkpoints"]) == 0
     assert "2 model_events rows, chain intact" in capsys.readouterr().out
+
+
+def test_the_model_change_doors_take_no_body(lifecycle_app, candidate):
+    """Promotion and rollback are doors of the ingress layer like POST /classify: a body is refused
+    from its headers (413), before the route runs."""
+    sha256 = load_bundle(candidate).sha256
+    with lifecycle_app(shadow_bundle=candidate) as client:
+        for path in (f"/models/candidates/{sha256}/promote", "/models/rollback"):
+            refused = client.post(
+                path, content=b'{"bundle": "/etc"}', headers={"Content-Type": "application/json"}
+            )
+            assert refused.status_code == 413, refused.text
+            assert refused.json()["type"].endswith("/payload-too-large")
+        bad = client.get("/models/candidates/not-a-sha/agreement")
+        assert bad.status_code == 422 and bad.json()["type"].endswith("/validation-error")
