@@ -211,9 +211,11 @@ def _shadow(state: AppState, candidate: LoadedModel, intake: Intake, decode_thre
         served, None, policy="never", threshold=settings.second_opinion_threshold,
         preprocess=intake.preprocess, prepare_again=intake.prepare_again,
     )  # fmt: skip
+    student = state.pipeline.classifier
     return Shadow(
         classifier, engine=state.records.engine, key=state.audit_key, share=settings.shadow_share,
         timeout_s=settings.shadow_timeout_s, max_pending=settings.shadow_max_pending,
+        answers_waiting=lambda: student.student.batcher.depth > 0,
     )  # fmt: skip
 
 

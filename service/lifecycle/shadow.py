@@ -5,8 +5,9 @@ returns at once: the answer goes out unchanged, its latency never waits on the c
 requests (KDOCT_SHADOW_SHARE, decided from the prediction id, so a replayed request samples alike) are
 classified by the candidate under the same rules as the student (service/inference/classifier.py:
 its own preprocessing and safety gate, its own batcher), within KDOCT_SHADOW_TIMEOUT_S, at most
-KDOCT_SHADOW_MAX_PENDING at once per worker; beyond that a request is not shadowed, and counted. A
-failure or timeout is counted and logged, never raised to anyone.
+KDOCT_SHADOW_MAX_PENDING at once per worker, and only while no request waits for the serving student
+(on a CPU the candidate's forward takes the cores the answers need: under load it yields); a request
+not shadowed is counted (`busy`). A failure or timeout is counted and logged, never raised to anyone.
 
 Each result is a row of the shadow_results ledger beside the prediction it shadows (service/db/
 ledger.py: append-only, chained with the audit key), one per answered result (each frame of a
@@ -22,6 +23,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +57,7 @@ class Shadow:
         share: float,
         timeout_s: float,
         max_pending: int,
+        answers_waiting: Callable[[], bool] = lambda: False,
     ) -> None:
         # The candidate as a classifier of its own: the student's rules, no teacher (policy never).
         self.candidate = candidate
@@ -65,6 +68,8 @@ class Shadow:
         self._share_in_10k = round(share * 10_000)
         self._timeout_s = timeout_s
         self._max_pending = max_pending
+        # True while requests wait for the serving student: the candidate then yields its turn.
+        self._answers_waiting = answers_waiting
         self._running: set[asyncio.Task] = set()
         self._rows: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=max_pending * 64)
         self._writer: asyncio.Task | None = None
@@ -88,6 +93,11 @@ class Shadow:
     # The shadow's own work -----------------------------------------------------------------------
 
     async def _shadow(self, prepared: Prepared, answer: ClassifyResponse) -> None:
+        if self._answers_waiting():
+            # The candidate's forward would take the cores those answers need (on a CPU, the same
+            # ones): under load a request is not shadowed rather than an answer delayed.
+            self._count("busy")
+            return
         try:
             async with asyncio.timeout(self._timeout_s):
                 result = await self.candidate.classify(prepared, "never")
