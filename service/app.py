@@ -34,7 +34,7 @@ from service.api import (
     scrape,
 )
 from service.audit_key import load_audit_key
-from service.config import Settings, get_settings
+from service.config import Settings, get_settings, parse_label_prior
 from service.db import migrate
 from service.db.anchor import ChainAnchor
 from service.db.components import build_records
@@ -54,6 +54,7 @@ from service.lifecycle.shadow import Shadow
 from service.logs import configure_logging
 from service.middleware import BodyPolicy, RequestContextMiddleware
 from service.model_set import input_bytes, load_models, load_student, serve
+from service.monitoring import drift
 from service.pipeline import ClassificationPipeline
 from service.problems import install_problem_handlers
 from service.records import PredictionSink, Recorder
@@ -140,10 +141,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.shadow = shadow
         served.append(shadow.candidate.student)
 
+    prior = _label_prior(settings, student)
+
     def switched(old: LoadedModel, new: LoadedModel) -> None:
         prometheus.MODEL_INFO.labels(role="student", **old.identity()).set(0)
         prometheus.MODEL_INFO.labels(role="student", **new.identity()).set(1)
         prometheus.initialise_label_sets(new.bundle.name, new.class_names)
+        drift.export_references(new, prior)
         state.gate.input_bytes_per_frame += input_bytes(new) - input_bytes(old)
 
     rollout = Rollout(
@@ -165,6 +169,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         prometheus.MODEL_INFO.labels(role="shadow", **candidate.identity()).set(1)
     rollout.start()
     prometheus.initialise_label_sets(student.bundle.name, student.class_names)
+    drift.export_references(student, prior)
     state.ready = True
     shadowing = ""
     if candidate is not None:
@@ -200,6 +205,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(state.records.engine.dispose)
         intake.close()
         explainer.close()
+
+
+def _label_prior(settings: Settings, student: LoadedModel) -> dict[str, float] | None:
+    """KDOCT_DRIFT_LABEL_PRIOR, checked against the student's classes; None: the bundle's own prior."""
+    if not settings.drift_label_prior:
+        return None
+    prior = parse_label_prior(settings.drift_label_prior)
+    if set(prior) != set(student.class_names):
+        raise ConfigError(
+            f"KDOCT_DRIFT_LABEL_PRIOR names {sorted(prior)}; the student's classes are "
+            f"{sorted(student.class_names)}"
+        )
+    return prior
 
 
 def _shadow(state: AppState, candidate: LoadedModel, intake: Intake, decode_threads: int) -> Shadow:

@@ -21,7 +21,7 @@ from service.db.anchor import DEFAULT_ANCHOR_FILE
 from service.db.session import DEFAULT_DATABASE_URL
 from service.dicom_node.peers import parse_callers, parse_destination
 
-__all__ = ["Settings", "get_settings", "is_loopback", "load_settings"]
+__all__ = ["Settings", "get_settings", "is_loopback", "load_settings", "parse_label_prior"]
 
 MiB = 1 << 20
 
@@ -33,6 +33,23 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def parse_label_prior(text: str) -> dict[str, float]:
+    """ "normal=0.6,drusen=0.25,cnv=0.15" -> shares by label, which must be positive and sum to 1."""
+    prior = {}
+    for item in text.split(","):
+        label, sep, share = item.partition("=")
+        try:
+            value = float(share)
+        except ValueError:
+            value = -1.0
+        if not sep or not label.strip() or not 0.0 < value <= 1.0:
+            raise ValueError(f"{item.strip()!r} is not label=share with 0 < share <= 1")
+        prior[label.strip()] = value
+    if abs(sum(prior.values()) - 1.0) > 1e-3:
+        raise ValueError(f"the shares sum to {sum(prior.values()):g}, not 1")
+    return prior
 
 
 def _cuda_available() -> bool:
@@ -75,6 +92,9 @@ class Settings(BaseSettings):
     promote_min_feedback_per_class: int = Field(20, ge=0)
     # How often each worker reads the newest model event (a promotion or rollback to switch to).
     model_poll_s: float = Field(2.0, gt=0.0, le=300.0)
+    # The label mix the drift alarm expects, where the site's differs from the training data by design
+    # ("normal=0.6,drusen=0.25,cnv=0.15"); empty: the training prior the bundle records.
+    drift_label_prior: str = ""
     # The clinical safety gate (kdoct/safety.py): an image failing the quality check or out of the
     # student's distribution answers gradable: false and refer: true. off is for research only: every
     # image is then forced into a class, and the student bundle need not carry a gate.
@@ -280,6 +300,11 @@ class Settings(BaseSettings):
             problems.append(
                 "KDOCT_SHADOW_BUNDLE is the same bundle as KDOCT_STUDENT_BUNDLE: nothing to compare"
             )
+        if self.drift_label_prior:
+            try:
+                parse_label_prior(self.drift_label_prior)
+            except ValueError as exc:
+                problems.append(f"KDOCT_DRIFT_LABEL_PRIOR: {exc}")
         problems += self._dicom_problems()
         if problems:
             raise ValueError("; ".join(problems))

@@ -157,6 +157,9 @@ class DecodedUpload:
     volume_id: str | None = None
     # DICOM with valid UIDs only; for a report of this request (Accept: application/dicom), never stored.
     dicom_source: DicomSource | None = field(default=None, repr=False)
+    # DICOM: (Manufacturer, ManufacturerModelName, SoftwareVersions) as sent, the device's, never a
+    # patient's: counted for the new-device alarm (service/monitoring/drift.py), never stored.
+    device: tuple[object, object, object] | None = field(default=None, repr=False)
 
 
 def sniff_format(data: bytes) -> str:
@@ -540,6 +543,9 @@ def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUploa
             f"the DICOM pixel data cannot be decoded (transfer syntax {syntax}, {type(exc).__name__})"
         ) from None
     source = _dicom_source(dataset, frames)
+    device = tuple(
+        dataset.get(keyword) for keyword in ("Manufacturer", "ManufacturerModelName", "SoftwareVersions")
+    )
     del dataset
     if len(images) != frames:
         raise _invalid(f"the DICOM pixel data holds {len(images)} frames; NumberOfFrames says {frames}")
@@ -554,6 +560,7 @@ def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUploa
         is_volume=is_volume,
         volume_id=volume_id,
         dicom_source=source,
+        device=device,
     )
 
 

@@ -32,6 +32,7 @@ from kdoct.preprocess import PreprocessSpec, preprocess_array
 from kdoct.safety import SafetyGate
 from service.imaging import DecodedUpload, ImageLimits, ImageShape, decode_upload, probe_upload
 from service.ingress.budget import Ticket
+from service.monitoring.drift import count_device
 from service.problems import Problem
 
 __all__ = ["Intake", "Prepared", "preprocess_frames"]
@@ -101,6 +102,8 @@ class Intake:
             if charge is not None:
                 charge([shape])
         upload = decode_upload(data, self.limits, expected=shape)
+        if upload.device is not None:  # every door that decodes DICOM passes here
+            count_device(*upload.device)
         spec, gate = self.spec, self.gate  # one student's, even if a promotion lands meanwhile
         quality = None if gate is None else [gate.quality_reason(frame) for frame in upload.frames]
         return Prepared(upload, preprocess_frames(upload.frames, spec), quality, spec=spec, gate=gate)

@@ -35,6 +35,7 @@ __all__ = [
     "DICOM_ASSOCIATIONS",
     "DICOM_ASSOCIATION_OUTCOMES",
     "DICOM_DEAD_LETTERS",
+    "DICOM_DEVICES",
     "DICOM_EXPORTS",
     "DICOM_EXPORT_OUTCOMES",
     "DICOM_INSTANCES",
@@ -47,10 +48,13 @@ __all__ = [
     "INGRESS_IN_FLIGHT",
     "INGRESS_MEMORY",
     "INGRESS_SPILLED_BODIES",
+    "MODEL_CLASS_PRIOR",
     "MODEL_INFO",
     "MODEL_READY",
     "MODEL_SWITCHES",
     "MODEL_SWITCH_OUTCOMES",
+    "OOD_REFERENCE_SHARE",
+    "OOD_SCORE_BANDS",
     "PREDICTIONS",
     "PREDICTION_CONFIDENCE",
     "QUEUE_DEPTH",
@@ -214,6 +218,27 @@ MODEL_READY = Gauge(
     multiprocess_mode="livemin",
 )
 
+
+# Drift without ground truth (service/monitoring/drift.py): the serving student's references, set by
+# every worker alike, and the live traffic to compare with them.
+MODEL_CLASS_PRIOR = Gauge(
+    "kdoct_model_class_prior", "The label mix the student was trained on (or the site's expected one)",
+    ["model", "label"], multiprocess_mode="max",
+)  # fmt: skip
+OOD_REFERENCE_SHARE = Gauge(
+    "kdoct_ood_reference_share",
+    "Share of the validation images' out-of-distribution scores in each band of the gate's threshold",
+    ["model", "band"], multiprocess_mode="max",
+)  # fmt: skip
+OOD_SCORE_BANDS = Counter(
+    "kdoct_ood_score_band_total", "Judged images and frames by band of out-of-distribution score / threshold",
+    ["model", "band"],
+)  # fmt: skip
+DICOM_DEVICES = Counter(
+    "kdoct_dicom_devices_total",
+    "DICOM uploads by device (Manufacturer, ManufacturerModelName, SoftwareVersions)",
+    ["manufacturer", "device_model", "software"],
+)  # fmt: skip
 
 # The model lifecycle (service/lifecycle/): a shadowing candidate, named by its bundle's sha256 (one
 # per deployment at a time), and the switches of the serving student.

@@ -26,6 +26,7 @@ from service import prometheus
 from service.answer import ClassifyResponse, SecondOpinion
 from service.audit_key import AuditKey
 from service.inference.second_opinion import outcome
+from service.monitoring import drift
 from service.problems import Problem
 
 __all__ = [
@@ -195,6 +196,7 @@ def count_answer(answer: ClassifyResponse) -> None:
         if judged.gradable is not None:
             gate_outcome = "gradable" if judged.gradable else judged.reason
             prometheus.SAFETY_GATE.labels(model=model, outcome=gate_outcome).inc()
+    drift.count_ood_scores(answer)
     opinion = answer.second_opinion
     if opinion is not None:
         prometheus.SECOND_OPINIONS.labels(outcome=outcome(answer.label, opinion.label)).inc()

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from sklearn.covariance import ledoit_wolf
 
+from kdoct.drift import drift_reference
 from kdoct.models import LogitsAndFeatures
 from kdoct.preprocess import PreprocessSpec, preprocess_batch
 from kdoct.safety import QUALITY_FEATURES, OodDetector, QualityBounds, SafetyGate, quality_features
@@ -154,6 +155,8 @@ def fit_safety_gate(
             "flagged_total": flagged,
             "flag_rate": round(flagged / max(1, len(val_images)), 4),
         },
+        # What the service's drift alarms compare live traffic with (kdoct/drift.py).
+        "drift": drift_reference(train_labels, num_classes, val_scores, ood.threshold),
     }
     log.info(
         "safety gate: OOD threshold %.4f (keep %.0f %% of %d validation images), %d/%d validation images "

@@ -10,7 +10,9 @@ from typing import Any
 
 import yaml
 
-METRIC_NAME = re.compile(r"\bkdoct_[a-z_]+\b")
+# A service metric; not the middle of a recorded series' name (level:metric:operations, checked apart).
+METRIC_NAME = re.compile(r"(?<![\w:])kdoct_[a-z_]+\b")
+RECORDED_NAME = re.compile(r"\b[a-z_]+:[a-z0-9_]+:[a-z0-9_]+\b")
 # What the operations team must see.
 REQUIRED_TOPICS = [
     "request rate", "error rate", "request latency", "inference latency", "queue wait", "queue depth",
@@ -20,6 +22,7 @@ REQUIRED_TOPICS = [
     "dicom dead letters", "dicom store",
     "real-world sensitivity", "real-world ppv", "contradicted confident",
     "shadow agreement", "shadow results", "shadow disagreements", "shadow gate", "model switches",
+    "label mix drift", "out-of-distribution score drift", "dicom devices", "alerts firing",
 ]  # fmt: skip
 
 
@@ -60,12 +63,15 @@ def test_every_panel_has_a_promql_target_and_a_unique_id(
 
 
 def test_panels_cover_every_topic_and_every_service_metric(
-    dashboard_panels: list[dict[str, Any]], dashboard_queries, service_metrics: dict[str, str]
+    dashboard_panels: list[dict[str, Any]], dashboard_queries, service_metrics: dict[str, str], alert_rules
 ) -> None:
+    recorded_series = {rule["record"] for rule in alert_rules if "record" in rule}
     titles = " | ".join(panel["title"].lower() for panel in dashboard_panels)
     missing_topics = [topic for topic in REQUIRED_TOPICS if topic not in titles]
     assert not missing_topics, f"no panel for {missing_topics}"
     used = {name for _, _, expr in dashboard_queries for name in METRIC_NAME.findall(expr)}
+    recorded = {name for _, _, expr in dashboard_queries for name in RECORDED_NAME.findall(expr)}
+    assert recorded <= recorded_series, f"panels read series no rule records: {recorded - recorded_series}"
     histograms = {name for name, kind in service_metrics.items() if kind == "histogram"}
     bases = set()
     for name in used:

@@ -23,7 +23,9 @@ REQUIRED_ALERTS = {
     "KdoctDicomStoreNearlyFull",  # kdoct_dicom_store_bytes over 90 % of kdoct_dicom_store_capacity_bytes
     "KdoctDicomRefusingStoreFull",
 }
-METRIC_NAME = re.compile(r"\bkdoct_[a-z_]+\b")
+# A service metric; not the middle of a recorded series' name (level:metric:operations, checked apart).
+METRIC_NAME = re.compile(r"(?<![\w:])kdoct_[a-z_]+\b")
+RECORDED_NAME = re.compile(r"\b[a-z_]+:[a-z0-9_]+:[a-z0-9_]+\b")
 
 
 def _promtool(tool, *args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -94,3 +96,13 @@ def test_rules_use_only_declared_metrics(
         histograms = {name for name, kind in service_metrics.items() if kind == "histogram"}
         unknown = _used_metrics(rule["expr"], histograms) - set(service_metrics)
         assert not unknown, f"{rule.get('alert') or rule.get('record')} uses undeclared {unknown}"
+
+
+def test_recorded_series_are_named_by_convention_and_used_only_once_recorded(alert_rules) -> None:
+    """level:metric:operations (Prometheus' naming of recording rules); a rule reads only series that
+    a rule records."""
+    recorded = {rule["record"] for rule in alert_rules if "record" in rule}
+    assert recorded, "the drift alarms are built on recording rules"
+    assert all(RECORDED_NAME.fullmatch(name) for name in recorded), recorded
+    read = {name for rule in alert_rules for name in RECORDED_NAME.findall(rule["expr"])}
+    assert read <= recorded, f"rules read series no rule records: {read - recorded}"
