@@ -543,9 +543,7 @@ def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUploa
             f"the DICOM pixel data cannot be decoded (transfer syntax {syntax}, {type(exc).__name__})"
         ) from None
     source = _dicom_source(dataset, frames)
-    device = tuple(
-        dataset.get(keyword) for keyword in ("Manufacturer", "ManufacturerModelName", "SoftwareVersions")
-    )
+    device = _dicom_device(dataset)
     del dataset
     if len(images) != frames:
         raise _invalid(f"the DICOM pixel data holds {len(images)} frames; NumberOfFrames says {frames}")
@@ -562,6 +560,19 @@ def _decode_dicom(data: bytes, limits: ImageLimits, digest: str) -> DecodedUploa
         dicom_source=source,
         device=device,
     )
+
+
+def _dicom_device(dataset: pydicom.Dataset) -> tuple[object, object, object]:
+    """Manufacturer, ManufacturerModelName, SoftwareVersions, each None when absent or unreadable:
+    pydicom parses a value only when it is read, and a malformed device attribute must not refuse an
+    image that decoded."""
+    values = []
+    for keyword in ("Manufacturer", "ManufacturerModelName", "SoftwareVersions"):
+        try:
+            values.append(dataset.get(keyword))
+        except Exception:  # noqa: BLE001 - whatever pydicom raises for a value it cannot parse
+            values.append(None)
+    return values[0], values[1], values[2]
 
 
 def _dicom_source(dataset: pydicom.Dataset, frames: int) -> DicomSource | None:

@@ -8,6 +8,7 @@ both ledgers."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,6 +66,17 @@ def test_a_promotion_under_load_switches_each_worker_once_without_an_error(
     server = rollout_server
     first, second = load_bundle(e2e_bundles["student"]).sha256, load_bundle(candidate).sha256
     images = [path.read_bytes() for paths in sample_jpegs.values() for path in paths[:2]]
+    # Evidence first: one request at a time, each shadowed (the candidate yields while requests wait),
+    # until the agreement counts what the promotion requires.
+    with httpx.Client(base_url=server.url, headers=server.auth(), timeout=60) as client:
+        for data in images * 4:
+            assert (
+                client.post("/classify", files={"file": ("scan.jpeg", data, "image/jpeg")}).status_code == 200
+            )
+        shadowed = _wait_for(
+            lambda: client.get(f"/models/candidates/{second}/agreement").json()["shadowed"], 20
+        )
+        assert shadowed >= int(THRESHOLDS["KDOCT_PROMOTE_MIN_SHADOWED"])
     done, lock = [0], threading.Lock()
     promoted = threading.Event()
     promotion: list = []
@@ -128,9 +140,14 @@ def test_a_promotion_under_load_switches_each_worker_once_without_an_error(
     assert "shadow_results rows, chain intact" in verified.stdout
 
 
-def _wait_for_log(server: RecordsServer, needle: str, count: int, timeout_s: float = 30.0) -> bool:
-    import time
+def _wait_for(read, at_least: int, timeout_s: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while (value := read()) < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return value
 
+
+def _wait_for_log(server: RecordsServer, needle: str, count: int, timeout_s: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.log.read_text().count(needle) >= count:

@@ -100,3 +100,23 @@ def test_a_sites_expected_label_mix_replaces_the_prior_and_is_checked(make_setti
         model = client.get("/models").json()["models"][0]["name"]
         prior = _samples(client.get("/metrics").text, "kdoct_model_class_prior", model=model)
     assert sorted(prior.values()) == [0.15, 0.25, 0.6]
+
+
+def test_an_unreadable_device_attribute_is_unknown_not_a_refusal(monkeypatch):
+    """pydicom parses a value when it is read: a malformed Manufacturer must not refuse an image that
+    decoded (found by the drift helper's branch; ported)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import Tag
+
+    from service.imaging import _dicom_device
+
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode", pydicom.config.RAISE)
+    dataset = Dataset()
+    dataset.ManufacturerModelName = "SPECTRALIS"
+    tag = Tag("Manufacturer")
+    dataset._dict[tag] = RawDataElement(tag, "UL", 3, b"abc", 0, True, True)  # 3 bytes cannot be a UL
+    with pytest.raises(Exception):  # noqa: B017, PT011 - what pydicom raises is its own business
+        dataset.get("Manufacturer")
+    assert _dicom_device(dataset) == (None, "SPECTRALIS", None)
+    assert drift.sanitise(None) == "unknown"
