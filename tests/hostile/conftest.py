@@ -104,6 +104,7 @@ class IngressKeys:
     other: str = field(repr=False)  # classify, another client
     feedback: str = field(repr=False)  # feedback only: no classify scope
     reader: str = field(repr=False)  # read only
+    admin: str = field(repr=False)  # every scope: may promote and roll back the student
 
 
 class IngressServer(HostileServer):
@@ -140,6 +141,7 @@ def ingress_server(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, r
         other=cli("apikey", "create", "other", "--scopes", "classify"),
         feedback=cli("apikey", "create", "feedback-only", "--scopes", "feedback"),
         reader=cli("apikey", "create", "reader", "--scopes", "read"),
+        admin=cli("apikey", "create", "ops", "--scopes", "admin"),
     )
     model = json.loads((bundles["student"] / "bundle.json").read_text())["name"]
     log_path = workdir / "server.log"

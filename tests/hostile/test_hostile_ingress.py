@@ -286,6 +286,40 @@ def test_a_body_for_no_door_is_never_read(ingress_server):
     assert growth < RSS_GROWTH_LIMIT, f"RSS grew by {growth >> 20} MiB"
 
 
+@pytest.mark.slow
+def test_bodies_for_the_model_change_doors_are_never_read(ingress_server):
+    """The promotion and rollback doors (docs/LIFECYCLE.md) take no body: 58 MiB bodies sent there,
+    last byte withheld, without a key, with a key lacking the admin scope and with an admin key, are
+    answered 401, 403 and 413 from their headers, and holding 18 of them grows nothing."""
+    size = 58 << 20
+    body = bytes(size)
+    paths = ("/models/rollback", f"/models/candidates/{'0' * 64}/promote")
+    cases = [(None, 401), (ingress_server.keys.clinic, 403), (ingress_server.keys.admin, 413)]
+
+    def hold_all():
+        held = []
+        for key, _ in cases:
+            headers = {"Content-Type": "application/json"} | (
+                {"Authorization": f"Bearer {key}"} if key else {}
+            )
+            for path in paths:
+                for _ in range(3):
+                    held.append(
+                        HeldRequest(ingress_server.port, RawRequest("POST", path, headers, body), sent=0)
+                    )
+        try:
+            for each in held:
+                each.trickle(body[: 8 << 20])
+            return [each.answer(timeout=10) for each in held]
+        finally:
+            for each in held:
+                each.close()
+
+    growth, statuses = _grows_rss_by(ingress_server, hold_all)
+    assert statuses == [status for _, status in cases for _ in range(len(paths) * 3)]
+    assert growth < RSS_GROWTH_LIMIT, f"RSS grew by {growth >> 20} MiB"
+
+
 # Large legal bodies ------------------------------------------------------------------------------
 
 
