@@ -24,11 +24,12 @@ before numbering so a skipped row never leaves a hole in the chain).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, text
+from sqlalchemy import Connection, Engine, Table, insert, select, text
 
 from service.audit_key import AuditKey
 from service.db.rows import canonical_bytes
@@ -42,6 +43,8 @@ __all__ = [
     "Appended",
     "ChainLink",
     "append_predictions",
+    "chain_head",
+    "chain_transaction",
     "keyed_link_hash",
     "unkeyed_link_hash",
 ]
@@ -96,29 +99,41 @@ def append_predictions(
     spool) must leave it False, so that rows a lost commit acknowledgement spooled are not doubled."""
     if not rows:
         return Appended(0, None)
+    with chain_transaction(engine, CHAIN_LOCK_KEY) as conn:
+        fresh = _unique(rows) if new_ids else _without_stored(conn, rows)
+        if not fresh:
+            return Appended(0, None)
+        sequence, prev_hash = chain_head(conn, predictions) or (0, GENESIS_HASH)
+        chained = []
+        for row in fresh:
+            sequence += 1
+            linked = {**row, "sequence": sequence, "prev_hash": prev_hash, "link_rule": KEYED_RULE}
+            linked["row_hash"] = prev_hash = keyed_link_hash(key, prev_hash, linked)
+            chained.append(linked)
+        conn.execute(insert(predictions), chained)
+        return Appended(len(chained), ChainLink(sequence, prev_hash))
+
+
+@contextmanager
+def chain_transaction(engine: Engine, lock_key: int) -> Iterator[Connection]:
+    """One transaction in which a chain's newest link is read and the next appended, alone: under the
+    chain's advisory lock on PostgreSQL, SQLite's write lock (BEGIN IMMEDIATE) on SQLite. The
+    predictions chain and the ledgers (service/db/ledger.py) each have a lock key of their own."""
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
         with conn.begin():
             if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
-            fresh = _unique(rows) if new_ids else _without_stored(conn, rows)
-            if not fresh:
-                return Appended(0, None)
-            last = conn.execute(
-                select(predictions.c.sequence, predictions.c.row_hash)
-                .order_by(predictions.c.sequence.desc())
-                .limit(1)
-            ).first()
-            sequence, prev_hash = (last.sequence, last.row_hash) if last else (0, GENESIS_HASH)
-            chained = []
-            for row in fresh:
-                sequence += 1
-                linked = {**row, "sequence": sequence, "prev_hash": prev_hash, "link_rule": KEYED_RULE}
-                linked["row_hash"] = prev_hash = keyed_link_hash(key, prev_hash, linked)
-                chained.append(linked)
-            conn.execute(insert(predictions), chained)
-            return Appended(len(chained), ChainLink(sequence, prev_hash))
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+            yield conn
+
+
+def chain_head(conn: Connection, table: Table) -> tuple[int, str] | None:
+    """A chained table's newest (sequence, row_hash); None while it is empty."""
+    last = conn.execute(
+        select(table.c.sequence, table.c.row_hash).order_by(table.c.sequence.desc()).limit(1)
+    ).first()
+    return (last.sequence, last.row_hash) if last else None
 
 
 def _unique(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Table, insert, select, text
+from sqlalchemy import Engine, Table, insert, select
 
 from service.audit_key import AuditKey
-from service.db.chain import GENESIS_HASH
+from service.db.chain import GENESIS_HASH, chain_head, chain_transaction
 from service.db.rows import utc
 from service.db.tables import ModelEvent, ShadowResult
 
@@ -84,33 +84,25 @@ def append(
     transaction; returns the sequence of the last. ``check_last`` is given the newest sequence (None
     when the ledger is empty) inside the transaction and may raise to refuse the append. Raises
     SQLAlchemy errors when the database is unreachable or not migrated to revision 0008."""
-    table = ledger.table
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
-        with conn.begin():
-            if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ledger.lock_key})
-            last = conn.execute(
-                select(table.c.sequence, table.c.row_hash).order_by(table.c.sequence.desc()).limit(1)
-            ).first()
-            if check_last is not None:
-                check_last(last.sequence if last else None)
-            sequence, prev_hash = (last.sequence, last.row_hash) if last else (0, GENESIS_HASH)
-            linked = []
-            for row in rows:
-                sequence += 1
-                values = {
-                    **row,
-                    "sequence": sequence,
-                    "created_at": utc(row["created_at"]),
-                    "prev_hash": prev_hash,
-                }
-                values["row_hash"] = prev_hash = link_hash(key, ledger, prev_hash, values)
-                linked.append(values)
-            if linked:
-                conn.execute(insert(table), linked)
-            return sequence
+    with chain_transaction(engine, ledger.lock_key) as conn:
+        head = chain_head(conn, ledger.table)
+        if check_last is not None:
+            check_last(head[0] if head else None)
+        sequence, prev_hash = head or (0, GENESIS_HASH)
+        linked = []
+        for row in rows:
+            sequence += 1
+            values = {
+                **row,
+                "sequence": sequence,
+                "created_at": utc(row["created_at"]),
+                "prev_hash": prev_hash,
+            }
+            values["row_hash"] = prev_hash = link_hash(key, ledger, prev_hash, values)
+            linked.append(values)
+        if linked:
+            conn.execute(insert(ledger.table), linked)
+        return sequence
 
 
 @dataclass(frozen=True)
