@@ -87,6 +87,12 @@ class Bundle:
         return float(self.manifest.get("calibration", {}).get("temperature", 1.0))
 
     @property
+    def int8_temperature(self) -> float:
+        """The INT8 model's own temperature (fitted on its logits at export); bundles exported before
+        it existed use the fp32 one."""
+        return float(self.manifest.get("int8", {}).get("temperature", self.temperature))
+
+    @property
     def onnx_path(self) -> Path | None:
         path = self.path / ONNX_NAME
         return path if ONNX_NAME in self.manifest["files"] else None

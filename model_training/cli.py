@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "model_training.commands.distill",
     "model_training.commands.cv",
     "model_training.commands.final",
+    "model_training.commands.oof",
+    "model_training.commands.ablation",
     "model_training.commands.gate_report",
     "model_training.commands.results",
     "model_training.commands.export",

@@ -51,6 +51,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "card and the safety gate (`gate-report`); 0 trains on them too (default 0.15)",
     )
     parser.add_argument(
+        "--oof",
+        type=Path,
+        default=None,
+        metavar="OOF_JSON",
+        help="the oof.json of a cv run of this same config (`python -m model_training oof`): every patient "
+        "trains, and the temperature and safety-gate threshold come from its out-of-fold predictions "
+        "(--holdout and --test-fraction are then ignored)",
+    )
+    parser.add_argument(
+        "--if-stale",
+        choices=("retrain", "keep", "fail"),
+        default="retrain",
+        help="when DIR holds a model trained from another config, data, training code or evidence: train "
+        "again (the old run moved to DIR.previous; default), keep serving it with a warning, or refuse "
+        "(exit 2)",
+    )
+    parser.add_argument(
         "--epochs-from",
         type=Path,
         default=None,
@@ -72,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             holdout=args.holdout,
             test=args.test_fraction,
             epochs_from=args.epochs_from,
+            oof=args.oof,
+            on_stale=args.if_stale,
         )
     finally:
         teardown(context)

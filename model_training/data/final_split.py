@@ -23,7 +23,10 @@ __all__ = ["make_final_split", "read_final_split", "write_final_split"]
 
 def make_final_split(samples, holdout_fraction: float, seed: int, test_fraction: float = 0.0) -> list[str]:
     """`train`, `val` (the held-back calibration slice) or `test` (patients neither trained nor tuned on:
-    the safety gate's and the card's held-out figures) per sample; patients whole, stratified by label."""
+    the safety gate's and the card's held-out figures) per sample; patients whole, stratified by label.
+    Holdout and test fractions 0: every sample trains (calibrated from cross-validation instead)."""
+    if holdout_fraction == 0 and test_fraction == 0:
+        return ["train"] * len(samples)
     if not 0 < holdout_fraction < 0.5:
         raise ConfigError(f"the held-back fraction must be in (0, 0.5), got {holdout_fraction}")
     if not 0 <= test_fraction < 0.5 or holdout_fraction + test_fraction >= 0.6:
@@ -59,8 +62,8 @@ def write_final_split(samples, roles: list[str], path: Path) -> None:
 
 
 def read_final_split(path: Path) -> dict[str, list]:
-    """{'train', 'val', 'test'} from DIR/split.csv (test may be empty), refused if a patient is on two
-    sides."""
+    """{'train', 'val', 'test'} from DIR/split.csv (val and test may be empty: a model trained on every
+    patient), refused if a patient is on two sides."""
     _, rows = read_csv_rows(path, ("path", "label", "patient_id", "role"))
     samples = samples_from_rows(path, rows)
     roles = [row["role"] for row in rows]
@@ -68,6 +71,6 @@ def read_final_split(path: Path) -> dict[str, list]:
     split: dict[str, list] = {"train": [], "val": [], "test": []}
     for sample, role in zip(samples, roles, strict=True):
         split[role].append(sample)
-    if not split["train"] or not split["val"]:
-        raise DataError(f"{path}: both the training part and the held-back slice must be non-empty")
+    if not split["train"]:
+        raise DataError(f"{path}: the training part is empty")
     return split

@@ -9,6 +9,10 @@ not `reduce_range`: on the default student 7-bit weights changed 5 % of the vali
 ones none (docs/BENCHMARKS.md).
 
 The quantized graph keeps both outputs, logits and the penultimate `features` the safety gate scores.
+Its logits are not the fp32 model's either, so it gets its own temperature, fitted on its own logits so
+that its probabilities reproduce the fp32 model's calibrated ones (the fp32 temperature carries the
+calibration: fitted on held-back or cross-validated images; see `fit_int8_temperature`); the service
+applies it with the INT8 model (bundle.json "int8" "temperature").
 It is refused (BundleError, the bundle untouched) unless, on the validation images, it gives the fp32
 model's label for at least `min_agreement` of them, loses at most `max_accuracy_drop` of accuracy, and
 it still refuses the gate's probes. Its features are not the fp32 model's, so (given the training
@@ -46,7 +50,7 @@ from kdoct.preprocess import PreprocessSpec, preprocess_batch
 from kdoct.probabilities import softmax
 from kdoct.safety import INT8_GATE_JSON, INT8_OOD_ARRAYS, SafetyGate, load_gate, ood_files
 
-__all__ = ["Int8Gate", "add_int8", "quantize_onnx"]
+__all__ = ["Int8Gate", "add_int8", "fit_int8_temperature", "quantize_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,28 @@ class Int8Gate:
     min_agreement: float = 0.99
     max_accuracy_drop: float = 0.005
     min_gate_agreement: float = 0.99
+    # Issue 27: the INT8 model's served probabilities within 0.05 of fp32's (95th percentile over the
+    # images and classes: one image near a decision boundary may differ more, and is reported).
+    max_probability_diff_p95: float = 0.05
+
+
+# log T searched on a grid: one dimension, no optimiser to misbehave, and this module stays free of torch.
+_LOG_T_GRID = np.linspace(np.log(0.02), np.log(20.0), 1201)
+
+
+def fit_int8_temperature(fp32_probabilities: np.ndarray, int8_logits: np.ndarray) -> float:
+    """The temperature at which softmax(int8_logits / T) is closest to the fp32 model's calibrated
+    probabilities (least cross-entropy, i.e. KL): the INT8 model inherits fp32's calibration instead of
+    being calibrated again on labels (a model trained on every patient has none held out)."""
+    target = np.asarray(fp32_probabilities, dtype=np.float64)
+    logits = np.asarray(int8_logits, dtype=np.float64)
+    losses = []
+    for log_t in _LOG_T_GRID:
+        scaled = logits / np.exp(log_t)
+        scaled -= scaled.max(axis=1, keepdims=True)
+        log_p = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+        losses.append(-(target * log_p).sum(axis=1).mean())
+    return float(np.exp(_LOG_T_GRID[int(np.argmin(losses))]))
 
 
 def _batches(images: Sequence[Image.Image], spec: PreprocessSpec) -> Iterator[np.ndarray]:
@@ -124,14 +150,22 @@ def _figures(
     fp32_logits, fp32_features = _outputs(bundle.onnx_path, images, spec)
     int8_logits, int8_features = _outputs(int8_path, images, spec)
     fp32_labels, int8_labels = fp32_logits.argmax(1), int8_logits.argmax(1)
-    # Served probabilities are calibrated: compare them at the bundle's temperature.
-    dp = np.abs(softmax(fp32_logits, bundle.temperature) - softmax(int8_logits, bundle.temperature))
+    # Served probabilities are calibrated: each model at its own temperature.
+    fp32_probabilities = softmax(fp32_logits, bundle.temperature)
+    temperature = fit_int8_temperature(fp32_probabilities, int8_logits)
+    dp = np.abs(fp32_probabilities - softmax(int8_logits, temperature))
+    at_fp32_temperature = np.abs(fp32_probabilities - softmax(int8_logits, bundle.temperature))
     figures: dict[str, Any] = {
         "validation_images": len(labels),
+        "temperature": temperature,
+        "temperature_fitted_on": "INT8 logits, to the fp32 model's calibrated probabilities",
         "label_agreement": float((fp32_labels == int8_labels).mean()),
         "accuracy_fp32": float((fp32_labels == labels).mean()),
         "accuracy_int8": float((int8_labels == labels).mean()),
         "max_abs_diff_probabilities": float(dp.max()),
+        "p95_abs_diff_probabilities": float(np.quantile(dp, 0.95)),
+        "mean_abs_diff_probabilities": float(dp.mean()),
+        "max_abs_diff_probabilities_at_fp32_temperature": float(at_fp32_temperature.max()),
     }
     if gate is not None and int8_gate is not None:
         fp32_scores, int8_scores = gate.ood.scores(fp32_features), int8_gate.ood.scores(int8_features)
@@ -154,6 +188,11 @@ def _refusal(figures: dict[str, Any], limits: Int8Gate, own_gate: bool) -> str |
     agreement = figures.get("ood_verdict_agreement", 1.0)
     if not own_gate and agreement < limits.min_gate_agreement:
         return f"its features change the safety gate's OOD verdict on {1 - agreement:.1%} of images"
+    if figures["p95_abs_diff_probabilities"] > limits.max_probability_diff_p95:
+        return (
+            f"its probabilities differ from fp32's by {figures['p95_abs_diff_probabilities']:.3f} at the "
+            f"95th percentile (> {limits.max_probability_diff_p95})"
+        )
     return None
 
 
@@ -185,12 +224,17 @@ def _own_gate(
     model_training/export/safety_fit.py fits the fp32 ones (same images, same share kept)."""
     # deferred: safety_fit brings torch and sklearn; quantizing and checking an INT8 model need neither
     # (bench/int8 measures ONNX Runtime in a process without torch)
-    from model_training.export.safety_fit import fit_ood
+    from model_training.export.safety_fit import fit_ood, fit_ood_from_ratio
 
     _, train_features = _outputs(int8_path, train_images, bundle.preprocess)
     _, val_features = _outputs(int8_path, val_images, bundle.preprocess)
     keep = float(gate.summary["ood"]["keep"])
-    ood, info = fit_ood(train_features, np.asarray(train_labels), len(bundle.class_names), val_features, keep)
+    labels, classes = np.asarray(train_labels), len(bundle.class_names)
+    if "threshold_ratio" in gate.summary["ood"]:
+        # Calibrated by cross-validation (no held-back images): the same ratio, at the INT8 model's scale.
+        ood, info, _ = fit_ood_from_ratio(train_features, labels, classes, gate.summary["ood"])
+    else:
+        ood, info = fit_ood(train_features, labels, classes, val_features, keep)
     val_quality = [gate.quality_reason(image) for image in val_images]
     flagged = sum(
         v.reason is not None for v in SafetyGate(gate.quality, ood, {}).verdicts(val_quality, val_features)
@@ -229,8 +273,15 @@ def add_int8(
         raise BundleError(f"{bundle.path}: INT8 needs the bundle's model.onnx and golden/: re-export it")
     if bundle.int8_onnx_path is not None:
         raise BundleError(f"{bundle.path} already has {INT8_ONNX_NAME}")
-    if not calibration_images or not val_images:
-        raise BundleError("INT8 needs calibration (training) images and validation images")
+    if not calibration_images:
+        raise BundleError("INT8 needs calibration (training) images")
+    checked_on = "validation images"
+    if not val_images:
+        # A model trained on every patient has no held-out image: INT8 is checked for fidelity to fp32 on
+        # the training images (the recipe's held-out figures are cross-validation's).
+        if calibration_labels is None:
+            raise BundleError("INT8 needs validation images, or the calibration images' labels")
+        val_images, val_labels, checked_on = calibration_images, calibration_labels, "training images"
     gate = load_gate(bundle.path, bundle.manifest["files"])
     own_gate = gate is not None and calibration_labels is not None
     with tempfile.TemporaryDirectory() as scratch:
@@ -242,6 +293,7 @@ def add_int8(
             int8_gate = _own_gate(bundle, int8_path, gate, calibration_images, calibration_labels, val_images)
         figures = _figures(bundle, int8_path, val_images, np.asarray(val_labels), gate, int8_gate)
         figures.update(
+            checked_on=checked_on,
             calibration_images=len(calibration_images),
             limits=dataclasses.asdict(limits),
             own_safety_gate=own_gate,
@@ -252,7 +304,7 @@ def add_int8(
         if why is not None:
             raise BundleError(
                 f"{bundle.path}: the INT8 model is refused, nothing was written: on {len(val_images)} "
-                f"validation images {why}"
+                f"{checked_on} {why}"
             )
         files = {
             INT8_ONNX_NAME: int8_path.read_bytes(),

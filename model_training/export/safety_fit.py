@@ -28,7 +28,14 @@ from kdoct.models import LogitsAndFeatures
 from kdoct.preprocess import PreprocessSpec, preprocess_batch
 from kdoct.safety import QUALITY_FEATURES, OodDetector, QualityBounds, SafetyGate, quality_features
 
-__all__ = ["DEFAULT_KEEP", "fit_ood", "fit_quality_bounds", "fit_safety_gate", "penultimate_features"]
+__all__ = [
+    "DEFAULT_KEEP",
+    "fit_ood",
+    "fit_quality_bounds",
+    "fit_safety_gate",
+    "fit_safety_gate_oof",
+    "penultimate_features",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,29 @@ def fit_ood(
     `keep` quantile of the validation features' scores."""
     if not 0.5 <= keep < 1:
         raise ValueError(f"keep must be in [0.5, 1), got {keep}")
+    detector, shrinkage = _detector(features, labels, num_classes)
+    val_scores = detector.scores(np.asarray(val_features, dtype=np.float32))
+    threshold = float(np.quantile(val_scores, keep))
+    train_scores = detector.scores(np.asarray(features, dtype=np.float32))
+    info = {
+        "method": "mahalanobis on unit-length features, shared covariance, Ledoit-Wolf shrinkage",
+        "score": "min over classes of the squared Mahalanobis distance of the unit-length features, "
+        "divided by the feature dimensions",
+        "shrinkage": round(shrinkage, 6),
+        "keep": keep,
+        "threshold_from": "validation images",
+        "fitted_on_images": len(features),
+        "threshold_on_images": len(val_scores),
+        "median_score": {
+            "training": round(float(np.median(train_scores)), 6),
+            "validation": round(float(np.median(val_scores)), 6),
+        },
+    }
+    return OodDetector(detector.projection, detector.class_means, threshold), info
+
+
+def _detector(features: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[OodDetector, float]:
+    """The Mahalanobis detector (threshold 0) of training features (N, d) and its Ledoit-Wolf shrinkage."""
     features = np.asarray(features, dtype=np.float64)
     features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     present = sorted(set(labels.tolist()))
@@ -81,25 +111,34 @@ def fit_ood(
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     eigenvalues = np.maximum(eigenvalues, eigenvalues.max() * 1e-12)
     projection = (eigenvectors / np.sqrt(eigenvalues)).astype(np.float32)
-    detector = OodDetector(projection, (means @ projection).astype(np.float32), threshold=0.0)
-    val_scores = detector.scores(np.asarray(val_features, dtype=np.float32))
-    threshold = float(np.quantile(val_scores, keep))
-    train_scores = detector.scores(features.astype(np.float32))
+    return OodDetector(projection, (means @ projection).astype(np.float32), threshold=0.0), float(shrinkage)
+
+
+def fit_ood_from_ratio(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, oof: dict[str, Any]
+) -> tuple[OodDetector, dict[str, Any], float]:
+    """The detector of a model trained on every patient: its training features fit it as in `fit_ood`;
+    the threshold is the cross-validated ratio (model_training/evaluation/oof.py) times the median score
+    of these same training images (the model's reference). Returns the detector, its summary and the
+    reference."""
+    detector, shrinkage = _detector(features, labels, num_classes)
+    train_scores = detector.scores(np.asarray(features, dtype=np.float32))
+    reference = float(np.median(train_scores))
+    ratio = float(oof["threshold_ratio"])
     info = {
         "method": "mahalanobis on unit-length features, shared covariance, Ledoit-Wolf shrinkage",
         "score": "min over classes of the squared Mahalanobis distance of the unit-length features, "
         "divided by the feature dimensions",
-        "shrinkage": round(float(shrinkage), 6),
-        "keep": keep,
-        "threshold_from": "validation images",
+        "shrinkage": round(shrinkage, 6),
+        "keep": float(oof["keep"]),
+        "threshold_from": "cross-validation: the out-of-fold ratio of unseen patients' scores to the fold "
+        "model's median training-image score, times this model's median training-image score",
+        "threshold_ratio": ratio,
+        "reference": round(reference, 6),
         "fitted_on_images": len(features),
-        "threshold_on_images": len(val_scores),
-        "median_score": {
-            "training": round(float(np.median(train_scores)), 6),
-            "validation": round(float(np.median(val_scores)), 6),
-        },
+        "median_score": {"training": round(reference, 6)},
     }
-    return OodDetector(detector.projection, detector.class_means, threshold), info
+    return OodDetector(detector.projection, detector.class_means, ratio * reference), info, reference
 
 
 def penultimate_features(
@@ -162,5 +201,45 @@ def fit_safety_gate(
         "safety gate: OOD threshold %.4f (keep %.0f %% of %d validation images), %d/%d validation images "
         "flagged (%d by quality)",
         ood.threshold, keep * 100, len(val_images), flagged, len(val_images), flagged_quality,
+    )  # fmt: skip
+    return SafetyGate(quality=quality, ood=ood, summary=summary)
+
+
+def fit_safety_gate_oof(
+    model: torch.nn.Module,
+    *,
+    train_images: Sequence[Image.Image],
+    train_labels: Sequence[int],
+    num_classes: int,
+    spec: PreprocessSpec,
+    oof: dict[str, Any],
+    batch_size: int = 32,
+) -> SafetyGate:
+    """The gate of a model trained on every patient (no validation images): quality bounds and feature
+    statistics from its training images, the OOD threshold from the cross-validated ratio `oof` (the
+    role's "ood" entry of oof.json), and the drift reference from the out-of-fold ratios at this model's
+    scale."""
+    quality = fit_quality_bounds(np.stack([quality_features(image) for image in train_images]))
+    _, train_features = penultimate_features(model, train_images, spec, batch_size)
+    ood, ood_info, reference = fit_ood_from_ratio(train_features, np.asarray(train_labels), num_classes, oof)
+    unseen_scores = [ratio * reference for ratio in oof["ratios"]]
+    summary = {
+        "quality": {
+            "features": list(QUALITY_FEATURES),
+            "fitted_on_images": len(train_images),
+            "rule": f"percentiles {_QUANTILES[0] * 100:g}-{_QUANTILES[1] * 100:g} of the training images, "
+            f"widened by {_MARGIN_OF_SPREAD:g} x the 5-95 percentile range",
+        },
+        "ood": ood_info,
+        # What unseen patients met, measured leave one fold out (model_training/evaluation/oof.py).
+        "cross_validation": {
+            "flagged": oof["flagged"],
+            "auroc": oof.get("auroc_against_in_distribution", {}),
+        },
+        "drift": drift_reference(train_labels, num_classes, unseen_scores, ood.threshold),
+    }
+    log.info(
+        "safety gate: OOD threshold %.4f (%.3f x the median training score %.4f, from cross-validation)",
+        ood.threshold, ood_info["threshold_ratio"], reference,
     )  # fmt: skip
     return SafetyGate(quality=quality, ood=ood, summary=summary)

@@ -67,6 +67,7 @@ def train_student(
     alpha: float | None = None,
     role: str = "student",
     resume: bool = False,
+    oof: dict | None = None,
 ) -> Path:
     """Distil the fold's teacher into the student; alpha=0 gives the no-distillation baseline with
     everything else identical. Returns the student's bundle directory."""
@@ -131,4 +132,5 @@ def train_student(
             "alpha": stage.alpha,
             "temperature": stage.temperature,
         },
+        oof=oof,
     )

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from kdoct.errors import ConfigError
 from kdoct.labels import class_names as class_set_names
 from kdoct.probabilities import softmax
 from model_training.config import ExperimentConfig, StageConfig, config_to_dict
@@ -17,7 +18,7 @@ from model_training.data.image_cache import decoded_images
 from model_training.data.manifest import manifest_fingerprint
 from model_training.evaluation.calibration import expected_calibration_error, fit_temperature
 from model_training.evaluation.predict import evaluate_logits
-from model_training.export.safety_fit import fit_safety_gate
+from model_training.export.safety_fit import fit_safety_gate, fit_safety_gate_oof
 from model_training.layout import bundle_dir, split_path, work_dir
 from model_training.train.checkpoint import FINAL_NAME, export_checkpoint, save_checkpoint
 from model_training.train.distributed import DistContext
@@ -56,23 +57,59 @@ def _golden_paths(val_samples, count: int) -> list[str]:
     return chosen
 
 
-def _fit_gate(model, split: dict[str, list], class_names, spec, batch_size: int, context: DistContext):
+def _fit_gate(
+    model, split: dict[str, list], class_names, spec, batch_size: int, context: DistContext, oof: dict | None
+):
     """The model's safety gate: quality bounds and feature statistics from its training images, the
-    out-of-distribution threshold from its validation images, each decoded as the service decodes."""
+    out-of-distribution threshold from its validation images or, without any, from the cross-validated
+    ratio of `oof`; each image decoded as the service decodes."""
     index = {name: i for i, name in enumerate(class_names)}
     model = model.to(context.device).eval()
+    train = {
+        "train_images": [decoded_images.open(s.path) for s in split["train"]],
+        "train_labels": [index[s.label] for s in split["train"]],
+        "num_classes": len(class_names),
+        "spec": spec,
+        "batch_size": batch_size,
+    }
     try:
-        return fit_safety_gate(
-            model,
-            train_images=[decoded_images.open(s.path) for s in split["train"]],
-            train_labels=[index[s.label] for s in split["train"]],
-            val_images=[decoded_images.open(s.path) for s in split["val"]],
-            num_classes=len(class_names),
-            spec=spec,
-            batch_size=batch_size,
-        )
+        if not split["val"]:
+            return fit_safety_gate_oof(model, oof=oof["ood"], **train)
+        return fit_safety_gate(model, val_images=[decoded_images.open(s.path) for s in split["val"]], **train)
     finally:
         model.cpu()
+
+
+def _calibrate(result: FitResult, config, stage, split, class_names, spec, context, oof: dict | None):
+    """(calibration, metrics) of the trained model: the temperature fitted on its validation images, or,
+    for a model trained on every patient, the one cross-validation fitted on the same recipe's
+    out-of-fold logits (`oof`, the role's entry of oof.json)."""
+    if not split["val"]:
+        if oof is None:
+            raise ConfigError(
+                "a model without validation images takes its temperature and safety-gate threshold from a "
+                "cross-validation run of the same recipe: pass its oof.json (`final --oof`)"
+            )
+        calibration = {
+            "temperature": float(oof["temperature"]),
+            "fitted_on": "cross-validation out-of-fold logits",
+            "ece_leave_one_fold_out": oof["ece_leave_one_fold_out"],
+        }
+        metrics = {"cross_validation": {"accuracy": oof["accuracy"], "images": oof["images"]}}
+        return calibration, metrics
+    loader = eval_loader(split["val"], class_names, spec, stage.eval_batch_size, config.data.num_workers)
+    logits, labels = evaluate_logits(result.model.to(context.device), loader, device=context.device)
+    result.model.cpu()
+    before = expected_calibration_error(softmax(logits), labels)
+    temperature = fit_temperature(logits, labels) if config.calibrate else 1.0
+    calibration = {
+        "temperature": temperature,
+        "fitted_on": "validation",
+        "ece_before": before,
+        "ece_after": expected_calibration_error(softmax(logits, temperature), labels),
+    }
+    validation = {"accuracy": float((logits.argmax(axis=1) == labels).mean()), "images": len(labels)}
+    return calibration, {"validation": validation}
 
 
 def finish_stage(
@@ -87,28 +124,16 @@ def finish_stage(
     fold: int | None,
     context: DistContext,
     extra_provenance: dict | None = None,
+    oof: dict | None = None,
 ) -> Path:
-    """Calibrate on the validation split, write final.pt and export the bundle (rank 0). Returns the
+    """Calibrate on the validation split (or from `oof`, the cross-validated evidence of the recipe, when
+    the model trained on every patient), write final.pt and export the bundle (rank 0). Returns the
     bundle directory (on every rank, after the others waited for it)."""
     target = bundle_dir(out_dir, fold, role)
     if context.is_main:
         class_names = class_set_names(config.data.classes)
         spec = stage_spec(stage)
-        loader = eval_loader(split["val"], class_names, spec, stage.eval_batch_size, config.data.num_workers)
-        logits, labels = evaluate_logits(result.model.to(context.device), loader, device=context.device)
-        result.model.cpu()
-        calibration = {"temperature": 1.0, "fitted_on": "validation"}
-        before = expected_calibration_error(softmax(logits), labels)
-        temperature = fit_temperature(logits, labels) if config.calibrate else 1.0
-        calibration.update(
-            temperature=temperature,
-            ece_before=before,
-            ece_after=expected_calibration_error(softmax(logits, temperature), labels),
-        )
-        validation = {
-            "accuracy": float((logits.argmax(axis=1) == labels).mean()),
-            "images": len(labels),
-        }
+        calibration, metrics = _calibrate(result, config, stage, split, class_names, spec, context, oof)
         training = {
             "epochs_run": len(result.history),
             "best_epoch": result.best_epoch,
@@ -128,18 +153,16 @@ def finish_stage(
             "name": f"{config.name}-{role}" + ("" if fold is None else f"-fold{fold}"),
             "version": config.version,
             "calibration": calibration,
-            "metrics": {"validation": validation},
+            "metrics": metrics,
             "provenance": {**provenance(config, out_dir, fold, extra_provenance), "training": training},
-            "golden_paths": _golden_paths(split["val"], config.golden_images),
+            # Golden images check that a runtime reproduces the model: any labelled image serves.
+            "golden_paths": _golden_paths(split["val"] or split["train"], config.golden_images),
         }
-        safety = _fit_gate(result.model, split, class_names, spec, stage.eval_batch_size, context)
+        safety = _fit_gate(result.model, split, class_names, spec, stage.eval_batch_size, context, oof)
         checkpoint = save_checkpoint(work_dir(out_dir, fold, role) / FINAL_NAME, result.model, meta, safety)
         if target.exists():
             shutil.rmtree(target)  # a bundle from an interrupted earlier run of this same stage
         export_checkpoint(checkpoint, target)
-        log.info(
-            "%s fold %s: val accuracy %.3f, temperature %.3f (ECE %.3f -> %.3f), bundle %s",
-            role, fold, validation["accuracy"], temperature, before, calibration["ece_after"], target,
-        )  # fmt: skip
+        log.info("%s fold %s: %s, calibration %s, bundle %s", role, fold, metrics, calibration, target)
     context.barrier()
     return target

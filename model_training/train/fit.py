@@ -163,11 +163,30 @@ def _training_state(run: StageRun, model: nn.Module, scaler, batches_per_epoch: 
     )
 
 
+def _track_best(state: TrainingState, stage: StageConfig, epoch: int, val_loss: float, val_accuracy: float):
+    """Keep the best epoch's weights by the stage's monitor (early stopping counts epochs since)."""
+    value = val_loss if stage.monitor == "val_loss" else val_accuracy
+    best_val_loss = state.history[state.best_epoch]["val_loss"] if state.best_epoch >= 0 else float("inf")
+    if _improved(stage, value, state.best_value, val_loss, best_val_loss):
+        state.best_value, state.best_epoch, state.since_best = value, epoch, 0
+        state.best_state = {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}
+    else:
+        state.since_best += 1
+
+
 def fit(run: StageRun, *, resume: bool = False) -> FitResult:
     stage, context = run.stage, run.context
     device = context.device
-    if not run.train_samples or not run.val_samples:
-        raise DataError(f"{run.role}: the training and validation splits must both be non-empty")
+    if not run.train_samples:
+        raise DataError(f"{run.role}: the training split is empty")
+    # A final model trained on every patient has no validation split: nothing may then depend on one
+    # (no early stopping, no best checkpoint), its epochs are fixed by cross-validation.
+    validated = bool(run.val_samples)
+    if not validated and not (stage.export_weights == "last" and stage.patience > stage.epochs):
+        raise DataError(
+            f"{run.role}: without validation images the stage must export its last (or SWA) weights and "
+            f"never stop early (export_weights: last, patience > epochs)"
+        )
     run.out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.seed + context.rank)  # dropout differs per rank; init was seeded by the caller
 
@@ -177,8 +196,10 @@ def fit(run: StageRun, *, resume: bool = False) -> FitResult:
     precision = make_precision(device, stage.amp)
     ddp_model = context.wrap(model)
     train = _train_data(run)
-    val_loader = eval_loader(
-        run.val_samples, run.class_names, run.spec, stage.eval_batch_size, run.num_workers
+    val_loader = (
+        eval_loader(run.val_samples, run.class_names, run.spec, stage.eval_batch_size, run.num_workers)
+        if validated
+        else None
     )
     state = _training_state(run, unwrap(model), precision.scaler, len(train.loader))
     resume_path = run.out_dir / RESUME_NAME
@@ -211,18 +232,16 @@ def fit(run: StageRun, *, resume: bool = False) -> FitResult:
         if in_swa:
             state.swa_model.update_parameters(state.model)
             state.swa_scheduler.step()
-        logits, targets = evaluate_logits(
-            state.model, val_loader, device=device, precision=precision, channels_last=stage.channels_last
-        )
-        val_loss = _cross_entropy(logits, targets)
-        val_accuracy = float((logits.argmax(axis=1) == targets).mean())
-        value = val_loss if stage.monitor == "val_loss" else val_accuracy
-        best_val_loss = state.history[state.best_epoch]["val_loss"] if state.best_epoch >= 0 else float("inf")
-        if _improved(stage, value, state.best_value, val_loss, best_val_loss):
-            state.best_value, state.best_epoch, state.since_best = value, epoch, 0
-            state.best_state = {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}
+        val_loss = val_accuracy = None
+        if val_loader is None:
+            state.best_epoch = epoch  # no validation: the last epoch is the one exported
         else:
-            state.since_best += 1
+            logits, targets = evaluate_logits(
+                state.model, val_loader, device=device, precision=precision, channels_last=stage.channels_last
+            )
+            val_loss = _cross_entropy(logits, targets)
+            val_accuracy = float((logits.argmax(axis=1) == targets).mean())
+            _track_best(state, stage, epoch, val_loss, val_accuracy)
         record = {
             "role": run.role,
             "fold": run.fold,
@@ -245,9 +264,10 @@ def fit(run: StageRun, *, resume: bool = False) -> FitResult:
             with open(run.out_dir / LOG_NAME, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             state.save(resume_path, epoch)
+            validation = "" if val_loss is None else f" | val loss {val_loss:.4f} acc {val_accuracy:.3f}"
             log.info(
-                "%s epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f",
-                run.role, epoch, train_stats["loss"], train_stats["accuracy"], val_loss, val_accuracy,
+                "%s epoch %d: train loss %.4f acc %.3f%s",
+                run.role, epoch, train_stats["loss"], train_stats["accuracy"], validation,
             )  # fmt: skip
         # Early stopping ends the run only before SWA starts: once averaging has begun it runs to the
         # end of its window, otherwise the average would depend on when validation noise peaked.

@@ -62,6 +62,7 @@ def train_teacher(
     *,
     resume: bool = False,
     on_epoch_end=None,
+    oof: dict | None = None,
 ) -> Path:
     """Train, calibrate and export the fold's teacher; returns its bundle directory."""
     stage = config.teacher
@@ -114,4 +115,5 @@ def train_teacher(
         fold=fold,
         context=context,
         extra_provenance={"class_weights": weight.tolist() if weight is not None else None},
+        oof=oof,
     )

@@ -47,6 +47,9 @@ class LoadedModel:
 
     @property
     def temperature(self) -> float:
+        """The temperature of the model this runtime runs: INT8 logits have their own."""
+        if self.runtime.precision == "int8":
+            return self.bundle.int8_temperature
         return self.bundle.temperature
 
     def identity(self) -> dict[str, str]:

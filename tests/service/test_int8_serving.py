@@ -5,12 +5,17 @@ import shutil
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
+from kdoct.bundle import load_bundle
 from kdoct.errors import ConfigError
+from kdoct.preprocess import preprocess_batch
+from kdoct.probabilities import softmax
 from kdoct_testing.bundles import CLASSES
 from model_training.export.int8 import Int8Gate, add_int8
 from model_training.export.int8_data import int8_images
 from service.app import create_app
+from service.inference.onnx_runtime import OnnxRuntime
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,7 @@ def int8_student(bundles, tmp_path_factory, sample_dir):
     add_int8(
         root / "student", calibration_images=images.calibration, val_images=images.val,
         val_labels=images.val_labels, calibration_labels=images.calibration_labels,
-        limits=Int8Gate(0.0, 1.0, 0.0),
+        limits=Int8Gate(0.0, 1.0, 0.0, 1.0),
     )  # fmt: skip
     return root / "student"
 
@@ -45,7 +50,15 @@ def test_the_service_serves_the_int8_student(make_settings, int8_student, jpeg_p
         with open(jpeg_paths[0], "rb") as handle:
             answer = client.post("/classify", files={"file": ("scan.jpeg", handle, "image/jpeg")})
         assert answer.status_code == 200, answer.text
-        assert "probabilities" in answer.json()
+    # Calibrated with the INT8 model's own temperature (fitted on its logits at export), not fp32's.
+    bundle = load_bundle(int8_student)
+    assert bundle.int8_temperature == bundle.manifest["int8"]["temperature"] != bundle.temperature
+    with Image.open(jpeg_paths[0]) as image:
+        batch = preprocess_batch([image.convert("L")], bundle.preprocess)
+    logits = OnnxRuntime(bundle.int8_onnx_path, threads=1, precision="int8").predict_logits(batch)
+    expected = softmax(logits, bundle.int8_temperature)[0]
+    served = answer.json()["probabilities"]
+    assert [served[name] for name in bundle.class_names] == pytest.approx(expected.tolist(), abs=1e-4)
 
 
 def test_int8_is_refused_on_pytorch_and_cuda_and_without_an_int8_model(make_settings, bundles):

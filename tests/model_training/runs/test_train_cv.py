@@ -28,14 +28,6 @@ from model_training.train.distributed import init_distributed
 CLASSES = ("normal", "drusen", "cnv")
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("smoke-cv") / "run"
-    result = run_cli("cv", "--config", str(SMOKE), "--out", str(out), "--set", "run_no_kd=true")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
 def test_cv_writes_everything(smoke_run):
     for name in ("folds.csv", "manifest.csv", "report.json", "report.md"):
         assert (smoke_run / name).is_file(), name

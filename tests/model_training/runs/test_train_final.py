@@ -36,15 +36,19 @@ def _cv_report(path: Path) -> Path:
     return path
 
 
+def _final_args(out: Path, report: Path) -> list[str]:
+    return [
+        "final", "--config", str(SMOKE), "--out", str(out), "--holdout", "0.25", "--test-fraction", "0.25",
+        "--epochs-from", str(report),
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def final_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("final")
     report = _cv_report(root / "report.json")
     out = root / "run"
-    result = run_cli(
-        "final", "--config", str(SMOKE), "--out", str(out), "--holdout", "0.25", "--test-fraction", "0.25",
-        "--epochs-from", str(report),
-    )  # fmt: skip
+    result = run_cli(*_final_args(out, report))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "card:" in result.stdout
     return out
@@ -97,7 +101,7 @@ def test_final_epochs_come_from_the_cv_report_and_are_recorded(final_run):
 
 def test_final_is_instant_once_its_bundles_are_complete(final_run):
     before = (final_run / "student" / "bundle.json").read_bytes()
-    result = run_cli("final", "--config", str(SMOKE), "--out", str(final_run), "--holdout", "0.25")
+    result = run_cli(*_final_args(final_run, final_run.parent / "report.json"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (final_run / "student" / "bundle.json").read_bytes() == before
 
@@ -115,7 +119,7 @@ def test_a_bundle_exported_before_the_gate_is_exported_again_with_one(final_run,
         del manifest["files"][name]
     (student / "bundle.json").write_text(json.dumps(manifest))
     assert load_gate(student, load_bundle(student).manifest["files"]) is None
-    result = run_cli("final", "--config", str(SMOKE), "--out", str(run), "--holdout", "0.25")
+    result = run_cli(*_final_args(run, final_run.parent / "report.json"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert GATE_JSON in load_bundle(student).manifest["files"]
     assert "resumed" in result.stderr and "epoch 1/" not in result.stderr  # exported again, not retrained

@@ -1,0 +1,89 @@
+"""`oof`: the out-of-fold evidence of a finished cross-validation run (model_training/evaluation/oof.py),
+written to DIR/oof.json (and copied next to the run's published results with `--to`).
+
+Per fold and role: the fold's bundle on its training images (its reference), its test patients, the
+`--ood-label` images of patients it never saw (a disease outside its classes) and the non-OCT images of
+the gate report (photographs, rendered text, noise, blank frames).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from kdoct.bundle import load_bundle
+from kdoct.errors import DataError
+from model_training.data.folds import read_folds
+from model_training.data.image_cache import decoded_images
+from model_training.evaluation.gate_report import _read_rows, non_oct_images
+from model_training.evaluation.oof import (
+    DEFAULT_OOF_KEEP,
+    OOF_JSON,
+    fold_scores,
+    recipe_sha256,
+    summarise_role,
+)
+from model_training.layout import bundle_dir
+
+__all__ = ["run_oof"]
+
+log = logging.getLogger(__name__)
+
+ROLES = ("teacher", "student")
+
+
+def _outside_images(manifest: Path | None, label: str, seen: set[str]) -> list:
+    """The `label` images of `manifest` whose patients the fold never trained or validated on."""
+    if manifest is None:
+        return []
+    rows = [r for r in _read_rows(manifest) if r["label"].lower() == label.lower()]
+    if not rows:
+        raise DataError(f"{manifest}: no images labelled {label}")
+    unseen = [r for r in rows if r["patient_id"] not in seen]
+    return [decoded_images.open(str(manifest.parent / r["path"])) for r in unseen]
+
+
+def run_oof(
+    run_dir: Path,
+    *,
+    ood_manifest: Path | None = None,
+    ood_label: str = "DME",
+    keep: float = DEFAULT_OOF_KEEP,
+) -> dict[str, Any]:
+    """Score every fold's teacher and student; write and return DIR/oof.json."""
+    run_dir = Path(run_dir)
+    table = read_folds(run_dir / "folds.csv")
+    non_oct = [image for group in non_oct_images().values() for image in group.values()]
+    decoded_images.enable(True)
+    per_role: dict[str, list] = {role: [] for role in ROLES}
+    recipes = set()
+    for fold in range(table.k):
+        split = table.split(fold)
+        train = [decoded_images.open(s.path) for s in split["train"]]
+        test = [decoded_images.open(s.path) for s in split["test"]]
+        seen = {s.patient_id for s in split["train"] + split["val"]}
+        others = {"non_oct": non_oct}
+        if ood_manifest is not None:
+            others[ood_label] = _outside_images(ood_manifest, ood_label, seen)
+        for role in ROLES:
+            path = bundle_dir(run_dir, fold, role)
+            bundle = load_bundle(path)
+            index = {name: i for i, name in enumerate(bundle.class_names)}
+            recipes.add(recipe_sha256(bundle.manifest["provenance"]["config"]))
+            log.info("oof: fold %d %s", fold, role)
+            per_role[role].append(
+                fold_scores(path, fold, train, test, [index[s.label] for s in split["test"]], others)
+            )
+    if len(recipes) != 1:
+        raise DataError(f"{run_dir}: the folds were trained with {len(recipes)} different recipes")
+    report = {
+        "run": str(run_dir),
+        "recipe_sha256": recipes.pop(),
+        "folds": table.k,
+        "outside_label": ood_label if ood_manifest is not None else None,
+        "roles": {role: summarise_role(folds, keep) for role, folds in per_role.items()},
+    }
+    (run_dir / OOF_JSON).write_text(json.dumps(report, indent=1) + "\n")
+    return report
