@@ -1,11 +1,11 @@
 """The safety gate's acceptance check against a running service: the real uvicorn server on a trained
 model (the default one of `make run`), sent natural photographs, rendered text, noise, blank frames and
-the model's held-out test B-scans over HTTP.
+the model's held-out test B-scans over HTTP (its training B-scans for a model trained on every patient).
 
     python -m bench.safety_acceptance [--model-dir var/default-model]
 
 Prints, per group, how many answers were gradable: false (the acceptance: every photograph, blank frame
-and noise image refused; at least 90 % of the held-out B-scans gradable). Exits 1 when it does not hold.
+and noise image refused; at least 90 % of the B-scans gradable). Exits 1 when it does not hold.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from model_training.data.final_split import read_final_split
 from model_training.evaluation.gate_report import non_oct_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_SCANS = "held-out test B-scans"
+_TRAINING_SCANS = "training B-scans (the model trained on every patient)"
 
 
 def _png(image: Image.Image) -> bytes:
@@ -43,10 +45,13 @@ def _post(client: httpx.Client, data: bytes) -> dict:
 
 def check(model_dir: Path) -> tuple[list[list[str]], bool]:
     split = read_final_split(model_dir / "split.csv")
-    if not split["test"]:
-        raise SystemExit(f"{model_dir}/split.csv has no test patients: train it with `final --test-fraction`")
     groups = {name: [_png(image) for image in images.values()] for name, images in non_oct_images().items()}
-    groups["held-out test B-scans"] = [Path(sample.path).read_bytes() for sample in split["test"]]
+    # A model trained on every patient has no held-out B-scan: its training B-scans check that the
+    # service passes real B-scans; the held-out rate is the cross-validation's (`oof`, docs/RESULTS.md).
+    scans = split["test"] or split["train"]
+    groups[_SCANS if split["test"] else _TRAINING_SCANS] = [
+        Path(sample.path).read_bytes() for sample in scans
+    ]
     workdir = Path(tempfile.mkdtemp(prefix="kdoct-acceptance-"))
     env = {key: value for key, value in os.environ.items() if not key.startswith("KDOCT_")}
     env.update(
@@ -69,7 +74,7 @@ def check(model_dir: Path) -> tuple[list[list[str]], bool]:
             reasons = sorted({answer["reason"] for answer in answers if answer["reason"]})
             share = f"{100 * refused / len(answers):.1f} %"
             rows.append([name.replace("_", " "), str(len(answers)), str(refused), share, ", ".join(reasons)])
-            if name == "held-out test B-scans":
+            if name in (_SCANS, _TRAINING_SCANS):
                 holds &= (len(answers) - refused) / len(answers) >= 0.9
             elif name in ("natural_photographs", "noise", "blank"):
                 holds &= refused == len(answers)

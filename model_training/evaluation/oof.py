@@ -193,3 +193,47 @@ def read_oof(path: Path) -> dict[str, Any]:
     if "recipe_sha256" not in data or "roles" not in data:
         raise ValueError(f"{path}: not an oof.json of `python -m model_training oof`")
     return data
+
+
+def _rate(entry: dict[str, Any]) -> str:
+    return f"{entry['flagged']} of {entry['images']} ({100 * entry['rate']:.1f} %)"
+
+
+def oof_markdown(report: dict[str, Any]) -> str:
+    """The out-of-fold section of the results: what `final` takes from this run, and what it did to
+    unseen patients, leave one fold out."""
+    lines = [
+        "#### Out of fold: the calibration and safety gate of the model trained on every patient",
+        "",
+        "Computed by `python -m model_training oof` (model_training/evaluation/oof.py) from every fold's "
+        "exported models. Temperature: fitted on the pooled out-of-fold logits; its ECE leave one fold out "
+        "(each fold at the temperature of the other folds). Gate: the threshold is the "
+        f"{100 * next(iter(report['roles'].values()))['ood']['keep']:g}th percentile of unseen patients' OOD "
+        "score over the median score of the fold model's own training images; each fold judged with the "
+        "ratio of the other folds, its own quality bounds. `final --oof` applies both to the model trained "
+        "on every patient.",
+        "",
+        "| model | accuracy | temperature | ECE uncalibrated | ECE leave one fold out | gate ratio | "
+        "in-distribution flagged | "
+        + " | ".join(
+            f"{name} flagged"
+            for name in next(iter(report["roles"].values()))["ood"]["flagged"]
+            if name != "in_distribution"
+        )
+        + " | AUROC of the OOD score |",
+    ]
+    others = [n for n in next(iter(report["roles"].values()))["ood"]["flagged"] if n != "in_distribution"]
+    lines.append("|" + "---|" * (8 + len(others)))
+    for role, summary in report["roles"].items():
+        ood = summary["ood"]
+        auroc = ", ".join(
+            f"{name} {value:.3f}" for name, value in ood["auroc_against_in_distribution"].items()
+        )
+        lines.append(
+            f"| {role} | {100 * summary['accuracy']:.2f} % | {summary['temperature']:.3f} | "
+            f"{100 * summary['ece_uncalibrated']:.2f} % | {100 * summary['ece_leave_one_fold_out']:.2f} % | "
+            f"{ood['threshold_ratio']:.3f} | {_rate(ood['flagged']['in_distribution'])} | "
+            + " | ".join(_rate(ood["flagged"][name]) for name in others)
+            + f" | {auroc or '-'} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -2,9 +2,10 @@
 figures into the docs, so that no figure is ever typed by hand.
 
 Copied into RESULTS_DIR: report.json, report.md, the figures, every fold's predictions.csv (as
-predictions/fold_K.csv, image paths made relative) and every epoch's log line (epochs.jsonl, each line
-naming its fold and role). In DOC, the text between `<!-- results:NAME:begin -->` and
-`<!-- results:NAME:end -->` is replaced by the tables rendered from report.json.
+predictions/fold_K.csv, image paths made relative), every epoch's log line (epochs.jsonl, each line
+naming its fold and role) and, when `oof` has run, oof.json (what `final --oof` calibrates with). In
+DOC, the text between `<!-- results:NAME:begin -->` and `<!-- results:NAME:end -->` is replaced by the
+tables rendered from report.json (and oof.json).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from kdoct.errors import DataError
 from model_training.evaluation.cv_report import report_markdown
+from model_training.evaluation.oof import OOF_JSON, oof_markdown
 
 __all__ = ["publish_results", "relative_image_path", "replace_section"]
 
@@ -87,7 +89,11 @@ def rendered_section(report: dict[str, Any], results_dir: Path, doc: Path) -> st
         f"(device {report.get('device')}, {report.get('torch_threads')} torch threads; wall clock of its "
         f"`cv` invocations: {_cost(report)})."
     )
-    return header + "\n\n" + report_markdown(report, links, level=3)
+    section = header + "\n\n" + report_markdown(report, links, level=3)
+    oof = results_dir / OOF_JSON
+    if oof.is_file():
+        section = section.rstrip() + "\n\n" + oof_markdown(json.loads(oof.read_text()))
+    return section
 
 
 def publish_results(
@@ -102,7 +108,11 @@ def publish_results(
     report = json.loads(report_path.read_text())
     results_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for source in [report_path, run_dir / "report.md", *sorted(run_dir.glob("*.png"))]:
+    stale_oof = results_dir / OOF_JSON
+    if stale_oof.is_file() and not (run_dir / OOF_JSON).is_file():
+        stale_oof.unlink()  # another run's evidence must not stay beside this report
+    extra = [run_dir / OOF_JSON] if (run_dir / OOF_JSON).is_file() else []
+    for source in [report_path, run_dir / "report.md", *sorted(run_dir.glob("*.png")), *extra]:
         written.append(Path(shutil.copy2(source, results_dir / source.name)))
     base = Path.cwd()
     for fold in report["folds"]:

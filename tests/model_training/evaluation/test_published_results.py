@@ -54,7 +54,7 @@ def _assert_same_figures(rebuilt, committed, where: str) -> None:
 
 
 def test_every_reported_figure_follows_from_the_committed_predictions(committed, rebuilt):
-    assert rebuilt["models"] == committed["models"] == ["teacher", "student", "student_no_kd"]
+    assert rebuilt["models"] == committed["models"] and committed["models"][:2] == ["teacher", "student"]
     for model in committed["models"]:
         for part in ("folds", "mean", "std", "pooled", "bootstrap_95", "ece_floor"):
             _assert_same_figures(rebuilt[model][part], committed[model][part], f"{model}.{part}")
