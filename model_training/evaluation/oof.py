@@ -20,27 +20,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from kdoct.bundle import load_bundle
 from kdoct.probabilities import softmax
-from kdoct.safety import load_gate
 from model_training.config import ExperimentConfig, config_to_dict
 from model_training.evaluation.calibration import expected_calibration_error, fit_temperature
-from model_training.export.safety_fit import penultimate_features
 
 __all__ = [
     "DEFAULT_OOF_KEEP",
     "FoldScores",
     "OOF_JSON",
-    "fold_scores",
+    "oof_markdown",
     "read_oof",
     "recipe_sha256",
     "summarise_role",
@@ -80,39 +75,6 @@ class FoldScores:
     ratios: np.ndarray  # test patients' OOD scores / reference
     quality_flagged: np.ndarray  # test patients refused by the fold's quality bounds
     other: dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (ratios, quality flagged): DME, non-OCT
-
-
-def _judge(gate, model, images: Sequence[Image.Image], spec, reference: float, batch: int):
-    logits, features = penultimate_features(model, images, spec, batch)
-    ratios = gate.ood.scores(features) / reference
-    flagged = np.array([gate.quality_reason(image) is not None for image in images], dtype=bool)
-    return logits, ratios, flagged
-
-
-def fold_scores(
-    bundle_path: Path,
-    fold: int,
-    train_images: Sequence[Image.Image],
-    test_images: Sequence[Image.Image],
-    test_labels: Sequence[int],
-    others: dict[str, Sequence[Image.Image]],
-    batch_size: int = 32,
-) -> FoldScores:
-    """The fold's bundle (its model and safety gate, as exported) on its training and test images and on
-    each named set of images outside its classes."""
-    bundle = load_bundle(bundle_path)
-    gate = load_gate(bundle.path, bundle.manifest["files"])
-    if gate is None:
-        raise ValueError(f"{bundle.path}: no safety gate: export the fold again")
-    model = bundle.model().eval()
-    spec = bundle.preprocess
-    _, train_features = penultimate_features(model, train_images, spec, batch_size)
-    reference = float(np.median(gate.ood.scores(train_features)))
-    logits, ratios, flagged = _judge(gate, model, test_images, spec, reference, batch_size)
-    other = {
-        name: _judge(gate, model, images, spec, reference, batch_size)[1:] for name, images in others.items()
-    }
-    return FoldScores(fold, logits, np.asarray(test_labels), reference, ratios, flagged, other)
 
 
 def _flag_rate(ratios: np.ndarray, quality: np.ndarray, threshold: float) -> float:

@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from kdoct.bundle import load_bundle
 from kdoct.errors import DataError
+from kdoct.safety import load_gate
 from model_training.data.folds import read_folds
 from model_training.data.image_cache import decoded_images
 from model_training.evaluation.gate_report import _read_rows, non_oct_images
 from model_training.evaluation.oof import (
     DEFAULT_OOF_KEEP,
     OOF_JSON,
-    fold_scores,
+    FoldScores,
     recipe_sha256,
     summarise_role,
 )
+from model_training.export.safety_fit import penultimate_features
 from model_training.layout import bundle_dir
 
 __all__ = ["run_oof"]
@@ -43,6 +49,39 @@ def _outside_images(manifest: Path | None, label: str, seen: set[str]) -> list:
         raise DataError(f"{manifest}: no images labelled {label}")
     unseen = [r for r in rows if r["patient_id"] not in seen]
     return [decoded_images.open(str(manifest.parent / r["path"])) for r in unseen]
+
+
+def _judge(gate, model, images: Sequence[Image.Image], spec, reference: float, batch: int):
+    logits, features = penultimate_features(model, images, spec, batch)
+    ratios = gate.ood.scores(features) / reference
+    flagged = np.array([gate.quality_reason(image) is not None for image in images], dtype=bool)
+    return logits, ratios, flagged
+
+
+def fold_scores(
+    bundle_path: Path,
+    fold: int,
+    train_images: Sequence[Image.Image],
+    test_images: Sequence[Image.Image],
+    test_labels: Sequence[int],
+    others: dict[str, Sequence[Image.Image]],
+    batch_size: int = 32,
+) -> FoldScores:
+    """The fold's bundle (its model and safety gate, as exported) on its training and test images and on
+    each named set of images outside its classes."""
+    bundle = load_bundle(bundle_path)
+    gate = load_gate(bundle.path, bundle.manifest["files"])
+    if gate is None:
+        raise ValueError(f"{bundle.path}: no safety gate: export the fold again")
+    model = bundle.model().eval()
+    spec = bundle.preprocess
+    _, train_features = penultimate_features(model, train_images, spec, batch_size)
+    reference = float(np.median(gate.ood.scores(train_features)))
+    logits, ratios, flagged = _judge(gate, model, test_images, spec, reference, batch_size)
+    other = {
+        name: _judge(gate, model, images, spec, reference, batch_size)[1:] for name, images in others.items()
+    }
+    return FoldScores(fold, logits, np.asarray(test_labels), reference, ratios, flagged, other)
 
 
 def run_oof(
