@@ -68,6 +68,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(exit 2)",
     )
     parser.add_argument(
+        "--card-doc",
+        type=Path,
+        default=None,
+        metavar="MARKDOWN",
+        help="also write the model card into this document's <!-- results:default_model:begin/end --> "
+        "section (docs/MODEL_CARD.md)",
+    )
+    parser.add_argument(
         "--epochs-from",
         type=Path,
         default=None,
@@ -95,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         teardown(context)
     if card is not None:
+        if args.card_doc is not None:
+            from model_training.evaluation.publish import replace_section
+            from model_training.runs.final import card_markdown
+
+            body = card_markdown(card).replace("# Final model card\n\n", "", 1)
+            args.card_doc.write_text(replace_section(args.card_doc.read_text(), "default_model", body))
         for role, model in card["models"].items():
             print(f"{role}: {model['bundle']} ({model['arch']}, {model['epochs']['epochs']} epochs)")
         print(f"card: {args.out / 'MODEL_CARD.md'}")

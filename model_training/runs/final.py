@@ -34,7 +34,7 @@ import torch
 
 from kdoct.bundle import load_bundle
 from kdoct.errors import ConfigError
-from kdoct.safety import GATE_JSON
+from kdoct.safety import GATE_JSON, load_gate
 from model_training.config import ExperimentConfig, StageConfig
 from model_training.data.dataset import eval_loader
 from model_training.data.final_split import make_final_split, read_final_split, write_final_split
@@ -49,7 +49,7 @@ from model_training.train.distill import train_student
 from model_training.train.distributed import DistContext, broadcast_flag
 from model_training.train.teacher import train_teacher
 
-__all__ = ["StaleModelError", "chosen_epochs", "run_final"]
+__all__ = ["StaleModelError", "card_markdown", "chosen_epochs", "run_final"]
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def run_final(
     card["recipe"] = stamp
     card["calibrated_from"] = str(oof) if oof is not None else "held-back slice"
     (out_dir / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
-    (out_dir / CARD_MD).write_text(_card_markdown(card))
+    (out_dir / CARD_MD).write_text(card_markdown(card))
     return card
 
 
@@ -262,6 +262,7 @@ def _card(config, out_dir: Path, split, epochs, holdout: float, seconds: float) 
             "held_back_accuracy": bundle.manifest["metrics"].get("validation", {}).get("accuracy"),
             "cross_validation": bundle.manifest["metrics"].get("cross_validation"),
             "test_accuracy": _test_accuracy(bundle, split["test"]),
+            "safety_gate": _gate_figures(bundle),
         }
     return {
         "config": config.source_path,
@@ -295,6 +296,18 @@ _NOTE_OOF = (
 )
 
 
+def _gate_figures(bundle) -> dict[str, Any]:
+    """The gate's threshold and, when calibrated by cross-validation, what its rule flagged out of fold."""
+    gate = load_gate(bundle.path, bundle.manifest["files"])
+    if gate is None:
+        return {}
+    return {
+        "threshold": gate.ood.threshold,
+        "threshold_from": gate.summary["ood"].get("threshold_from"),
+        "flagged_out_of_fold": gate.summary.get("cross_validation", {}).get("flagged"),
+    }
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
@@ -310,7 +323,7 @@ def _test_accuracy(bundle, samples) -> float | None:
     return float((logits.argmax(axis=1) == targets).mean())
 
 
-def _card_markdown(card: dict[str, Any]) -> str:
+def card_markdown(card: dict[str, Any]) -> str:
     data = card["data"]
     lines = [
         "# Final model card",
@@ -339,6 +352,18 @@ def _card_markdown(card: dict[str, Any]) -> str:
         card["note"],
         "",
     ]
+    for role, model in card["models"].items():
+        gate = model.get("safety_gate") or {}
+        if gate.get("flagged_out_of_fold"):
+            rates = "; ".join(
+                f"{name.replace('_', ' ')} {v['flagged']} of {v['images']} ({100 * v['rate']:.1f} %)"
+                for name, v in gate["flagged_out_of_fold"].items()
+            )
+            lines += [
+                f"Safety gate of the {role} (threshold {gate['threshold']:.4f}); its rule flagged, out of "
+                f"fold: {rates}.",
+                "",
+            ]
     if card.get("recipe"):
         lines += ["Recipe stamp (`final` retrains when one of these no longer matches):", ""]
         lines += [f"- {key}: `{value}`" for key, value in card["recipe"].items()]
