@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--keep",
         type=_keep,
         default=None,
-        help="share of unseen in-distribution B-scans the gate's OOD score passes (default 0.97)",
+        help="share of unseen in-distribution B-scans the gate's OOD score passes (default 0.98)",
     )
     parser.set_defaults(handler=run)
 
