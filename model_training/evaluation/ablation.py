@@ -37,7 +37,7 @@ class AblationRow:
     slug: str
     name: str
     overrides: tuple[str, ...]
-    note: str = ""
+    results: Path | None = None  # where its evidence lives, when not RESULTS/<slug> (the shipped recipe's)
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,9 @@ def read_plan(path: Path) -> AblationPlan:
     try:
         data = yaml.safe_load(Path(path).read_text())
         rows = tuple(
-            AblationRow(r["slug"], r["name"], tuple(r.get("set", [])), r.get("note", ""))
+            AblationRow(
+                r["slug"], r["name"], tuple(r.get("set", [])), Path(r["results"]) if "results" in r else None
+            )
             for r in data["rows"]
         )
         plan = AblationPlan(Path(data["config"]), Path(data["results"]), rows)
@@ -91,12 +93,16 @@ def publish_row(plan: AblationPlan, row: AblationRow, run_dir: Path) -> list[Pat
                 f"{run_dir}: its fold-0 {role} was trained with other settings ({differing}) than row "
                 f"{row.slug}"
             )
-    target = plan.results / row.slug
+    target = _results_dir(plan, row)
     written = publish_results(run_dir, target)
     (target / "row.json").write_text(
         json.dumps({"slug": row.slug, "name": row.name, "set": list(row.overrides)}) + "\n"
     )
     return written
+
+
+def _results_dir(plan: AblationPlan, row: AblationRow) -> Path:
+    return row.results or plan.results / row.slug
 
 
 def _confusions(results: Path, model: str, class_names: list[str]) -> int:
@@ -131,7 +137,7 @@ def ablation_table(plan: AblationPlan, runs: Path) -> str:
     )
     lines = [header]
     for row in plan.rows:
-        results = plan.results / row.slug
+        results = _results_dir(plan, row)
         command = f"`{cv_command(plan, row, runs)}`"
         if not (results / "report.json").is_file():
             lines.append(f"| {row.name} | not run | | | | | {command} |")

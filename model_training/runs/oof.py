@@ -84,6 +84,14 @@ def fold_scores(
     return FoldScores(fold, logits, np.asarray(test_labels), reference, ratios, flagged, other)
 
 
+def _recipe(teacher: dict[str, Any], student: dict[str, Any], fold: int) -> str:
+    """The fold's recipe, from its student's config; its teacher must have been trained with the same
+    settings but the student's (a student-only variant may reuse the teachers of another run)."""
+    if {**teacher, "student": None} != {**student, "student": None}:
+        raise DataError(f"fold {fold}: its teacher and student were trained with different settings")
+    return recipe_sha256(student)
+
+
 def run_oof(
     run_dir: Path,
     *,
@@ -106,15 +114,17 @@ def run_oof(
         others = {"non_oct": non_oct}
         if ood_manifest is not None:
             others[ood_label] = _outside_images(ood_manifest, ood_label, seen)
+        configs = {}
         for role in ROLES:
             path = bundle_dir(run_dir, fold, role)
             bundle = load_bundle(path)
             index = {name: i for i, name in enumerate(bundle.class_names)}
-            recipes.add(recipe_sha256(bundle.manifest["provenance"]["config"]))
+            configs[role] = bundle.manifest["provenance"]["config"]
             log.info("oof: fold %d %s", fold, role)
             per_role[role].append(
                 fold_scores(path, fold, train, test, [index[s.label] for s in split["test"]], others)
             )
+        recipes.add(_recipe(configs["teacher"], configs["student"], fold))
     if len(recipes) != 1:
         raise DataError(f"{run_dir}: the folds were trained with {len(recipes)} different recipes")
     report = {
