@@ -112,7 +112,8 @@ def non_oct_images() -> dict[str, dict[str, Image.Image]]:
     }
 
 
-def _read_rows(manifest: Path) -> list[dict[str, str]]:
+def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
+    """The rows (path, label, patient_id) of a manifest CSV, refused without those columns."""
     try:
         with open(manifest, newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -189,7 +190,7 @@ def gate_report(
     test = scorer.judge(test_images)
     gradable = np.array([reason is None for reason in test["reasons"]])
 
-    rows = [r for r in _read_rows(ood_manifest) if r["label"].upper() == ood_label.upper()]
+    rows = [r for r in read_manifest_rows(ood_manifest) if r["label"].upper() == ood_label.upper()]
     unseen = [r for r in rows if r["patient_id"] not in tuned_on]
     if not unseen:
         raise DataError(f"{ood_manifest}: no {ood_label} images of patients this model was not trained on")

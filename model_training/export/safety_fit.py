@@ -50,6 +50,23 @@ _DEFAULT_MIN_MARGIN = 0.01
 _UPPER_ONLY = ("saturated", "chroma")
 
 
+# How the out-of-distribution score is computed, recorded in every gate.json.
+_DETECTOR = {
+    "method": "mahalanobis on unit-length features, shared covariance, Ledoit-Wolf shrinkage",
+    "score": "min over classes of the squared Mahalanobis distance of the unit-length features, "
+    "divided by the feature dimensions",
+}
+
+
+def _quality_summary(images: int) -> dict[str, Any]:
+    return {
+        "features": list(QUALITY_FEATURES),
+        "fitted_on_images": images,
+        "rule": f"percentiles {_QUANTILES[0] * 100:g}-{_QUANTILES[1] * 100:g} of the training images, "
+        f"widened by {_MARGIN_OF_SPREAD:g} x the 5-95 percentile range",
+    }
+
+
 def fit_quality_bounds(features: np.ndarray) -> QualityBounds:
     """Bounds from the quality features (N, 8) of the training images."""
     if features.ndim != 2 or features.shape[1] != len(QUALITY_FEATURES) or len(features) < 2:
@@ -82,9 +99,7 @@ def fit_ood(
     threshold = float(np.quantile(val_scores, keep))
     train_scores = detector.scores(np.asarray(features, dtype=np.float32))
     info = {
-        "method": "mahalanobis on unit-length features, shared covariance, Ledoit-Wolf shrinkage",
-        "score": "min over classes of the squared Mahalanobis distance of the unit-length features, "
-        "divided by the feature dimensions",
+        **_DETECTOR,
         "shrinkage": round(shrinkage, 6),
         "keep": keep,
         "threshold_from": "validation images",
@@ -126,9 +141,7 @@ def fit_ood_from_ratio(
     reference = float(np.median(train_scores))
     ratio = float(oof["threshold_ratio"])
     info = {
-        "method": "mahalanobis on unit-length features, shared covariance, Ledoit-Wolf shrinkage",
-        "score": "min over classes of the squared Mahalanobis distance of the unit-length features, "
-        "divided by the feature dimensions",
+        **_DETECTOR,
         "shrinkage": round(shrinkage, 6),
         "keep": float(oof["keep"]),
         "threshold_from": "cross-validation: the out-of-fold ratio of unseen patients' scores to the fold "
@@ -181,12 +194,7 @@ def fit_safety_gate(
         for reason, score in zip(val_quality, val_scores, strict=True)
     )
     summary = {
-        "quality": {
-            "features": list(QUALITY_FEATURES),
-            "fitted_on_images": len(train_images),
-            "rule": f"percentiles {_QUANTILES[0] * 100:g}-{_QUANTILES[1] * 100:g} of the training images, "
-            f"widened by {_MARGIN_OF_SPREAD:g} x the 5-95 percentile range",
-        },
+        "quality": _quality_summary(len(train_images)),
         "ood": ood_info,
         "validation": {
             "images": len(val_images),
@@ -224,12 +232,7 @@ def fit_safety_gate_oof(
     ood, ood_info, reference = fit_ood_from_ratio(train_features, np.asarray(train_labels), num_classes, oof)
     unseen_scores = [ratio * reference for ratio in oof["ratios"]]
     summary = {
-        "quality": {
-            "features": list(QUALITY_FEATURES),
-            "fitted_on_images": len(train_images),
-            "rule": f"percentiles {_QUANTILES[0] * 100:g}-{_QUANTILES[1] * 100:g} of the training images, "
-            f"widened by {_MARGIN_OF_SPREAD:g} x the 5-95 percentile range",
-        },
+        "quality": _quality_summary(len(train_images)),
         "ood": ood_info,
         # What unseen patients met, measured leave one fold out (model_training/evaluation/oof.py).
         "cross_validation": {

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from kdoct.bundle import load_bundle
+from kdoct.bundle import Bundle, load_bundle
 from kdoct.errors import DataError
 from kdoct.safety import load_gate
 from model_training.data.folds import read_folds
 from model_training.data.image_cache import decoded_images
-from model_training.evaluation.gate_report import _read_rows, non_oct_images
+from model_training.evaluation.gate_report import non_oct_images, read_manifest_rows
 from model_training.evaluation.oof import (
     DEFAULT_OOF_KEEP,
     OOF_JSON,
@@ -40,15 +40,12 @@ log = logging.getLogger(__name__)
 ROLES = ("teacher", "student")
 
 
-def _outside_images(manifest: Path | None, label: str, seen: set[str]) -> list:
-    """The `label` images of `manifest` whose patients the fold never trained or validated on."""
-    if manifest is None:
-        return []
-    rows = [r for r in _read_rows(manifest) if r["label"].lower() == label.lower()]
+def _outside_rows(manifest: Path, label: str) -> list[dict[str, str]]:
+    """The `label` rows of `manifest`, their paths resolved against its folder."""
+    rows = [r for r in read_manifest_rows(manifest) if r["label"].lower() == label.lower()]
     if not rows:
         raise DataError(f"{manifest}: no images labelled {label}")
-    unseen = [r for r in rows if r["patient_id"] not in seen]
-    return [decoded_images.open(str(manifest.parent / r["path"])) for r in unseen]
+    return [{**r, "path": str(manifest.parent / r["path"])} for r in rows]
 
 
 def _judge(gate, model, images: Sequence[Image.Image], spec, reference: float, batch: int):
@@ -59,7 +56,7 @@ def _judge(gate, model, images: Sequence[Image.Image], spec, reference: float, b
 
 
 def fold_scores(
-    bundle_path: Path,
+    bundle: Bundle,
     fold: int,
     train_images: Sequence[Image.Image],
     test_images: Sequence[Image.Image],
@@ -69,7 +66,6 @@ def fold_scores(
 ) -> FoldScores:
     """The fold's bundle (its model and safety gate, as exported) on its training and test images and on
     each named set of images outside its classes."""
-    bundle = load_bundle(bundle_path)
     gate = load_gate(bundle.path, bundle.manifest["files"])
     if gate is None:
         raise ValueError(f"{bundle.path}: no safety gate: export the fold again")
@@ -103,6 +99,7 @@ def run_oof(
     run_dir = Path(run_dir)
     table = read_folds(run_dir / "folds.csv")
     non_oct = [image for group in non_oct_images().values() for image in group.values()]
+    outside = _outside_rows(ood_manifest, ood_label) if ood_manifest is not None else []
     decoded_images.enable(True)
     per_role: dict[str, list] = {role: [] for role in ROLES}
     recipes = set()
@@ -112,17 +109,17 @@ def run_oof(
         test = [decoded_images.open(s.path) for s in split["test"]]
         seen = {s.patient_id for s in split["train"] + split["val"]}
         others = {"non_oct": non_oct}
-        if ood_manifest is not None:
-            others[ood_label] = _outside_images(ood_manifest, ood_label, seen)
+        if ood_manifest is not None:  # a disease outside the classes, of patients this fold never saw
+            unseen = [r["path"] for r in outside if r["patient_id"] not in seen]
+            others[ood_label] = [decoded_images.open(path) for path in unseen]
         configs = {}
         for role in ROLES:
-            path = bundle_dir(run_dir, fold, role)
-            bundle = load_bundle(path)
+            bundle = load_bundle(bundle_dir(run_dir, fold, role))
             index = {name: i for i, name in enumerate(bundle.class_names)}
             configs[role] = bundle.manifest["provenance"]["config"]
             log.info("oof: fold %d %s", fold, role)
             per_role[role].append(
-                fold_scores(path, fold, train, test, [index[s.label] for s in split["test"]], others)
+                fold_scores(bundle, fold, train, test, [index[s.label] for s in split["test"]], others)
             )
         recipes.add(_recipe(configs["teacher"], configs["student"], fold))
     if len(recipes) != 1:
